@@ -1,0 +1,70 @@
+//! The admin listener: health, readiness, metrics and cache purges. Loopback by default; it
+//! has no authentication of its own, so it must not be exposed.
+
+use std::future::Future;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::App;
+use crate::body::Body;
+use crate::server::{Handler, text};
+
+/// The admin endpoints of one app.
+#[derive(Clone)]
+pub struct Admin(pub App);
+
+impl Handler for Admin {
+    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send {
+        let app = self.0.clone();
+        async move { handle(&app, request.method(), request.uri().path()).await }
+    }
+}
+
+/// Answers one admin request.
+pub async fn handle(app: &App, method: &Method, path: &str) -> Response<Body> {
+    match (method, path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match app.ready().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (&Method::GET, "/metrics") => {
+            app.refresh_gauges();
+            let mut response = text(StatusCode::OK, app.metrics().render());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        (&Method::POST, "/cache/purge") => {
+            let n = app.purge_all();
+            json(StatusCode::OK, serde_json::json!({ "purged": n }))
+        }
+        (&Method::DELETE, p) if p.starts_with("/cache/") => {
+            match app.purge_path(&p["/cache".len()..]) {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({ "purged": 1 })),
+                Err(e) => e.into_response(),
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "not_found", "message": "no such admin endpoint" }),
+        ),
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = text(status, value.to_string());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,133 @@
+//! The response body: empty, one buffer (cache hits: a `Bytes` clone, no copy), or a stream
+//! (pass-through from S3) that fails loudly instead of ending short.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body::{Frame, SizeHint};
+
+/// Errors a streamed body can end with; they abort the client connection.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A stream of body chunks.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// A response body.
+pub enum Body {
+    /// No body.
+    Empty,
+    /// One buffer, sent as one frame.
+    Full(Option<Bytes>),
+    /// Chunks from elsewhere; `len` is the exact length when known.
+    Stream {
+        /// The chunks.
+        stream: ByteStream,
+        /// Bytes still expected.
+        remaining: Option<u64>,
+    },
+}
+
+impl Body {
+    /// A body holding `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(bytes))
+        }
+    }
+
+    /// A streamed body of exactly `len` bytes (when known): a stream that ends early or runs
+    /// long becomes an error, so the client never takes a short body for a whole one.
+    pub fn stream(stream: ByteStream, len: Option<u64>) -> Body {
+        Body::Stream {
+            stream,
+            remaining: len,
+        }
+    }
+}
+
+/// A streamed body ended before its announced length.
+#[derive(Debug, thiserror::Error)]
+#[error("body ended {0} bytes short")]
+pub struct ShortBody(pub u64);
+
+/// A streamed body went past its announced length.
+#[derive(Debug, thiserror::Error)]
+#[error("body longer than announced")]
+pub struct LongBody;
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream { stream, remaining } => match stream.as_mut().poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(left) = remaining {
+                        let n = chunk.len() as u64;
+                        if n > *left {
+                            return Poll::Ready(Some(Err(LongBody.into())));
+                        }
+                        *left -= n;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => match remaining {
+                    Some(left) if *left > 0 => {
+                        let short = *left;
+                        *remaining = Some(0);
+                        Poll::Ready(Some(Err(ShortBody(short).into())))
+                    }
+                    _ => Poll::Ready(None),
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream {
+                remaining: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            Body::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_short_stream_is_an_error_not_an_end() {
+        let chunks = futures_util::stream::iter([Ok::<_, BoxError>(Bytes::from_static(b"abc"))]);
+        let body = Body::stream(Box::pin(chunks), Some(10));
+        assert!(body.collect().await.is_err());
+        let chunks = futures_util::stream::iter([Ok::<_, BoxError>(Bytes::from_static(b"abc"))]);
+        let body = Body::stream(Box::pin(chunks), Some(3));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+    }
+}

@@ -1,0 +1,259 @@
+//! Secrets and credentials the config names: read here, once, at load (and reload) time.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::{Config, Problem};
+
+/// A snapshot of the process environment (tests pass their own).
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    vars: HashMap<String, String>,
+}
+
+impl Environment {
+    /// The current process environment.
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// An environment holding only `vars`.
+    pub fn from_pairs<I, K, V>(vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// A variable's value, when set and not empty.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.vars.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// AWS credentials for signing S3 requests.
+#[derive(Clone, Default)]
+pub struct AwsCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every secret the configuration names, loaded.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// S3 credentials.
+    pub aws: AwsCredentials,
+    /// HMAC secret for HS256/384/512 tokens.
+    pub hmac_secret: Option<Vec<u8>>,
+    /// PEM public keys, with the file they came from.
+    pub public_keys: Vec<(PathBuf, Vec<u8>)>,
+    /// URL-signing secrets; the first signs.
+    pub signing_secrets: Vec<Vec<u8>>,
+    /// TLS certificate chain and key, PEM.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("aws", &self.aws)
+            .field("public_keys", &self.public_keys.len())
+            .field("signing_secrets", &self.signing_secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// HMAC secrets shorter than this are refused (RFC 7518 §3.2: at least the hash size).
+pub const MIN_HMAC_SECRET: usize = 32;
+
+impl Secrets {
+    /// Reads everything `config` names; every file that cannot be used is a problem.
+    pub(super) fn load(config: &Config, env: &Environment) -> Result<Secrets, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut read = |key: &str, path: &Path| -> Option<Vec<u8>> {
+            read_file(key, path).map_err(|p| problems.push(p)).ok()
+        };
+        let s3 = &config.s3;
+        let creds_dir = env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        // Explicit files win, then the AWS_* environment, then systemd credentials.
+        let mut text = |key: &str, file: &Option<PathBuf>, var: &str, credential: &str| {
+            if let Some(path) = file {
+                return read(key, path).map(|b| trimmed(&b));
+            }
+            if let Some(value) = env.get(var) {
+                return Some(value);
+            }
+            let path = creds_dir.as_ref()?.join(credential);
+            path.exists()
+                .then(|| read(key, &path).map(|b| trimmed(&b)))
+                .flatten()
+        };
+        let access_key_id = text(
+            "s3.access_key_id_file",
+            &s3.access_key_id_file,
+            "AWS_ACCESS_KEY_ID",
+            "aws_access_key_id",
+        );
+        let secret_access_key = text(
+            "s3.secret_access_key_file",
+            &s3.secret_access_key_file,
+            "AWS_SECRET_ACCESS_KEY",
+            "aws_secret_access_key",
+        );
+        let session_token = text(
+            "s3.session_token_file",
+            &s3.session_token_file,
+            "AWS_SESSION_TOKEN",
+            "aws_session_token",
+        );
+        let aws = match (access_key_id, secret_access_key) {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => AwsCredentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token,
+            },
+            _ => {
+                problems.push(problem(
+                    "s3.access_key_id_file",
+                    "no S3 credentials: set s3.access_key_id_file and s3.secret_access_key_file, \
+                     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or systemd credentials \
+                     aws_access_key_id and aws_secret_access_key",
+                ));
+                AwsCredentials::default()
+            }
+        };
+
+        let auth = &config.auth;
+        let hmac_secret = match (&auth.hmac_secret_file, &auth.hmac_secret_env) {
+            (Some(path), _) => match read_file("auth.hmac_secret_file", path) {
+                Ok(b) => Some(check_hmac(
+                    trimmed(&b).into_bytes(),
+                    "auth.hmac_secret_file",
+                    &mut problems,
+                )),
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            },
+            (None, Some(var)) => match env.get(var) {
+                Some(value) => Some(check_hmac(
+                    value.into_bytes(),
+                    "auth.hmac_secret_env",
+                    &mut problems,
+                )),
+                None => {
+                    problems.push(problem(
+                        "auth.hmac_secret_env",
+                        format!("environment variable {var} is not set"),
+                    ));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let public_keys = (auth.public_key_files.iter().enumerate())
+            .filter_map(|(i, path)| {
+                let key = format!("auth.public_key_files[{i}]");
+                read_file(&key, path)
+                    .map_err(|p| problems.push(p))
+                    .ok()
+                    .map(|pem| (path.clone(), pem))
+            })
+            .collect();
+
+        let signing_secrets = (config.signing.secret_files.iter().enumerate())
+            .filter_map(|(i, path)| {
+                let key = format!("signing.secret_files[{i}]");
+                let secret = read_file(&key, path).map_err(|p| problems.push(p)).ok()?;
+                let secret = trimmed(&secret).into_bytes();
+                if secret.len() < MIN_HMAC_SECRET {
+                    problems.push(problem(
+                        &key,
+                        format!(
+                            "secret is {} bytes; at least {MIN_HMAC_SECRET} are needed",
+                            secret.len()
+                        ),
+                    ));
+                    return None;
+                }
+                Some(secret)
+            })
+            .collect();
+
+        let tls = config.server.tls.as_ref().and_then(|tls| {
+            let cert = read_file("server.tls.cert_file", &tls.cert_file);
+            let key = read_file("server.tls.key_file", &tls.key_file);
+            let (cert, key) = (
+                cert.map_err(|p| problems.push(p)),
+                key.map_err(|p| problems.push(p)),
+            );
+            Some((cert.ok()?, key.ok()?))
+        });
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Secrets {
+            aws,
+            hmac_secret,
+            public_keys,
+            signing_secrets,
+            tls,
+        })
+    }
+}
+
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, Problem> {
+    std::fs::read(path).map_err(|e| problem(key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn check_hmac(secret: Vec<u8>, key: &str, problems: &mut Vec<Problem>) -> Vec<u8> {
+    if secret.len() < MIN_HMAC_SECRET {
+        problems.push(problem(
+            key,
+            format!(
+                "HMAC secret is {} bytes; at least {MIN_HMAC_SECRET} are needed",
+                secret.len()
+            ),
+        ));
+    }
+    secret
+}
+
+/// File contents as text without the trailing newline editors and `echo` add.
+fn trimmed(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches(['\r', '\n'])
+        .to_owned()
+}
+
+fn problem(key: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.to_owned(),
+        message: message.into(),
+        line: None,
+    }
+}

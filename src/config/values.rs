@@ -1,0 +1,358 @@
+//! Value types of the config file (sizes, durations, methods) and the checks on their values.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{AllowConfig, Config, Problem};
+
+/// A size in bytes, written `"512MiB"`, `"8 MB"` or as a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` KiB.
+    pub const fn kib(n: u64) -> Self {
+        Self(n * 1024)
+    }
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+    /// The number of bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| ByteSize(b.as_u64()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {s:?}: expected a number with a unit, like \"512MiB\""
+                    ))
+                }),
+        }
+    }
+}
+
+/// A method named in a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Method {
+    /// Read (`GET` and `HEAD`).
+    #[serde(rename = "GET")]
+    Get,
+    /// Write (`PUT` and `POST` uploads).
+    #[serde(rename = "PUT")]
+    Put,
+    /// Delete.
+    #[serde(rename = "DELETE")]
+    Delete,
+}
+
+impl Method {
+    /// The method's name as rules and signatures spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Deserializes a duration written like `"30s"`, `"5m"` or `"1h 30m"`.
+pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}): expected a number with a unit, like \"30s\" or \"5m\""
+        ))
+    })
+}
+
+/// Deserializes an optional string where `""` means "not set".
+pub(super) fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    Ok(s.filter(|s| !s.is_empty()))
+}
+
+/// Deserializes an optional path where `""` means "not set".
+pub(super) fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(de_opt_string(d)?.map(PathBuf::from))
+}
+
+/// Collects problems as the checks run.
+#[derive(Default)]
+pub(crate) struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    pub(crate) fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+            line: None,
+        });
+    }
+
+    fn check(&mut self, ok: bool, key: &str, message: &str) {
+        if !ok {
+            self.problem(key, message);
+        }
+    }
+
+    fn positive(&mut self, d: Duration, key: &str) {
+        self.check(!d.is_zero(), key, "must be greater than zero");
+    }
+
+    pub(super) fn into_problems(self) -> Vec<Problem> {
+        self.problems
+    }
+}
+
+/// Matches a bucket alias: `[a-z0-9][a-z0-9.-]{0,62}`.
+pub fn is_valid_alias(alias: &str) -> bool {
+    let b = alias.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+}
+
+/// S3's bucket naming rules (3–63 characters, lowercase letters, digits, dots and hyphens,
+/// starting and ending with a letter or digit).
+fn is_valid_s3_bucket(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+}
+
+fn is_http_url(s: &str) -> bool {
+    reqwest::Url::parse(s)
+        .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .unwrap_or(false)
+}
+
+/// The largest weight moka can give one entry is `u32::MAX`; keep clear of it.
+pub const MAX_CACHEABLE_OBJECT: u64 = (u32::MAX as u64) - 64 * 1024;
+
+/// S3 refuses pre-signed URLs valid for longer than seven days.
+pub const S3_MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(super) fn validate(c: &Config, v: &mut Validator) {
+    // [server]
+    v.check(
+        !c.server.listen.is_empty(),
+        "server.listen",
+        "needs at least one address",
+    );
+    if let Some(url) = &c.server.public_url {
+        v.check(
+            is_http_url(url) && !url.contains('?') && !url.contains('#'),
+            "server.public_url",
+            "must be an http:// or https:// URL without query or fragment",
+        );
+    }
+    v.positive(c.server.shutdown_grace, "server.shutdown_grace");
+    v.positive(c.server.header_read_timeout, "server.header_read_timeout");
+    v.positive(c.server.idle_timeout, "server.idle_timeout");
+    v.check(
+        c.server.max_connections > 0,
+        "server.max_connections",
+        "must be greater than zero",
+    );
+    v.check(
+        (8 * 1024..=1024 * 1024).contains(&c.server.max_header_size.bytes()),
+        "server.max_header_size",
+        "must be between 8KiB and 1MiB",
+    );
+
+    // [s3]
+    match &c.s3.endpoint {
+        None => v.problem(
+            "s3.endpoint",
+            "not set: give s3.endpoint or s3.region (or AWS_ENDPOINT_URL_S3 / AWS_REGION)",
+        ),
+        Some(e) if !is_http_url(e) => {
+            v.problem("s3.endpoint", "must be an http:// or https:// URL");
+        }
+        Some(e) => v.check(
+            reqwest::Url::parse(e).is_ok_and(|u| u.path() == "/" && u.query().is_none()),
+            "s3.endpoint",
+            "must not have a path or query (bucket and key are added by s3warden)",
+        ),
+    }
+    if c.s3.region.is_none() {
+        v.problem("s3.region", "not set: give s3.region or AWS_REGION");
+    }
+    v.positive(c.s3.connect_timeout, "s3.connect_timeout");
+    v.positive(c.s3.timeout, "s3.timeout");
+    v.check(c.s3.retries <= 10, "s3.retries", "must be 10 or fewer");
+
+    // [buckets]
+    if c.buckets.is_empty() {
+        v.problem("buckets", "at least one [buckets.ALIAS] table is needed");
+    }
+    for (alias, b) in &c.buckets {
+        let key = format!("buckets.{alias}");
+        v.check(
+            is_valid_alias(alias),
+            &key,
+            "alias must match [a-z0-9][a-z0-9.-]{0,62}",
+        );
+        v.check(
+            is_valid_s3_bucket(&b.bucket),
+            &format!("{key}.bucket"),
+            "is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
+        );
+        if !b.prefix.is_empty() {
+            v.check(
+                b.prefix.ends_with('/')
+                    && crate::route::Key::parse(b.prefix.trim_end_matches('/')).is_ok(),
+                &format!("{key}.prefix"),
+                "must be a key prefix ending in '/', without empty, '.' or '..' segments",
+            );
+        }
+    }
+
+    // [auth]
+    crate::auth::validate_config(c, v);
+
+    // [[rules]]
+    if c.rules.is_empty() {
+        v.problem(
+            "rules",
+            "no [[rules]]: every request would be refused (add at least one rule)",
+        );
+    }
+    for (i, rule) in c.rules.iter().enumerate() {
+        let key = format!("rules[{i}]");
+        if !c.buckets.contains_key(&rule.bucket) {
+            v.problem(
+                format!("{key}.bucket"),
+                format!(
+                    "names bucket alias {:?}, which no [buckets.*] table defines",
+                    rule.bucket
+                ),
+            );
+        }
+        v.check(
+            !rule.methods.is_empty(),
+            &format!("{key}.methods"),
+            "must list at least one method",
+        );
+        if let AllowConfig::Keyword(word) = &rule.allow
+            && word != "public"
+            && word != "authenticated"
+        {
+            v.problem(
+                format!("{key}.allow"),
+                format!(
+                    "{word:?} is not allowed: use \"public\", \"authenticated\" or {{ claims = {{ ... }} }}"
+                ),
+            );
+        }
+        if let AllowConfig::Claims { claims } = &rule.allow
+            && claims.is_empty()
+        {
+            v.problem(
+                format!("{key}.allow.claims"),
+                "must name at least one claim",
+            );
+        }
+        if let Err(message) = crate::policy::check_prefix_template(&rule.prefix) {
+            v.problem(format!("{key}.prefix"), message);
+        }
+    }
+
+    // [cache]
+    let cache = &c.cache;
+    v.check(
+        cache.capacity.bytes() > 0,
+        "cache.capacity",
+        "must be greater than zero",
+    );
+    v.check(
+        cache.max_object_size.bytes() <= MAX_CACHEABLE_OBJECT,
+        "cache.max_object_size",
+        "must be under 4GiB (the cache weighs entries in 32 bits)",
+    );
+    v.check(
+        cache.max_object_size <= cache.capacity,
+        "cache.max_object_size",
+        "must not exceed cache.capacity",
+    );
+    v.positive(cache.ttl, "cache.ttl");
+
+    // [signing]
+    let signing = &c.signing;
+    v.check(
+        signing.window >= Duration::from_secs(60),
+        "signing.window",
+        "must be at least 1m",
+    );
+    v.check(
+        signing.window + signing.grace <= S3_MAX_PRESIGN,
+        "signing.window",
+        "window + grace must not exceed 7 days (S3's longest pre-signed URL)",
+    );
+    v.check(
+        (1..=100_000).contains(&signing.max_batch),
+        "signing.max_batch",
+        "must be between 1 and 100000",
+    );
+
+    // [upload]
+    v.check(
+        c.upload.max_size.bytes() > 0,
+        "upload.max_size",
+        "must be greater than zero",
+    );
+    v.check(
+        c.upload.max_size.bytes() <= 5 * 1024 * 1024 * 1024 * 1024,
+        "upload.max_size",
+        "must not exceed 5TiB (S3's largest object)",
+    );
+
+    // [cors]
+    for (i, origin) in c.cors.allowed_origins.iter().enumerate() {
+        v.check(
+            crate::proxy::cors::is_valid_origin(origin),
+            &format!("cors.allowed_origins[{i}]"),
+            "must be an origin like \"https://app.example.com\" (scheme, host, optional port; no path)",
+        );
+    }
+
+    // [log]
+    v.check(
+        tracing_subscriber::EnvFilter::try_new(&c.log.level).is_ok(),
+        "log.level",
+        "must be error, warn, info, debug, trace, or a tracing filter directive",
+    );
+}

@@ -1,0 +1,168 @@
+//! The `s3warden` command: CLI parsing and wiring only.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use s3warden::config::{Config, DEFAULT_CONFIG_PATH, Environment, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "s3warden",
+    version,
+    about = "Serve files from a private S3 bucket to browsers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (0 when valid).
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Run s3warden in front of an embedded S3 with sample objects, on this machine.
+    Demo {
+        /// Address of the public listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Mint a development token with the configured HMAC secret.
+    Token {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// Extra claims, `NAME=VALUE` (repeat a name to make an array).
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// Lifetime, like `1h` or `30m`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config, &Environment::from_process())?;
+            init_logging(config.log.format, &config.log.level);
+            s3warden::daemon::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config: path } => {
+            match Config::load(&path, &Environment::from_process()) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Demo { listen, admin } => {
+            init_logging(LogFormat::Text, "warn,access=info");
+            s3warden::demo::run(listen, admin).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            config,
+            sub,
+            claims,
+            ttl,
+        } => {
+            let config = Config::load(&config, &Environment::from_process())?;
+            let secret = config.secrets.hmac_secret.as_deref().ok_or(
+                "no HMAC secret configured (auth.hmac_secret_file or auth.hmac_secret_env)",
+            )?;
+            let mut map = serde_json::Map::new();
+            map.insert("sub".into(), sub.into());
+            if let Some(iss) = &config.auth.issuer {
+                map.insert("iss".into(), iss.clone().into());
+            }
+            if let Some(aud) = &config.auth.audience {
+                map.insert("aud".into(), aud.clone().into());
+            }
+            for claim in claims {
+                let (name, value) = claim
+                    .split_once('=')
+                    .ok_or_else(|| format!("--claim {claim:?}: expected NAME=VALUE"))?;
+                match map.get_mut(name) {
+                    Some(serde_json::Value::Array(items)) => items.push(value.into()),
+                    Some(existing) => {
+                        let first = existing.take();
+                        *existing = serde_json::Value::Array(vec![first, value.into()]);
+                    }
+                    None => {
+                        map.insert(name.into(), value.into());
+                    }
+                }
+            }
+            println!(
+                "{}",
+                s3warden::auth::mint_hs256(secret, serde_json::Value::Object(map), ttl)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

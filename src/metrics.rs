@@ -1,0 +1,305 @@
+//! Counters and histograms, kept per `App` (no global registry, so tests can run many apps in
+//! one process) and rendered in the OpenMetrics text format on the admin listener.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::s3::S3Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct S3Labels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+/// What happened in the cache for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// Served from a fresh entry.
+    Hit,
+    /// Fetched from S3 and stored.
+    Miss,
+    /// Revalidated: S3 answered 304.
+    Revalidated,
+    /// Revalidated: the object had changed and was fetched again.
+    Changed,
+    /// S3 failed; a stale entry was served.
+    Stale,
+    /// Not cacheable (too large, ranged miss): streamed from S3.
+    Bypass,
+    /// Waited for another request's fetch of the same key instead of fetching.
+    Coalesced,
+    /// Answered from a remembered "not found".
+    NegativeHit,
+}
+
+/// All of s3warden's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    token_failures: Family<ReasonLabels, Counter>,
+    s3_requests: Family<S3Labels, Counter>,
+    s3_latency: Histogram,
+    hits: Counter,
+    misses: Counter,
+    revalidated: Counter,
+    changed: Counter,
+    stale: Counter,
+    bypass: Counter,
+    coalesced: Counter,
+    negative_hits: Counter,
+    bytes_sent: Counter,
+    s3_body_bytes: Counter,
+    in_flight: Gauge,
+    connections: Gauge,
+    cached_bytes: Gauge,
+    cached_entries: Gauge,
+    shed: Counter,
+    /// Body bytes fetched from S3, readable without rendering (tests, demo).
+    s3_bytes_total: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("s3warden");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let token_failures = Family::<ReasonLabels, Counter>::default();
+        let s3_requests = Family::<S3Labels, Counter>::default();
+        let s3_latency = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let m = Metrics {
+            registry: Registry::default(),
+            requests,
+            token_failures,
+            s3_requests,
+            s3_latency,
+            hits: Counter::default(),
+            misses: Counter::default(),
+            revalidated: Counter::default(),
+            changed: Counter::default(),
+            stale: Counter::default(),
+            bypass: Counter::default(),
+            coalesced: Counter::default(),
+            negative_hits: Counter::default(),
+            bytes_sent: Counter::default(),
+            s3_body_bytes: Counter::default(),
+            in_flight: Gauge::default(),
+            connections: Gauge::default(),
+            cached_bytes: Gauge::default(),
+            cached_entries: Gauge::default(),
+            shed: Counter::default(),
+            s3_bytes_total: AtomicU64::new(0),
+        };
+        let r = &mut registry;
+        r.register(
+            "requests",
+            "Requests answered, by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "token_failures",
+            "Tokens refused, by reason",
+            m.token_failures.clone(),
+        );
+        r.register(
+            "s3_requests",
+            "Requests sent to S3, by method and outcome",
+            m.s3_requests.clone(),
+        );
+        r.register(
+            "s3_request_duration_seconds",
+            "Time from sending a request to S3 to its response head",
+            m.s3_latency.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Requests served from a fresh cache entry",
+            m.hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Requests that fetched the object from S3",
+            m.misses.clone(),
+        );
+        r.register(
+            "cache_revalidations_not_modified",
+            "Stale entries S3 confirmed unchanged (304, no body transferred)",
+            m.revalidated.clone(),
+        );
+        r.register(
+            "cache_revalidations_changed",
+            "Stale entries that had changed in S3 and were fetched again",
+            m.changed.clone(),
+        );
+        r.register(
+            "cache_stale_served",
+            "Stale entries served because S3 failed",
+            m.stale.clone(),
+        );
+        r.register(
+            "cache_bypass",
+            "Requests streamed from S3 without caching (too large, ranged misses)",
+            m.bypass.clone(),
+        );
+        r.register(
+            "cache_coalesced_waits",
+            "Requests that waited for another request's S3 fetch of the same object",
+            m.coalesced.clone(),
+        );
+        r.register(
+            "cache_negative_hits",
+            "Requests answered 404 from a remembered miss",
+            m.negative_hits.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes of object bodies held in the cache",
+            m.cached_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Entries in the cache",
+            m.cached_entries.clone(),
+        );
+        r.register(
+            "client_bytes_sent",
+            "Body bytes sent to clients",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "s3_bytes_fetched",
+            "Body bytes received from S3",
+            m.s3_body_bytes.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "Requests being answered",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_shed",
+            "Connections refused with 503 because max_connections was reached",
+            m.shed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts an answered request.
+    pub fn request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    /// Counts a refused token.
+    pub fn token_failure(&self, reason: &'static str) {
+        self.token_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records one S3 request's outcome and time to response head.
+    pub fn observe_s3<T>(&self, method: &'static str, took: Duration, result: &Result<T, S3Error>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(S3Error::Timeout) => "timeout",
+            Err(S3Error::Unreachable(_)) => "unreachable",
+            Err(S3Error::Status { status, .. }) if status.is_client_error() => "client_error",
+            Err(S3Error::Status { .. }) => "server_error",
+            Err(S3Error::Sign(_)) => "sign_error",
+        };
+        self.s3_requests
+            .get_or_create(&S3Labels { method, outcome })
+            .inc();
+        self.s3_latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts body bytes received from S3.
+    pub fn s3_body_bytes(&self, n: usize) {
+        self.s3_body_bytes.inc_by(n as u64);
+        self.s3_bytes_total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Body bytes received from S3 so far.
+    pub fn s3_bytes_total(&self) -> u64 {
+        self.s3_bytes_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts body bytes sent to a client.
+    pub fn bytes_sent(&self, n: u64) {
+        self.bytes_sent.inc_by(n);
+    }
+
+    /// Counts a cache event.
+    pub fn cache(&self, event: CacheEvent) {
+        match event {
+            CacheEvent::Hit => &self.hits,
+            CacheEvent::Miss => &self.misses,
+            CacheEvent::Revalidated => &self.revalidated,
+            CacheEvent::Changed => &self.changed,
+            CacheEvent::Stale => &self.stale,
+            CacheEvent::Bypass => &self.bypass,
+            CacheEvent::Coalesced => &self.coalesced,
+            CacheEvent::NegativeHit => &self.negative_hits,
+        }
+        .inc();
+    }
+
+    /// Sets the cache size gauges.
+    pub fn cache_size(&self, bytes: u64, entries: u64) {
+        self.cached_bytes.set(bytes as i64);
+        self.cached_entries.set(entries as i64);
+    }
+
+    /// The in-flight request gauge.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// The open connection gauge.
+    pub fn connections(&self) -> &Gauge {
+        &self.connections
+    }
+
+    /// Counts a connection shed at the limit.
+    pub fn shed(&self) {
+        self.shed.inc();
+    }
+
+    /// The metrics in OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

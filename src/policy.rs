@@ -1,0 +1,581 @@
+//! Access rules: `authorize(who, bucket, key, method)` returns a [`Permit`] or a refusal. The
+//! cache and the S3 client only take a `Permit`, and only this module can make one, so nothing
+//! reaches cached bytes or S3 without passing here first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::auth::Identity;
+use crate::config::{AllowConfig, Config, Method};
+use crate::route::Key;
+use crate::s3::S3Object;
+
+/// Proof that a request may perform `method` on one object.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    object: S3Object,
+    alias: Arc<str>,
+    key: Key,
+    method: Method,
+    public: bool,
+    inline_active_content: bool,
+    expires_at: Option<u64>,
+}
+
+impl Permit {
+    /// The object in S3 (real bucket, full key).
+    pub fn object(&self) -> &S3Object {
+        &self.object
+    }
+    /// The bucket alias of the request.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+    /// The key as the client named it (without the bucket prefix).
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+    /// The method permitted.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+    /// Granted by a `public` rule: browsers and shared caches may keep it.
+    pub fn is_public(&self) -> bool {
+        self.public
+    }
+    /// Active content (HTML, SVG, JS) may be served inline.
+    pub fn inline_active_content(&self) -> bool {
+        self.inline_active_content
+    }
+    /// Unix time the permit's signed URL expires, when it came from one.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub enum Principal<'a> {
+    /// No credentials at all.
+    Anonymous,
+    /// A verified token.
+    Token(&'a Identity),
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No rule allows an anonymous request: credentials are needed (401).
+    Unauthenticated,
+    /// Credentials were given but no rule allows them (403).
+    Forbidden,
+    /// The bucket alias is not configured (404).
+    UnknownBucket,
+}
+
+/// The compiled rules and bucket aliases.
+#[derive(Debug)]
+pub struct Policy {
+    buckets: HashMap<String, Bucket>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    alias: Arc<str>,
+    bucket: Arc<str>,
+    prefix: String,
+}
+
+#[derive(Debug)]
+struct Rule {
+    alias: String,
+    prefix: Template,
+    methods: Vec<Method>,
+    allow: Allow,
+    inline_active_content: bool,
+}
+
+#[derive(Debug)]
+enum Allow {
+    Public,
+    Authenticated,
+    Claims(Vec<(String, String)>),
+}
+
+/// A key prefix that may name the token's subject or claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Sub,
+    Claim(String),
+}
+
+impl Template {
+    fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or("has a '{' without a matching '}'")?
+                + open;
+            let name = &rest[open + 1..close];
+            parts.push(match name {
+                "sub" => Part::Sub,
+                _ => match name.strip_prefix("claim.") {
+                    Some(claim) if !claim.is_empty() && !claim.contains(['{', '}']) => {
+                        Part::Claim(claim.to_owned())
+                    }
+                    _ => {
+                        return Err(format!(
+                            "template {{{name}}} names nothing: use {{sub}} or {{claim.NAME}}"
+                        ));
+                    }
+                },
+            });
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err("has a '}' without a matching '{'".into());
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        Ok(Template(parts))
+    }
+
+    fn is_literal(&self) -> bool {
+        self.0.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
+    /// The prefix for this identity; `None` when a value it needs is missing or unsafe.
+    fn expand(&self, who: Option<&Identity>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Sub => out.push_str(safe_segment(who?.sub.as_deref()?)?),
+                Part::Claim(name) => {
+                    out.push_str(safe_segment(claim_text(who?.claims.get(name)?)?)?)
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A claim value used in a path: never empty, never holding `/`, `..` or a control character,
+/// so it cannot widen the prefix it is put into.
+fn safe_segment(value: &str) -> Option<&str> {
+    let bad = value.is_empty()
+        || value == "."
+        || value.contains('/')
+        || value.contains("..")
+        || value.chars().any(char::is_control);
+    (!bad).then_some(value)
+}
+
+fn claim_text(value: &Value) -> Option<&str> {
+    value.as_str()
+}
+
+/// Checks a rule prefix for `check-config`.
+pub fn check_prefix_template(prefix: &str) -> Result<(), String> {
+    let template = Template::parse(prefix)?;
+    if prefix.starts_with('/') {
+        return Err("must not start with '/' (keys are relative to the bucket)".into());
+    }
+    // Expanding every placeholder to a plain segment must give a clean prefix.
+    let sample: String = template
+        .0
+        .iter()
+        .map(|p| match p {
+            Part::Literal(s) => s.as_str(),
+            Part::Sub | Part::Claim(_) => "x",
+        })
+        .collect();
+    let trimmed = sample.trim_end_matches('/');
+    if !sample.is_empty() && (sample.ends_with("//") || Key::parse(trimmed).is_err()) {
+        return Err("must not hold empty, '.' or '..' segments or control characters".into());
+    }
+    Ok(())
+}
+
+/// True when `key` lies under `prefix`, on whole path segments: `users/alice/` and
+/// `users/alice` both cover `users/alice/x`, never `users/alice2/x`.
+fn under_prefix(key: &str, prefix: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    if prefix.ends_with('/') {
+        return key.starts_with(prefix);
+    }
+    key == prefix
+        || key
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// True when the claim `value` satisfies `wanted`: equal, or contained in an array or a
+/// space-separated string (like `scope`). Numbers and booleans compare by their JSON text.
+fn claim_matches(value: &Value, wanted: &str) -> bool {
+    match value {
+        Value::String(s) => s == wanted || s.split(' ').any(|part| part == wanted),
+        Value::Array(items) => items.iter().any(|v| v.as_str() == Some(wanted)),
+        Value::Bool(b) => b.to_string() == wanted,
+        Value::Number(n) => n.to_string() == wanted,
+        Value::Null | Value::Object(_) => false,
+    }
+}
+
+impl Policy {
+    /// Compiles the rules of a validated config.
+    pub fn new(config: &Config) -> Policy {
+        let buckets = config
+            .buckets
+            .iter()
+            .map(|(alias, b)| {
+                let bucket = Bucket {
+                    alias: alias.as_str().into(),
+                    bucket: b.bucket.as_str().into(),
+                    prefix: b.prefix.clone(),
+                };
+                (alias.clone(), bucket)
+            })
+            .collect();
+        let rules = config
+            .rules
+            .iter()
+            .map(|r| Rule {
+                alias: r.bucket.clone(),
+                prefix: Template::parse(&r.prefix).expect("validated template"),
+                methods: r.methods.clone(),
+                allow: match &r.allow {
+                    AllowConfig::Keyword(w) if w == "public" => Allow::Public,
+                    AllowConfig::Keyword(_) => Allow::Authenticated,
+                    AllowConfig::Claims { claims } => {
+                        Allow::Claims(claims.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    }
+                },
+                inline_active_content: r.inline_active_content,
+            })
+            .collect();
+        Policy { buckets, rules }
+    }
+
+    /// Problems that make a rule unable to ever match, for `check-config`.
+    pub fn dead_rules(config: &Config) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let Ok(template) = Template::parse(&rule.prefix) else {
+                continue;
+            };
+            if rule.allow == AllowConfig::Keyword("public".into()) && !template.is_literal() {
+                out.push((
+                    i,
+                    "a public rule cannot use {sub} or {claim.*}: anonymous requests have no token"
+                        .to_owned(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Decides whether `who` may perform `method` on `key` in bucket `alias`.
+    pub fn authorize(
+        &self,
+        who: Principal<'_>,
+        alias: &str,
+        key: &Key,
+        method: Method,
+    ) -> Result<Permit, Denied> {
+        let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
+        let identity = match who {
+            Principal::Anonymous => None,
+            Principal::Token(identity) => Some(identity),
+        };
+        let mut granted: Option<&Rule> = None;
+        for rule in self.rules.iter().filter(|r| r.alias == alias) {
+            if !rule.methods.contains(&method) || !rule.allows(identity) {
+                continue;
+            }
+            let Some(prefix) = rule.prefix.expand(identity) else {
+                continue;
+            };
+            if under_prefix(key.as_str(), &prefix) {
+                // Prefer a public grant: it decides how browsers may cache the answer.
+                if matches!(rule.allow, Allow::Public) || granted.is_none() {
+                    granted = Some(rule);
+                }
+            }
+        }
+        match granted {
+            Some(rule) => Ok(bucket.permit(key, method, |p| {
+                p.public = matches!(rule.allow, Allow::Public);
+                p.inline_active_content = rule.inline_active_content;
+            })),
+            None if identity.is_none() => Err(Denied::Unauthenticated),
+            None => Err(Denied::Forbidden),
+        }
+    }
+
+    /// A permit for exactly one method and key, from a verified signed URL that expires at
+    /// `expires_at`. The rules were checked when the URL was signed.
+    pub fn permit_signed(
+        &self,
+        alias: &str,
+        key: &Key,
+        method: Method,
+        expires_at: u64,
+    ) -> Result<Permit, Denied> {
+        let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
+        let inline_active_content = self.rules.iter().any(|r| {
+            r.alias == alias
+                && r.inline_active_content
+                && r.prefix.is_literal()
+                && under_prefix(key.as_str(), &r.prefix.expand(None).unwrap_or_default())
+        });
+        Ok(bucket.permit(key, method, |p| {
+            p.inline_active_content = inline_active_content;
+            p.expires_at = Some(expires_at);
+        }))
+    }
+}
+
+impl Bucket {
+    /// A private, rule-less permit for `key` in this bucket, adjusted by `grant`.
+    fn permit(&self, key: &Key, method: Method, grant: impl FnOnce(&mut Permit)) -> Permit {
+        let mut permit = Permit {
+            object: S3Object {
+                bucket: self.bucket.clone(),
+                key: format!("{}{}", self.prefix, key.as_str()).into(),
+            },
+            alias: self.alias.clone(),
+            key: key.clone(),
+            method,
+            public: false,
+            inline_active_content: false,
+            expires_at: None,
+        };
+        grant(&mut permit);
+        permit
+    }
+}
+
+impl Rule {
+    fn allows(&self, identity: Option<&Identity>) -> bool {
+        match &self.allow {
+            Allow::Public => true,
+            Allow::Authenticated => identity.is_some(),
+            Allow::Claims(wanted) => identity.is_some_and(|id| {
+                wanted.iter().all(|(name, value)| {
+                    id.claims.get(name).is_some_and(|v| claim_matches(v, value))
+                })
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn identity(sub: &str, claims: Value) -> Identity {
+        let mut claims = claims.as_object().cloned().unwrap_or_default();
+        claims.insert("sub".into(), Value::String(sub.into()));
+        Identity::new(claims, u64::MAX)
+    }
+
+    fn policy(rules: &str) -> Policy {
+        let text = format!(
+            "[s3]\nendpoint = \"http://127.0.0.1:1\"\nregion = \"us-east-1\"\n\
+             [buckets.files]\nbucket = \"real-bucket\"\nprefix = \"app/\"\n{rules}"
+        );
+        let env = crate::config::Environment::from_pairs([
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "b"),
+        ]);
+        let config = Config::from_toml(&text, std::path::Path::new("."), &env).unwrap();
+        Policy::new(&config)
+    }
+
+    fn key(k: &str) -> Key {
+        Key::parse(k).unwrap()
+    }
+
+    #[test]
+    fn segments_bound_prefixes() {
+        assert!(under_prefix("users/alice/x", "users/alice/"));
+        assert!(under_prefix("users/alice/x", "users/alice"));
+        assert!(!under_prefix("users/alice2/x", "users/alice/"));
+        assert!(!under_prefix("users/alice2/x", "users/alice"));
+        assert!(under_prefix("anything", ""));
+    }
+
+    #[test]
+    fn templated_prefix_serves_the_owner_only() {
+        let p = policy(
+            "[[rules]]\nbucket = \"files\"\nprefix = \"users/{sub}/\"\nmethods = [\"GET\"]\nallow = \"authenticated\"\n",
+        );
+        let alice = identity("alice", serde_json::json!({}));
+        let permit = p
+            .authorize(
+                Principal::Token(&alice),
+                "files",
+                &key("users/alice/a.txt"),
+                Method::Get,
+            )
+            .unwrap();
+        assert_eq!(&*permit.object().key, "app/users/alice/a.txt");
+        assert_eq!(&*permit.object().bucket, "real-bucket");
+        assert_eq!(
+            p.authorize(
+                Principal::Token(&alice),
+                "files",
+                &key("users/bob/a.txt"),
+                Method::Get
+            )
+            .unwrap_err(),
+            Denied::Forbidden
+        );
+        assert_eq!(
+            p.authorize(
+                Principal::Anonymous,
+                "files",
+                &key("users/alice/a.txt"),
+                Method::Get
+            )
+            .unwrap_err(),
+            Denied::Unauthenticated
+        );
+        for evil in ["..", "a/b", "", "x..", "a\u{0}"] {
+            let mallory = identity(evil, serde_json::json!({}));
+            let k = format!("users/{evil}/a");
+            if let Ok(k) = Key::parse(&k) {
+                assert!(
+                    p.authorize(Principal::Token(&mallory), "files", &k, Method::Get)
+                        .is_err()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn claims_rules_match_strings_arrays_and_scopes() {
+        let p = policy(
+            "[[rules]]\nbucket = \"files\"\nprefix = \"private/\"\nallow = { claims = { roles = \"admin\" } }\n\
+             [[rules]]\nbucket = \"files\"\nprefix = \"scoped/\"\nallow = { claims = { scope = \"files:read\" } }\n",
+        );
+        let k = key("private/x");
+        let ok = |claims| {
+            p.authorize(
+                Principal::Token(&identity("u", claims)),
+                "files",
+                &k,
+                Method::Get,
+            )
+            .is_ok()
+        };
+        assert!(ok(serde_json::json!({"roles": "admin"})));
+        assert!(ok(serde_json::json!({"roles": ["user", "admin"]})));
+        assert!(!ok(serde_json::json!({"roles": ["user"]})));
+        assert!(!ok(serde_json::json!({"roles": "administrator"})));
+        assert!(!ok(serde_json::json!({})));
+        let scoped = |scope| {
+            let id = identity("u", serde_json::json!({ "scope": scope }));
+            p.authorize(
+                Principal::Token(&id),
+                "files",
+                &key("scoped/a"),
+                Method::Get,
+            )
+            .is_ok()
+        };
+        assert!(scoped("openid files:read profile"));
+        assert!(!scoped("files:readwrite"));
+    }
+
+    #[test]
+    fn methods_and_public_rules() {
+        let p = policy(
+            "[[rules]]\nbucket = \"files\"\nprefix = \"public/\"\nallow = \"public\"\n\
+             [[rules]]\nbucket = \"files\"\nprefix = \"public/\"\nmethods = [\"GET\", \"PUT\"]\nallow = \"authenticated\"\n",
+        );
+        let permit = p
+            .authorize(Principal::Anonymous, "files", &key("public/a"), Method::Get)
+            .unwrap();
+        assert!(permit.is_public());
+        assert_eq!(
+            p.authorize(Principal::Anonymous, "files", &key("public/a"), Method::Put)
+                .unwrap_err(),
+            Denied::Unauthenticated
+        );
+        let id = identity("u", serde_json::json!({}));
+        assert!(
+            p.authorize(
+                Principal::Token(&id),
+                "files",
+                &key("public/a"),
+                Method::Put
+            )
+            .is_ok()
+        );
+        assert!(
+            p.authorize(
+                Principal::Token(&id),
+                "files",
+                &key("public/a"),
+                Method::Delete
+            )
+            .is_err()
+        );
+        assert_eq!(
+            p.authorize(Principal::Anonymous, "nope", &key("public/a"), Method::Get)
+                .unwrap_err(),
+            Denied::UnknownBucket
+        );
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(check_prefix_template("users/{sub}/").is_ok());
+        assert!(check_prefix_template("org/{claim.org}/docs/").is_ok());
+        assert!(check_prefix_template("users/{user}/").is_err());
+        assert!(check_prefix_template("users/{claim.}/").is_err());
+        assert!(check_prefix_template("users/{sub/").is_err());
+        assert!(check_prefix_template("users/../").is_err());
+        assert!(check_prefix_template("/abs/").is_err());
+    }
+
+    proptest! {
+        /// No key outside a rule's (expanded) prefix is ever allowed by that rule.
+        #[test]
+        fn nothing_outside_the_prefix_is_allowed(
+            sub in "[a-z.]{1,6}",
+            k in "[a-z.]{1,6}(/[a-z.]{1,6}){0,3}",
+        ) {
+            let p = policy(
+                "[[rules]]\nbucket = \"files\"\nprefix = \"users/{sub}/\"\nmethods = [\"GET\"]\nallow = \"authenticated\"\n\
+                 [[rules]]\nbucket = \"files\"\nprefix = \"shared\"\nallow = \"authenticated\"\n",
+            );
+            let id = identity(&sub, serde_json::json!({}));
+            if let Ok(k) = Key::parse(&k) {
+                let allowed = p.authorize(Principal::Token(&id), "files", &k, Method::Get).is_ok();
+                let inside = (safe_segment(&sub).is_some() && k.as_str().starts_with(&format!("users/{sub}/")))
+                    || k.as_str() == "shared"
+                    || k.as_str().starts_with("shared/");
+                prop_assert_eq!(allowed, inside, "key {}", k);
+            }
+        }
+    }
+}

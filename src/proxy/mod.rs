@@ -1,0 +1,257 @@
+//! `App::handle`: route → authenticate → authorize → cache → S3 → response, one stage a line.
+//! Each stage returns early with a `ProxyError`; `error.rs` turns it into the response.
+
+pub mod cors;
+mod object;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response, header};
+
+use crate::auth::{Authenticated, Verifier, find_tokens};
+use crate::body::{Body, BoxError};
+use crate::config::{Config, Method};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::policy::{Denied, Permit, Policy, Principal};
+use crate::response::ResponseSettings;
+use crate::route::{Key, Route, route};
+use crate::s3::S3Client;
+use cors::Cors;
+
+/// The request handler with everything it needs; cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    policy: Policy,
+    verifier: Verifier,
+    s3: S3Client,
+    cors: Cors,
+    responses: ResponseSettings,
+    metrics: Arc<Metrics>,
+}
+
+/// The app could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The HTTP client for S3 could not be built.
+    #[error("cannot build the S3 client: {0}")]
+    S3Client(#[from] reqwest::Error),
+}
+
+/// What the access log records about a request besides method, path and status.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: &'static str,
+    subject: Option<String>,
+}
+
+impl App {
+    /// Builds the app from a validated config (fetching JWKS keys when configured).
+    pub async fn new(config: Config) -> Result<App, AppError> {
+        let metrics = Arc::new(Metrics::new());
+        let s3 = S3Client::new(&config, metrics.clone())?;
+        let verifier = Verifier::new(&config).await;
+        let inner = Inner {
+            policy: Policy::new(&config),
+            verifier,
+            s3,
+            cors: Cors::new(&config),
+            responses: ResponseSettings::new(config.cache.browser_max_age),
+            metrics,
+            config,
+        };
+        Ok(App {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The configuration the app runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The app's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Updates gauges that are read rather than counted (cache size) before a scrape.
+    pub fn refresh_gauges(&self) {}
+
+    /// Empties the cache; returns how many entries were dropped.
+    pub fn purge_all(&self) -> u64 {
+        0
+    }
+
+    /// Drops one object from the cache; `path` is `/{bucket}/{key}` as in the public URL.
+    pub fn purge_path(&self, path: &str) -> Result<(), ProxyError> {
+        match route(&http::Method::DELETE, path)? {
+            Route::Object(_) => Ok(()),
+            _ => Err(ProxyError::NotFound),
+        }
+    }
+
+    /// True when keys are loaded and every configured bucket answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        let needs_keys = inner.config.auth.jwks_url.is_some()
+            || inner.config.auth.hmac_secret_file.is_some()
+            || inner.config.auth.hmac_secret_env.is_some()
+            || !inner.config.auth.public_key_files.is_empty();
+        if needs_keys && !inner.verifier.has_keys() {
+            return Err("no token verification keys loaded".into());
+        }
+        for b in inner.config.buckets.values() {
+            if let Err(e) = inner.s3.probe_bucket(&b.bucket).await {
+                return Err(format!("bucket {}: {e}", b.bucket));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers one request. Never fails: errors become responses here.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let inner = &self.inner;
+        inner.metrics.in_flight().inc();
+        let (parts, body) = request.into_parts();
+        let mut outcome = Outcome::default();
+        let mut response = match self.dispatch(&parts, body, &mut outcome).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        };
+        inner.cors.decorate(&parts.headers, response.headers_mut());
+        inner.metrics.in_flight().dec();
+        let status = response.status().as_u16();
+        inner.metrics.request(outcome.route, status);
+        let length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .or_else(|| http_body::Body::size_hint(response.body()).exact())
+            .unwrap_or(0);
+        if parts.method != http::Method::HEAD {
+            inner.metrics.bytes_sent(length);
+        }
+        tracing::info!(
+            target: "access",
+            method = %parts.method,
+            path = parts.uri.path(),
+            status,
+            bytes = length,
+            cache = response
+                .headers()
+                .get(&crate::response::X_CACHE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            sub = outcome.subject.as_deref().unwrap_or("-"),
+        );
+        response
+    }
+
+    async fn dispatch<B>(
+        &self,
+        parts: &Parts,
+        _body: B,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        outcome.route = "other";
+        let route = route(&parts.method, parts.uri.path())?;
+        match route {
+            Route::Health => {
+                outcome.route = "health";
+                Ok(Response::new(Body::full(Bytes::from_static(b"ok\n"))))
+            }
+            Route::Preflight => {
+                outcome.route = "preflight";
+                self.inner.cors.preflight(&parts.headers)
+            }
+            Route::Object(object)
+                if matches!(parts.method, http::Method::GET | http::Method::HEAD) =>
+            {
+                outcome.route = "object";
+                let auth = self.authenticate(parts, outcome).await?;
+                let permit = self.authorize(&auth, &object.alias, &object.key, Method::Get)?;
+                self.read_object(parts, &permit).await
+            }
+            Route::Sign | Route::Object(_) | Route::Create { .. } => {
+                Err(ProxyError::MethodNotAllowed)
+            }
+        }
+    }
+
+    /// Verifies every token the request carries; any invalid one refuses the request.
+    async fn authenticate(
+        &self,
+        parts: &Parts,
+        outcome: &mut Outcome,
+    ) -> Result<Authenticated, ProxyError> {
+        let auth = &self.inner.config.auth;
+        let found = find_tokens(
+            &parts.headers,
+            parts.uri.query(),
+            &auth.cookie,
+            &auth.query_param,
+        );
+        if found.malformed {
+            self.inner.metrics.token_failure("malformed");
+            return Err(ProxyError::InvalidToken(crate::auth::TokenError::Malformed));
+        }
+        let mut result = Authenticated::default();
+        for (source, token) in found.tokens {
+            match self.inner.verifier.verify(token).await {
+                Ok(identity) => {
+                    if result.identity.is_none() {
+                        outcome.subject = identity.sub.clone();
+                        result.identity = Some(identity);
+                        result.source = Some(source);
+                    }
+                }
+                Err(e) => {
+                    self.inner.metrics.token_failure(e.label());
+                    return Err(ProxyError::InvalidToken(e));
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Applies the rules; the `Permit` is the only way on to the cache and S3.
+    fn authorize(
+        &self,
+        auth: &Authenticated,
+        alias: &str,
+        key: &Key,
+        method: Method,
+    ) -> Result<Permit, ProxyError> {
+        let who = match &auth.identity {
+            Some(identity) => Principal::Token(identity),
+            None => Principal::Anonymous,
+        };
+        self.inner
+            .policy
+            .authorize(who, alias, key, method)
+            .map_err(|denied| match denied {
+                Denied::Unauthenticated => ProxyError::Unauthenticated,
+                Denied::Forbidden => ProxyError::Forbidden,
+                Denied::UnknownBucket => ProxyError::NotFound,
+            })
+    }
+}

@@ -1,0 +1,464 @@
+//! The S3 client: builds each upstream request from an allow-list (nothing from the client's
+//! request is forwarded), signs it with SigV4, and applies timeouts and retries.
+
+pub mod sign;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Url;
+
+use crate::body::{BoxError, ByteStream};
+use crate::config::{Addressing, Config};
+use crate::metrics::Metrics;
+use crate::policy::Permit;
+use crate::route::ByteRange;
+use sign::{Payload, SignError, Signer};
+
+/// Characters S3 wants percent-encoded in a key: all but the unreserved set and `/`.
+const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// An object's address in S3: the real bucket and the full key (bucket prefix included).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct S3Object {
+    /// S3 bucket name.
+    pub bucket: Arc<str>,
+    /// Full key inside the bucket.
+    pub key: Arc<str>,
+}
+
+/// Why an S3 call failed. Never shown to clients as is: `error.rs` turns it into a status and a
+/// fixed message.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// No response (or no next body chunk) within `s3.timeout`.
+    #[error("S3 did not answer within the timeout")]
+    Timeout,
+    /// Connecting or talking to S3 failed.
+    #[error("S3 unreachable: {0}")]
+    Unreachable(String),
+    /// S3 answered with an error status.
+    #[error("S3 answered {status} {}", code.as_deref().unwrap_or("(no code)"))]
+    Status {
+        /// HTTP status from S3.
+        status: StatusCode,
+        /// S3's error code (`NoSuchKey`, `AccessDenied`, ...), when it sent one.
+        code: Option<String>,
+    },
+    /// The request could not be signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl S3Error {
+    /// True for failures worth retrying on an idempotent request.
+    fn retryable(&self) -> bool {
+        match self {
+            S3Error::Unreachable(_) => true,
+            S3Error::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            S3Error::Timeout | S3Error::Sign(_) => false,
+        }
+    }
+
+    /// True when S3 says the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, S3Error::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+/// What s3warden keeps of an object's metadata: the headers it may pass on, already validated.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    /// Total object size in bytes.
+    pub size: u64,
+    /// `ETag` as S3 sent it (quoted).
+    pub etag: Option<HeaderValue>,
+    /// `Last-Modified`.
+    pub last_modified: Option<SystemTime>,
+    /// `Last-Modified` as S3 sent it.
+    pub last_modified_header: Option<HeaderValue>,
+    /// `Content-Type` as stored in S3, if any.
+    pub content_type: Option<HeaderValue>,
+    /// `Content-Encoding`, `Content-Language`, `Content-Disposition` as stored.
+    pub passthrough: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ObjectMeta {
+    /// The ETag as text.
+    pub fn etag_str(&self) -> Option<&str> {
+        self.etag.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How S3 answered a GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200: the whole object.
+    Whole,
+    /// 206: bytes `first..=last` of the object.
+    Partial {
+        /// First byte.
+        first: u64,
+        /// Last byte (inclusive).
+        last: u64,
+    },
+    /// 304: the object still has the ETag we asked about.
+    NotModified,
+}
+
+/// A GET's response: status, metadata and the body still to be read.
+pub struct Fetched {
+    /// What kind of answer.
+    pub answer: Answer,
+    /// The object's metadata.
+    pub meta: ObjectMeta,
+    /// Body bytes to expect.
+    pub body_len: u64,
+    /// The body; each chunk must arrive within `s3.timeout`.
+    pub body: ByteStream,
+}
+
+/// Options of a GET.
+#[derive(Debug, Default, Clone)]
+pub struct GetOptions {
+    /// Ask for this range only.
+    pub range: Option<ByteRange>,
+    /// Answer 304 if the object still has this ETag.
+    pub if_none_match: Option<HeaderValue>,
+}
+
+/// The S3 client, shared by all requests.
+pub struct S3Client {
+    http: reqwest::Client,
+    endpoint: Url,
+    addressing: Addressing,
+    signer: Signer,
+    timeout: Duration,
+    retries: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl S3Client {
+    /// Builds the client from a validated config.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<S3Client, reqwest::Error> {
+        let s3 = &config.s3;
+        let http = reqwest::Client::builder()
+            .connect_timeout(s3.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let endpoint = s3.endpoint.as_deref().unwrap_or_default();
+        Ok(S3Client {
+            http,
+            endpoint: Url::parse(endpoint).expect("validated endpoint"),
+            addressing: s3.addressing,
+            signer: Signer::new(
+                &config.secrets.aws,
+                s3.region.as_deref().unwrap_or_default(),
+            ),
+            timeout: s3.timeout,
+            retries: s3.retries,
+            metrics,
+        })
+    }
+
+    /// The URL of an object, path-style or virtual-hosted as configured.
+    pub fn object_url(&self, object: &S3Object) -> Url {
+        let key = utf8_percent_encode(&object.key, KEY_ENCODE);
+        let mut url = self.endpoint.clone();
+        match self.addressing {
+            Addressing::Path => {
+                url.set_path(&format!("/{}/{key}", object.bucket));
+            }
+            Addressing::Virtual => {
+                let host = format!("{}.{}", object.bucket, url.host_str().unwrap_or_default());
+                url.set_host(Some(&host))
+                    .expect("bucket names are valid hosts");
+                url.set_path(&format!("/{key}"));
+            }
+        }
+        url
+    }
+
+    /// The URL of a bucket (for readiness checks).
+    fn bucket_url(&self, bucket: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        match self.addressing {
+            Addressing::Path => url.set_path(&format!("/{bucket}")),
+            Addressing::Virtual => {
+                let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
+                url.set_host(Some(&host))
+                    .expect("bucket names are valid hosts");
+            }
+        }
+        url
+    }
+
+    /// The signer, for pre-signed URLs.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// GET an object the permit allows reading.
+    pub async fn get(&self, permit: &Permit, options: &GetOptions) -> Result<Fetched, S3Error> {
+        let object = permit.object();
+        let mut headers = HeaderMap::new();
+        if let Some(range) = options.range {
+            let value = HeaderValue::from_str(&range.header_value()).expect("digits only");
+            headers.insert(header::RANGE, value);
+        }
+        if let Some(etag) = &options.if_none_match {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        let response = self
+            .send_idempotent(Method::GET, self.object_url(object), headers)
+            .await?;
+        let status = response.status();
+        let meta = meta_from(response.headers());
+        let answer = match status {
+            StatusCode::NOT_MODIFIED => Answer::NotModified,
+            StatusCode::PARTIAL_CONTENT => {
+                let (first, last, total) = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| parse_content_range(v.to_str().ok()?))
+                    .ok_or_else(|| S3Error::Unreachable("206 without Content-Range".into()))?;
+                let meta = ObjectMeta {
+                    size: total,
+                    ..meta
+                };
+                let body_len = last - first + 1;
+                let body = self.timed_body(response);
+                return Ok(Fetched {
+                    answer: Answer::Partial { first, last },
+                    meta,
+                    body_len,
+                    body,
+                });
+            }
+            _ => Answer::Whole,
+        };
+        let body_len = if answer == Answer::NotModified {
+            0
+        } else {
+            meta.size
+        };
+        Ok(Fetched {
+            answer,
+            meta,
+            body_len,
+            body: self.timed_body(response),
+        })
+    }
+
+    /// HEAD an object the permit allows reading.
+    pub async fn head(&self, permit: &Permit) -> Result<ObjectMeta, S3Error> {
+        let url = self.object_url(permit.object());
+        let response = self
+            .send_idempotent(Method::HEAD, url, HeaderMap::new())
+            .await?;
+        Ok(meta_from(response.headers()))
+    }
+
+    /// HEAD a bucket: true when it exists and the credentials may use it.
+    pub async fn probe_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        self.send_idempotent(Method::HEAD, self.bucket_url(bucket), HeaderMap::new())
+            .await
+            .map(drop)
+    }
+
+    /// Sends a signed GET/HEAD, retrying connection failures and 5xx answers while the
+    /// `s3.timeout` budget for the first byte lasts.
+    async fn send_idempotent(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, S3Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let result = tokio::time::timeout_at(
+                deadline.into(),
+                self.send(
+                    method.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    Payload::Bytes(b""),
+                    None,
+                ),
+            )
+            .await
+            .unwrap_or(Err(S3Error::Timeout));
+            let name = if method == Method::HEAD {
+                "HEAD"
+            } else {
+                "GET"
+            };
+            self.metrics.observe_s3(name, started.elapsed(), &result);
+            match result {
+                Err(e) if e.retryable() && attempt < self.retries => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(25 << attempt);
+                    if Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, attempt, "retrying S3 request");
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Signs and sends one request; error statuses become `S3Error::Status`.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        mut headers: HeaderMap,
+        payload: Payload<'_>,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, S3Error> {
+        self.signer
+            .sign_headers(&method, &url, &mut headers, payload, SystemTime::now())?;
+        let mut request = self.http.request(method.clone(), url).headers(headers);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                S3Error::Timeout
+            } else {
+                S3Error::Unreachable(error_chain(e))
+            }
+        })?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            return Ok(response);
+        }
+        let code = if method == Method::HEAD {
+            None
+        } else {
+            error_code(response, self.timeout).await
+        };
+        Err(S3Error::Status { status, code })
+    }
+
+    /// The response body as a stream in which every chunk must arrive within `s3.timeout`.
+    fn timed_body(&self, response: reqwest::Response) -> ByteStream {
+        let timeout = self.timeout;
+        let metrics = self.metrics.clone();
+        let chunks = response.bytes_stream();
+        Box::pin(futures_util::stream::unfold(Some(chunks), move |state| {
+            let metrics = metrics.clone();
+            async move {
+                let mut chunks = state?;
+                match tokio::time::timeout(timeout, chunks.next()).await {
+                    Ok(Some(Ok(bytes))) => {
+                        metrics.s3_body_bytes(bytes.len());
+                        Some((Ok(bytes), Some(chunks)))
+                    }
+                    Ok(Some(Err(e))) => Some((Err(BoxError::from(error_chain(e))), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((Err(BoxError::from("S3 body chunk timed out")), None)),
+                }
+            }
+        }))
+    }
+}
+
+/// The `Code` of an S3 XML error body (read at most 8 KiB of it, within the timeout).
+async fn error_code(response: reqwest::Response, timeout: Duration) -> Option<String> {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    let read = async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 8192 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read).await;
+    let text = String::from_utf8_lossy(&body);
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = text[start..].find("</Code>")? + start;
+    let code = &text[start..end];
+    code.bytes()
+        .all(|c| c.is_ascii_alphanumeric())
+        .then(|| code.to_owned())
+}
+
+/// Metadata from S3's response headers; only allow-listed headers are kept.
+fn meta_from(headers: &HeaderMap) -> ObjectMeta {
+    let size = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let last_modified_header = headers
+        .get(header::LAST_MODIFIED)
+        .filter(|v| {
+            v.to_str()
+                .is_ok_and(|s| httpdate::parse_http_date(s).is_ok())
+        })
+        .cloned();
+    let last_modified = last_modified_header
+        .as_ref()
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+    let passthrough = [
+        header::CONTENT_ENCODING,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_DISPOSITION,
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        let value = headers.get(&name)?.clone();
+        Some((name, value))
+    })
+    .collect();
+    ObjectMeta {
+        size,
+        etag: headers.get(header::ETAG).cloned(),
+        last_modified,
+        last_modified_header,
+        content_type: headers.get(header::CONTENT_TYPE).cloned(),
+        passthrough,
+    }
+}
+
+/// `bytes first-last/total` → (first, last, total).
+fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, total) = (first.parse().ok()?, last.parse().ok()?, total.parse().ok()?);
+    (first <= last && last < total).then_some((first, last, total))
+}
+
+/// An error with its sources, for logs (reqwest's top-level message alone says little).
+/// URLs are stripped: they name the endpoint and, for pre-signed ones, carry signatures.
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

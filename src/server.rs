@@ -1,0 +1,343 @@
+//! Listeners, the accept loop and graceful drain. Knows nothing of JWTs or S3: it hands each
+//! request to a handler and keeps connections within their limits and timeouts.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::body::Body;
+
+/// Connection limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time to receive a complete request head.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections beyond this are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest request head.
+    pub max_header_size: usize,
+    /// How long in-flight requests may finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// Something that answers requests.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request.
+    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send;
+    /// Called when a connection is opened (+1) or closed (-1), and when one is shed.
+    fn connections(&self, _delta: i64) {}
+    /// Called when a connection is refused at the limit.
+    fn shed(&self) {}
+}
+
+/// A running listener set; `shutdown` starts the drain.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    /// Starts accepting on every listener.
+    pub fn start<H: Handler>(listeners: Vec<TcpListener>, handler: H, limits: Limits) -> Server {
+        let (shutdown, watcher) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let local_addrs = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(accept_loop(
+                    listener,
+                    handler.clone(),
+                    limits.clone(),
+                    slots.clone(),
+                    watcher.clone(),
+                ))
+            })
+            .collect();
+        Server {
+            shutdown,
+            tasks,
+            local_addrs,
+        }
+    }
+
+    /// The addresses being served.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns
+    /// when every connection is closed.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // The read buffer bounds the request head: a larger head is answered 431.
+        .max_buf_size(limits.max_header_size.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(limits.max_header_size as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            handler.shed();
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let io = IdleIo::new(stream);
+        let activity = io.activity.clone();
+        let service = {
+            let handler = handler.clone();
+            let activity = activity.clone();
+            service_fn(move |request: Request<Incoming>| {
+                let handler = handler.clone();
+                let busy = activity.busy();
+                async move {
+                    let response = handler.call(request).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let handler = handler.clone();
+        let idle_timeout = limits.idle_timeout;
+        tokio::spawn(async move {
+            handler.connections(1);
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = activity.idle_for(idle_timeout) => {
+                    tracing::debug!("closing idle connection");
+                }
+            }
+            handler.connections(-1);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+/// Answers a connection over the limit with a bare 503 and closes it.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = "{\"error\":\"unavailable\",\"message\":\"too many connections\"}";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// When bytes last moved on a connection, and whether a handler is working on a request (a
+/// connection waiting for its answer is not idle).
+#[derive(Clone)]
+struct Activity {
+    started: Instant,
+    last_ms: Arc<AtomicU64>,
+    busy: Arc<AtomicU64>,
+}
+
+/// Marks a connection busy while a handler runs.
+struct Busy(Activity);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Resolves once nothing has moved for `timeout` while no handler was running.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            if self.busy.load(Ordering::Relaxed) > 0 {
+                self.touch();
+            }
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.started.elapsed().saturating_sub(last);
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+}
+
+/// A stream that records when bytes move, for the idle timeout.
+struct IdleIo<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T) -> Self {
+        IdleIo {
+            inner,
+            activity: Activity {
+                started: Instant::now(),
+                last_ms: Arc::new(AtomicU64::new(0)),
+                busy: Arc::new(AtomicU64::new(0)),
+            },
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A handler around an `App` and its admin counterpart.
+impl Handler for crate::App {
+    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send {
+        let app = self.clone();
+        async move { app.handle(request).await }
+    }
+    fn connections(&self, delta: i64) {
+        self.metrics().connections().inc_by(delta);
+    }
+    fn shed(&self) {
+        self.metrics().shed();
+    }
+}
+
+/// Bytes, for handlers that build small bodies.
+pub fn text(status: http::StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::full(body.into()));
+    *response.status_mut() = status;
+    response
+}

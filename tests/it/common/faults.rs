@@ -1,0 +1,115 @@
+//! A hand-written upstream that misbehaves on purpose: hangs, resets mid-body, answers 503.
+//! Used only where a real S3 cannot be made to fail the way a test needs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Accept, read the request, never answer.
+    Hang,
+    /// Answer 503 with an S3 error body.
+    ServiceUnavailable,
+    /// Announce `total` bytes, send `sent`, then close the connection.
+    ResetMidBody { total: usize, sent: usize },
+    /// Announce `total` bytes, send `first`, wait for `release`, then send the rest.
+    StallMidBody { total: usize, first: usize },
+}
+
+pub struct FaultyUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    pub release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyUpstream {
+    pub async fn start(fault: Fault) -> FaultyUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(Notify::new());
+        let (r, n) = (requests.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (r, n) = (r.clone(), n.clone());
+                tokio::spawn(serve(socket, fault, r, n));
+            }
+        });
+        FaultyUpstream {
+            addr,
+            requests,
+            release,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultyUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut socket: TcpStream,
+    fault: Fault,
+    requests: Arc<AtomicU64>,
+    release: Arc<Notify>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let ok_head = |total: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {total}\r\ncontent-type: application/octet-stream\r\n\
+             etag: \"fault\"\r\nlast-modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n"
+        )
+    };
+    match fault {
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Fault::ServiceUnavailable => {
+            let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>secret detail at s3.internal</Message></Error>";
+            let response = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+        Fault::ResetMidBody { total, sent } => {
+            let _ = socket.write_all(ok_head(total).as_bytes()).await;
+            let _ = socket.write_all(&vec![b'x'; sent]).await;
+            let _ = socket.flush().await;
+            drop(socket);
+        }
+        Fault::StallMidBody { total, first } => {
+            let _ = socket.write_all(ok_head(total).as_bytes()).await;
+            let _ = socket.write_all(&vec![b'x'; first]).await;
+            let _ = socket.flush().await;
+            release.notified().await;
+            let _ = socket.write_all(&vec![b'y'; total - first]).await;
+        }
+    }
+}

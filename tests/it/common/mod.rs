@@ -1,0 +1,377 @@
+//! The test harness: a real S3 (s3s-fs, SigV4 verified) and s3warden, both on 127.0.0.1:0, a
+//! config assembled per test, real signed tokens, and a raw HTTP client for paths that URL
+//! libraries would normalize.
+
+pub mod faults;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use s3warden::App;
+use s3warden::admin::Admin;
+use s3warden::config::{Config, Environment};
+use s3warden::demo::s3::{EmbeddedS3, S3Log};
+use s3warden::server::Server;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const BUCKET: &str = "test-bucket";
+pub const ACCESS_KEY: &str = "TESTACCESSKEY";
+pub const SECRET_KEY: &str = "test-secret-key-0123456789";
+pub const HMAC_SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";
+pub const ISSUER: &str = "https://idp.test/";
+pub const AUDIENCE: &str = "files";
+
+/// The rules most tests run with.
+pub const DEFAULT_RULES: &str = r#"
+[[rules]]
+bucket = "files"
+prefix = "public/"
+methods = ["GET"]
+allow = "public"
+
+[[rules]]
+bucket = "files"
+prefix = "photos/"
+methods = ["GET"]
+allow = "authenticated"
+
+[[rules]]
+bucket = "files"
+prefix = "keys/"
+methods = ["GET"]
+allow = "authenticated"
+
+[[rules]]
+bucket = "files"
+prefix = "users/{sub}/"
+methods = ["GET", "PUT", "DELETE"]
+allow = "authenticated"
+
+[[rules]]
+bucket = "files"
+prefix = "private/"
+methods = ["GET", "PUT", "DELETE"]
+allow = { claims = { roles = "admin" } }
+"#;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("fixture")
+}
+
+/// Builds a config section by section; values are TOML literals.
+pub struct Setup {
+    sections: BTreeMap<String, BTreeMap<String, String>>,
+    rules: String,
+    endpoint: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        let mut s = Setup {
+            sections: BTreeMap::new(),
+            rules: DEFAULT_RULES.to_owned(),
+            endpoint: None,
+        };
+        s = s
+            .set("s3.region", "\"us-east-1\"")
+            .set("s3.addressing", "\"path\"")
+            .set("s3.timeout", "\"2s\"")
+            .set("s3.connect_timeout", "\"1s\"")
+            .set("buckets.files.bucket", &format!("\"{BUCKET}\""))
+            .set("auth.hmac_secret_file", "\"hmac-secret\"")
+            .set(
+                "auth.public_key_files",
+                &format!(
+                    "[{:?}, {:?}, {:?}]",
+                    fixture("rsa_public.pem").display().to_string(),
+                    fixture("ec_public.pem").display().to_string(),
+                    fixture("ed_public.pem").display().to_string()
+                ),
+            )
+            .set(
+                "auth.algorithms",
+                "[\"HS256\", \"HS384\", \"RS256\", \"PS256\", \"ES256\", \"EdDSA\"]",
+            )
+            .set("auth.issuer", &format!("\"{ISSUER}\""))
+            .set("auth.audience", &format!("\"{AUDIENCE}\""))
+            .set("auth.leeway", "\"5s\"")
+            .set("signing.secret_files", "[\"url-key-1\"]");
+        s
+    }
+}
+
+impl Setup {
+    /// Sets `section.key = value` (`value` is a TOML literal); the section may be dotted
+    /// (`buckets.files.bucket`).
+    pub fn set(mut self, path: &str, value: &str) -> Self {
+        let (section, key) = path.rsplit_once('.').expect("section.key");
+        self.sections
+            .entry(section.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Removes a key.
+    pub fn unset(mut self, path: &str) -> Self {
+        let (section, key) = path.rsplit_once('.').expect("section.key");
+        if let Some(s) = self.sections.get_mut(section) {
+            s.remove(key);
+        }
+        self
+    }
+
+    /// Replaces the `[[rules]]`.
+    pub fn rules(mut self, rules: &str) -> Self {
+        self.rules = rules.to_owned();
+        self
+    }
+
+    /// Sends S3 requests somewhere else (a fault injector).
+    pub fn endpoint(mut self, endpoint: &str) -> Self {
+        self.endpoint = Some(endpoint.to_owned());
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.sections {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+            out.push('\n');
+        }
+        out.push_str(&self.rules);
+        out
+    }
+
+    /// Starts S3 and s3warden.
+    pub async fn start(self) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("s3");
+        std::fs::create_dir_all(&data).unwrap();
+        let s3 = EmbeddedS3::start(
+            &data,
+            "127.0.0.1:0".parse().unwrap(),
+            ACCESS_KEY,
+            SECRET_KEY,
+        )
+        .await
+        .expect("embedded S3");
+        s3.create_bucket(BUCKET).unwrap();
+        Harness::launch(self, dir, Arc::new(s3)).await
+    }
+}
+
+/// A running s3warden in front of a running S3.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub s3: Arc<EmbeddedS3>,
+    pub app: App,
+    pub url: String,
+    pub admin_url: String,
+    pub addr: std::net::SocketAddr,
+    pub http: reqwest::Client,
+    server: Option<Server>,
+    admin: Option<Server>,
+}
+
+impl Harness {
+    async fn launch(setup: Setup, dir: tempfile::TempDir, s3: Arc<EmbeddedS3>) -> Harness {
+        std::fs::write(dir.path().join("hmac-secret"), HMAC_SECRET).unwrap();
+        std::fs::write(
+            dir.path().join("url-key-1"),
+            "url-signing-key-number-one-0123456789",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("url-key-2"),
+            "url-signing-key-number-two-0123456789",
+        )
+        .unwrap();
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = public.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let endpoint = setup.endpoint.clone().unwrap_or_else(|| s3.endpoint());
+        let setup = setup
+            .set("s3.endpoint", &format!("\"{endpoint}\""))
+            .set("server.public_url", &format!("\"{url}\""));
+        let text = setup.render();
+        let env = Environment::from_pairs([
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ]);
+        let config = Config::from_toml(&text, dir.path(), &env)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let limits = s3warden::limits(&config);
+        let app = App::new(config).await.expect("app");
+        let server = Server::start(vec![public], app.clone(), limits.clone());
+        let admin = Server::start(vec![admin], Admin(app.clone()), limits);
+        Harness {
+            dir,
+            s3,
+            app,
+            url,
+            admin_url,
+            addr,
+            http: client(),
+            server: Some(server),
+            admin: Some(admin),
+        }
+    }
+
+    /// The S3 request log.
+    pub fn s3_log(&self) -> &Arc<S3Log> {
+        self.s3.log()
+    }
+
+    /// Stores an object directly in S3 (not counted as a request).
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        self.s3.put(BUCKET, key, bytes).unwrap();
+    }
+
+    /// `{url}/files/{encoded key}`
+    pub fn object_url(&self, key: &str) -> String {
+        format!("{}/files/{}", self.url, encode_key(key))
+    }
+
+    /// GET with an optional bearer token.
+    pub async fn get(&self, key: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(self.object_url(key));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// Stops the listeners (drains).
+    pub async fn shutdown(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        if let Some(s) = self.admin.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Percent-encodes a key for a URL path (keeping `/`).
+pub fn encode_key(key: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    percent_encoding::utf8_percent_encode(key, SET).to_string()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Standard claims for `sub`, valid for an hour, with the test issuer and audience.
+pub fn claims(sub: &str) -> Value {
+    json!({ "sub": sub, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 3600, "iat": now() })
+}
+
+/// Claims with extra fields merged in.
+pub fn claims_with(sub: &str, extra: Value) -> Value {
+    let mut c = claims(sub);
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// An HS256 token with the test secret.
+pub fn hs256(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+        None,
+        claims,
+    )
+}
+
+/// A token for `sub` with the standard claims.
+pub fn token(sub: &str) -> String {
+    hs256(&claims(sub))
+}
+
+/// An admin token.
+pub fn admin_token() -> String {
+    hs256(&claims_with("root", json!({ "roles": ["admin"] })))
+}
+
+pub fn rsa_key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&fixture_bytes("rsa_private.pem")).unwrap()
+}
+
+pub fn ec_key() -> EncodingKey {
+    EncodingKey::from_ec_pem(&fixture_bytes("ec_private.pem")).unwrap()
+}
+
+pub fn ed_key() -> EncodingKey {
+    EncodingKey::from_ed_pem(&fixture_bytes("ed_private.pem")).unwrap()
+}
+
+/// Signs `claims` with `alg` and `key`, with an optional `kid`.
+pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+/// base64url without padding.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token assembled by hand from a header and claims, with the given signature bytes.
+pub fn handmade(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(signature)
+    )
+}
+
+/// Waits until `f` is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}

@@ -1,0 +1,217 @@
+//! The shipped config files parse, and broken configs are reported with their keys and lines.
+
+use std::path::Path;
+use std::process::Command;
+
+use s3warden::config::{Config, ConfigError, Environment};
+
+fn config_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Config::parse(&text, path.parent().unwrap(), &Environment::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+            Some("json") => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(seen >= 3, "example, demo and IAM policy");
+}
+
+#[test]
+fn the_example_documents_every_key_with_its_default() {
+    // Every section and key the example sets is accepted, and the example sets the defaults:
+    // parsing it gives the same values as parsing nothing for sections it only documents.
+    let text = std::fs::read_to_string(config_dir().join("s3warden.example.toml")).unwrap();
+    let example = Config::parse(&text, &config_dir(), &Environment::default()).unwrap();
+    let defaults = Config::default();
+    assert_eq!(example.cache.capacity, defaults.cache.capacity);
+    assert_eq!(example.cache.ttl, defaults.cache.ttl);
+    assert_eq!(
+        example.server.max_connections,
+        defaults.server.max_connections
+    );
+    assert_eq!(
+        example.server.max_header_size,
+        defaults.server.max_header_size
+    );
+    assert_eq!(example.signing.window, defaults.signing.window);
+    assert_eq!(example.upload.max_size, defaults.upload.max_size);
+    assert_eq!(example.s3.retries, defaults.s3.retries);
+    assert_eq!(example.auth.jwks_cooldown, defaults.auth.jwks_cooldown);
+    assert_eq!(
+        example.auth.token_cache_entries,
+        defaults.auth.token_cache_entries
+    );
+}
+
+const MINIMAL: &str = r#"
+[s3]
+endpoint = "http://127.0.0.1:9000"
+region = "us-east-1"
+
+[buckets.files]
+bucket = "my-bucket"
+
+[[rules]]
+bucket = "files"
+prefix = "public/"
+allow = "public"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/nonexistent"), &Environment::default())
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => vec![],
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(|p| p.to_string()).collect()
+        }
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+#[test]
+fn a_minimal_config_is_enough() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+    assert_eq!(c.public_url(), "http://localhost:8080");
+}
+
+#[test]
+fn endpoint_and_region_come_from_the_environment() {
+    let text = MINIMAL.replace(
+        "endpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\n",
+        "",
+    );
+    let env = Environment::from_pairs([("AWS_REGION", "eu-west-1")]);
+    let c = Config::parse(&text, Path::new("."), &env).unwrap();
+    assert_eq!(
+        c.s3.endpoint.as_deref(),
+        Some("https://s3.eu-west-1.amazonaws.com")
+    );
+    let env = Environment::from_pairs([
+        ("AWS_REGION", "x"),
+        ("AWS_ENDPOINT_URL_S3", "http://minio:9000"),
+    ]);
+    let c = Config::parse(&text, Path::new("."), &env).unwrap();
+    assert_eq!(c.s3.endpoint.as_deref(), Some("http://minio:9000"));
+    assert!(problems(&text).iter().any(|p| p.contains("s3.region")));
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key_and_line() {
+    let e = parse(&format!("{MINIMAL}\n[cache]\ncapasity = \"1MiB\"\n")).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("capasity") && text.contains("line"), "{text}");
+
+    let e = parse(&format!("{MINIMAL}\n[cache]\nttl = \"soon\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid duration") && e.contains("ttl"), "{e}");
+
+    let e = parse(&format!("{MINIMAL}\n[cache]\ncapacity = \"lots\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid size"), "{e}");
+
+    let bad = format!(
+        "{MINIMAL}\n[cache]\ncapacity = \"1MiB\"\nmax_object_size = \"2MiB\"\nttl = \"0s\"\n\n\
+         [[rules]]\nbucket = \"nope\"\nprefix = \"users/{{user}}/\"\nallow = \"everyone\"\n"
+    );
+    let found = problems(&bad);
+    let has = |needle: &str| found.iter().any(|p| p.contains(needle));
+    assert!(has("cache.max_object_size"), "{found:?}");
+    assert!(has("cache.ttl"), "{found:?}");
+    assert!(has("rules[1].bucket"), "{found:?}");
+    assert!(has("rules[1].allow"), "{found:?}");
+    assert!(has("rules[1].prefix"), "{found:?}");
+    // Every one of them knows its line.
+    let line_of_ttl = bad.lines().position(|l| l.starts_with("ttl")).unwrap() + 1;
+    assert!(has(&format!("line {line_of_ttl}: cache.ttl")), "{found:?}");
+}
+
+#[test]
+fn missing_secret_files_are_reported_when_loading() {
+    let text = format!("{MINIMAL}\n[auth]\nhmac_secret_file = \"missing-secret\"\n");
+    let env = Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+    let e = Config::from_toml(&text, Path::new("/nonexistent"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("auth.hmac_secret_file") && e.contains("missing-secret"),
+        "{e}"
+    );
+    let e = Config::from_toml(MINIMAL, Path::new("."), &Environment::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no S3 credentials"), "{e}");
+}
+
+#[test]
+fn short_hmac_secrets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short"), "too-short\n").unwrap();
+    let text = format!("{MINIMAL}\n[auth]\nhmac_secret_file = \"short\"\n");
+    let env = Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+    let e = Config::from_toml(&text, dir.path(), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("9 bytes; at least 32"), "{e}");
+}
+
+#[test]
+fn check_config_exits_non_zero_and_prints_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let bad = format!(
+        "{MINIMAL}\n[cache]\nttl = \"0s\"\nnegative_ttl = \"1s\"\n\n[signing]\nwindow = \"8d\"\n"
+    );
+    let ttl_line = bad.lines().position(|l| l.starts_with("ttl")).unwrap() + 1;
+    std::fs::write(&path, &bad).unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_s3warden"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", "a")
+            .env("AWS_SECRET_ACCESS_KEY", "b")
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cache.ttl") && stderr.contains("signing.window"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("line {ttl_line}: cache.ttl")),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, MINIMAL).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: s3warden against a real in-process S3 with real tokens. One test binary
+//! (modules below) so the suite links once.
+
+#[allow(dead_code)]
+mod common;
+mod config_files;
+mod demo;
+mod foundation;
