@@ -462,3 +462,50 @@ fn error_chain(e: reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Environment;
+
+    fn client(addressing: &str, endpoint: &str) -> S3Client {
+        let text = format!(
+            "[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naddressing = \"{addressing}\"\n\
+             [buckets.a]\nbucket = \"my-bucket\"\n[[rules]]\nbucket = \"a\"\nallow = \"public\"\n"
+        );
+        let env =
+            Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+        let config = Config::from_toml(&text, std::path::Path::new("."), &env).unwrap();
+        S3Client::new(&config, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[test]
+    fn object_urls_for_both_addressing_styles() {
+        let object = S3Object {
+            bucket: "my-bucket".into(),
+            key: "dir/a b+c%d~é.txt".into(),
+        };
+        let path = client("path", "http://127.0.0.1:9000");
+        assert_eq!(
+            path.object_url(&object).as_str(),
+            "http://127.0.0.1:9000/my-bucket/dir/a%20b%2Bc%25d~%C3%A9.txt"
+        );
+        let virt = client("virtual", "https://s3.eu-west-1.amazonaws.com");
+        assert_eq!(
+            virt.object_url(&object).as_str(),
+            "https://my-bucket.s3.eu-west-1.amazonaws.com/dir/a%20b%2Bc%25d~%C3%A9.txt"
+        );
+        assert_eq!(
+            virt.bucket_url("my-bucket").as_str(),
+            "https://my-bucket.s3.eu-west-1.amazonaws.com/"
+        );
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 9, 100)));
+        assert_eq!(parse_content_range("bytes 9-0/100"), None);
+        assert_eq!(parse_content_range("bytes 0-100/100"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+    }
+}

@@ -188,6 +188,33 @@ mod tests {
     }
 
     #[test]
+    fn session_tokens_are_sent_and_signed() {
+        let signer = Signer::new(
+            &AwsCredentials {
+                access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+                secret_access_key: "secret".into(),
+                session_token: Some("the-session-token".into()),
+            },
+            "eu-west-1",
+        );
+        let url = Url::parse("https://bucket.s3.eu-west-1.amazonaws.com/a.txt").unwrap();
+        let mut headers = HeaderMap::new();
+        signer
+            .sign_headers(
+                &Method::GET,
+                &url,
+                &mut headers,
+                Payload::Bytes(b""),
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(headers["x-amz-security-token"], "the-session-token");
+        let auth = headers["authorization"].to_str().unwrap();
+        assert!(auth.contains("x-amz-security-token"), "{auth}");
+        assert!(auth.contains("/eu-west-1/s3/aws4_request"), "{auth}");
+    }
+
+    #[test]
     fn presigned_urls_depend_only_on_their_inputs() {
         let url = Url::parse("http://127.0.0.1:9000/bucket/a%20b.jpg").unwrap();
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -215,3 +215,36 @@ fn check_config_exits_non_zero_and_prints_every_problem() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn s3_credentials_from_files_environment_or_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("id"), "FILEID\n").unwrap();
+    std::fs::write(dir.path().join("secret"), "filesecret\n").unwrap();
+    std::fs::write(dir.path().join("token"), "filetoken").unwrap();
+    let with_files = MINIMAL.replace(
+        "region = \"us-east-1\"\n",
+        "region = \"us-east-1\"\naccess_key_id_file = \"id\"\nsecret_access_key_file = \"secret\"\nsession_token_file = \"token\"\n",
+    );
+    let env = Environment::from_pairs([
+        ("AWS_ACCESS_KEY_ID", "ENVID"),
+        ("AWS_SECRET_ACCESS_KEY", "envsecret"),
+    ]);
+    let c = Config::from_toml(&with_files, dir.path(), &env).unwrap();
+    assert_eq!(c.secrets.aws.access_key_id, "FILEID");
+    assert_eq!(c.secrets.aws.secret_access_key, "filesecret");
+    assert_eq!(c.secrets.aws.session_token.as_deref(), Some("filetoken"));
+
+    let c = Config::from_toml(MINIMAL, dir.path(), &env).unwrap();
+    assert_eq!(c.secrets.aws.access_key_id, "ENVID");
+    assert_eq!(c.secrets.aws.session_token, None);
+
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("aws_access_key_id"), "CREDID").unwrap();
+    std::fs::write(creds.join("aws_secret_access_key"), "credsecret").unwrap();
+    let env = Environment::from_pairs([("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
+    let c = Config::from_toml(MINIMAL, dir.path(), &env).unwrap();
+    assert_eq!(c.secrets.aws.access_key_id, "CREDID");
+    assert_eq!(c.secrets.aws.secret_access_key, "credsecret");
+}
