@@ -73,6 +73,7 @@ pub struct Metrics {
     cached_bytes: Gauge,
     cached_entries: Gauge,
     shed: Counter,
+    token_verifications: Counter,
     /// Body bytes fetched from S3, readable without rendering (tests, demo).
     s3_bytes_total: AtomicU64,
 }
@@ -112,6 +113,7 @@ impl Metrics {
             cached_bytes: Gauge::default(),
             cached_entries: Gauge::default(),
             shed: Counter::default(),
+            token_verifications: Counter::default(),
             s3_bytes_total: AtomicU64::new(0),
         };
         let r = &mut registry;
@@ -210,6 +212,11 @@ impl Metrics {
             "Connections refused with 503 because max_connections was reached",
             m.shed.clone(),
         );
+        r.register(
+            "token_verifications",
+            "Token signatures checked (verified tokens are then served from memory until exp)",
+            m.token_verifications.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -225,6 +232,16 @@ impl Metrics {
         self.token_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts a token signature check.
+    pub fn token_verified(&self) {
+        self.token_verifications.inc();
+    }
+
+    /// Token signatures checked so far.
+    pub fn token_verifications(&self) -> u64 {
+        self.token_verifications.get()
     }
 
     /// Records one S3 request's outcome and time to response head.

@@ -279,6 +279,14 @@ impl Policy {
             let Ok(template) = Template::parse(&rule.prefix) else {
                 continue;
             };
+            if let AllowConfig::Claims { claims } = &rule.allow
+                && let Some((name, _)) = claims.iter().find(|(_, value)| value.trim().is_empty())
+            {
+                out.push((
+                    i,
+                    format!("claim {name:?} is compared with an empty value, which never matches"),
+                ));
+            }
             if rule.allow == AllowConfig::Keyword("public".into()) && !template.is_literal() {
                 out.push((
                     i,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::Identity;
 use super::jwks::Jwks;
 use crate::config::{Config, Validator};
+use crate::metrics::Metrics;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -133,11 +134,12 @@ pub struct Verifier {
     jwks: Option<Arc<Jwks>>,
     leeway: u64,
     verified: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Verifier {
     /// Builds a verifier from a validated config; starts the JWKS refresh when configured.
-    pub async fn new(config: &Config) -> Verifier {
+    pub async fn new(config: &Config, metrics: Arc<Metrics>) -> Verifier {
         let auth = &config.auth;
         let algorithms = algorithms(config);
         let leeway = auth.leeway.as_secs();
@@ -198,6 +200,7 @@ impl Verifier {
             jwks,
             leeway,
             verified,
+            metrics,
         }
     }
 
@@ -232,15 +235,10 @@ impl Verifier {
         })?;
         let alg = header.alg;
         let validation = self.validations.get(&alg).ok_or(TokenError::Algorithm)?;
-        let mut keys = self.candidates(alg, header.kid.as_deref());
-        if keys.is_empty()
-            && let (Some(jwks), Some(kid)) = (&self.jwks, header.kid.as_deref())
-        {
-            jwks.refresh_for_unknown_kid().await;
-            keys = self.candidates(alg, Some(kid));
-        }
+        let keys = self.candidates(alg, header.kid.as_deref()).await;
         let mut last = TokenError::UnknownKey;
         for key in keys {
+            self.metrics.token_verified();
             match decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => return identity_from(data.claims),
                 Err(e) => {
@@ -254,7 +252,10 @@ impl Verifier {
         Err(last)
     }
 
-    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<VerifyKey> {
+    /// The keys that may have signed a token with `alg` and `kid`: static keys of the right
+    /// family, and JWKS keys with that `kid` (re-fetching the JWKS once, within its cooldown,
+    /// when the `kid` is unknown).
+    async fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<VerifyKey> {
         let mut keys: Vec<VerifyKey> = self
             .static_keys
             .iter()
@@ -262,7 +263,12 @@ impl Verifier {
             .cloned()
             .collect();
         if let Some(jwks) = &self.jwks {
-            keys.extend(jwks.keys_for(alg, kid));
+            let mut found = jwks.keys_for(alg, kid);
+            if found.is_empty() && kid.is_some() {
+                jwks.refresh_for_unknown_kid().await;
+                found = jwks.keys_for(alg, kid);
+            }
+            keys.extend(found);
         }
         keys
     }

@@ -291,6 +291,10 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         }
     }
 
+    for (i, message) in crate::policy::Policy::dead_rules(c) {
+        v.problem(format!("rules[{i}].prefix"), message);
+    }
+
     // [cache]
     let cache = &c.cache;
     v.check(

@@ -58,7 +58,7 @@ impl App {
     pub async fn new(config: Config) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
         let s3 = S3Client::new(&config, metrics.clone())?;
-        let verifier = Verifier::new(&config).await;
+        let verifier = Verifier::new(&config, metrics.clone()).await;
         let inner = Inner {
             policy: Policy::new(&config),
             verifier,
@@ -191,9 +191,18 @@ impl App {
                 let permit = self.authorize(&auth, &object.alias, &object.key, Method::Get)?;
                 self.read_object(parts, &permit).await
             }
-            Route::Sign | Route::Object(_) | Route::Create { .. } => {
+            Route::Object(object) => {
+                outcome.route = "write";
+                let method = match parts.method {
+                    http::Method::DELETE => Method::Delete,
+                    _ => Method::Put,
+                };
+                let auth = self.authenticate(parts, outcome).await?;
+                self.check_csrf(parts, &auth)?;
+                let _permit = self.authorize(&auth, &object.alias, &object.key, method)?;
                 Err(ProxyError::MethodNotAllowed)
             }
+            Route::Sign | Route::Create { .. } => Err(ProxyError::MethodNotAllowed),
         }
     }
 
@@ -231,6 +240,17 @@ impl App {
             }
         }
         Ok(result)
+    }
+
+    /// Writes authenticated by a cookie must come from an allowed origin: a cross-site page can
+    /// make a browser send the cookie, but not forge the `Origin` header.
+    fn check_csrf(&self, parts: &Parts, auth: &Authenticated) -> Result<(), ProxyError> {
+        match auth.source {
+            Some(source) if source.is_ambient() => {
+                self.inner.cors.check_cookie_write(&parts.headers)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Applies the rules; the `Permit` is the only way on to the cache and S3.

@@ -3,6 +3,7 @@
 //! libraries would normalize.
 
 pub mod faults;
+pub mod jwks;
 pub mod raw;
 
 use std::collections::BTreeMap;
