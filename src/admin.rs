@@ -44,11 +44,11 @@ pub async fn handle(app: &App, method: &Method, path: &str) -> Response<Body> {
             response
         }
         (&Method::POST, "/cache/purge") => {
-            let n = app.purge_all();
+            let n = app.purge_all().await;
             json(StatusCode::OK, serde_json::json!({ "purged": n }))
         }
         (&Method::DELETE, p) if p.starts_with("/cache/") => {
-            match app.purge_path(&p["/cache".len()..]) {
+            match app.purge_path(&p["/cache".len()..]).await {
                 Ok(()) => json(StatusCode::OK, serde_json::json!({ "purged": 1 })),
                 Err(e) => e.into_response(),
             }

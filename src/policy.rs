@@ -298,6 +298,12 @@ impl Policy {
         out
     }
 
+    /// The S3 address of a key under a bucket alias, for cache purges (which read nothing).
+    pub fn object_for(&self, alias: &str, key: &Key) -> Option<S3Object> {
+        let bucket = self.buckets.get(alias)?;
+        Some(bucket.permit(key, Method::Delete, |_| {}).object)
+    }
+
     /// Decides whether `who` may perform `method` on `key` in bucket `alias`.
     pub fn authorize(
         &self,

@@ -13,6 +13,7 @@ use http::{Request, Response, header};
 
 use crate::auth::{Authenticated, Verifier, find_tokens};
 use crate::body::{Body, BoxError};
+use crate::cache::ObjectCache;
 use crate::config::{Config, Method};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -30,6 +31,7 @@ pub struct App {
 
 struct Inner {
     config: Config,
+    cache: ObjectCache,
     policy: Policy,
     verifier: Verifier,
     s3: S3Client,
@@ -60,6 +62,7 @@ impl App {
         let s3 = S3Client::new(&config, metrics.clone())?;
         let verifier = Verifier::new(&config, metrics.clone()).await;
         let inner = Inner {
+            cache: ObjectCache::new(&config.cache, metrics.clone()),
             policy: Policy::new(&config),
             verifier,
             s3,
@@ -84,19 +87,33 @@ impl App {
     }
 
     /// Updates gauges that are read rather than counted (cache size) before a scrape.
-    pub fn refresh_gauges(&self) {}
+    pub fn refresh_gauges(&self) {
+        let (bytes, entries) = self.inner.cache.size_now();
+        self.inner.metrics.cache_size(bytes, entries);
+    }
+
+    /// The object cache (sizes, for tests and benchmarks).
+    pub fn cache(&self) -> &ObjectCache {
+        &self.inner.cache
+    }
 
     /// Empties the cache; returns how many entries were dropped.
-    pub fn purge_all(&self) -> u64 {
-        0
+    pub async fn purge_all(&self) -> u64 {
+        self.inner.cache.purge().await
     }
 
     /// Drops one object from the cache; `path` is `/{bucket}/{key}` as in the public URL.
-    pub fn purge_path(&self, path: &str) -> Result<(), ProxyError> {
-        match route(&http::Method::DELETE, path)? {
-            Route::Object(_) => Ok(()),
-            _ => Err(ProxyError::NotFound),
-        }
+    pub async fn purge_path(&self, path: &str) -> Result<(), ProxyError> {
+        let Route::Object(object) = route(&http::Method::DELETE, path)? else {
+            return Err(ProxyError::NotFound);
+        };
+        let target = self
+            .inner
+            .policy
+            .object_for(&object.alias, &object.key)
+            .ok_or(ProxyError::NotFound)?;
+        self.inner.cache.invalidate(&target).await;
+        Ok(())
     }
 
     /// True when keys are loaded and every configured bucket answers.

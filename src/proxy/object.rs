@@ -1,15 +1,23 @@
-//! Reading objects: GET and HEAD, with Range and conditional requests.
+//! Reading objects: GET and HEAD through the cache, with Range and conditional requests.
 
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::App;
 use crate::body::Body;
+use crate::cache::{CachedObject, Lookup, OnMiss};
 use crate::error::ProxyError;
 use crate::policy::Permit;
 use crate::response::{self, CacheStatus, Part};
-use crate::route::{Conditionals, IfNoneMatch, parse_range};
-use crate::s3::{Answer, GetOptions, S3Error};
+use crate::route::{ByteRange, Conditionals, IfNoneMatch, parse_range};
+use crate::s3::{Answer, Fetched, GetOptions, S3Error};
+
+/// What the client asked for besides the object.
+struct Wanted {
+    head: bool,
+    range: Option<ByteRange>,
+    conditionals: Conditionals,
+}
 
 impl App {
     /// GET or HEAD of an object the permit allows reading.
@@ -19,12 +27,130 @@ impl App {
         permit: &Permit,
     ) -> Result<Response<Body>, ProxyError> {
         let head = parts.method == http::Method::HEAD;
-        let conditionals = Conditionals::from_headers(&parts.headers);
+        let wanted = Wanted {
+            head,
+            // HEAD describes the whole object.
+            range: (!head)
+                .then(|| parts.headers.get(header::RANGE))
+                .flatten()
+                .and_then(|v| parse_range(v.to_str().ok()?)),
+            conditionals: Conditionals::from_headers(&parts.headers),
+        };
+        // HEAD and ranged misses do not pull whole objects into the cache.
+        let on_miss = if head || wanted.range.is_some() {
+            OnMiss::Bypass
+        } else {
+            OnMiss::Fetch
+        };
+        let inner = &self.inner;
+        let lookup = inner
+            .cache
+            .lookup(permit, &inner.s3, on_miss)
+            .await
+            .map_err(upstream)?;
+        match lookup {
+            Lookup::Object(object, status) => {
+                Ok(self.serve_cached(permit, &object, status, &wanted))
+            }
+            Lookup::Missing => Err(ProxyError::NotFound),
+            Lookup::Stream(fetched) => Ok(self.serve_fetched(permit, fetched, &wanted)),
+            Lookup::Bypass => self.pass_through(permit, &wanted).await,
+        }
+    }
+
+    /// Answers from memory: 304, 206 cut from the cached body, or the whole body.
+    fn serve_cached(
+        &self,
+        permit: &Permit,
+        object: &CachedObject,
+        status: CacheStatus,
+        wanted: &Wanted,
+    ) -> Response<Body> {
         let settings = &self.inner.responses;
+        let meta = &object.meta;
+        let (etag, modified) = (meta.etag_str(), meta.last_modified);
+        if wanted.conditionals.not_modified(etag, modified) {
+            return response::object(
+                settings,
+                permit,
+                meta,
+                Part::NotModified,
+                status,
+                Body::Empty,
+            );
+        }
+        if let Some(range) = wanted.range
+            && wanted.conditionals.range_applies(etag, modified)
+        {
+            return match range.resolve(meta.size) {
+                Some((first, last)) => {
+                    let body = object.body.slice(first as usize..=last as usize);
+                    response::object(
+                        settings,
+                        permit,
+                        meta,
+                        Part::Range(first, last),
+                        status,
+                        Body::full(body),
+                    )
+                }
+                None => ProxyError::RangeNotSatisfiable(Some(meta.size)).into_response(),
+            };
+        }
+        let body = if wanted.head {
+            Body::Empty
+        } else {
+            Body::full(object.body.clone())
+        };
+        response::object(settings, permit, meta, Part::Whole, status, body)
+    }
+
+    /// Streams a response S3 is already sending (an object too large to cache).
+    fn serve_fetched(&self, permit: &Permit, fetched: Fetched, wanted: &Wanted) -> Response<Body> {
+        let settings = &self.inner.responses;
+        let meta = &fetched.meta;
+        if fetched.answer == Answer::NotModified
+            || wanted
+                .conditionals
+                .not_modified(meta.etag_str(), meta.last_modified)
+        {
+            return response::object(
+                settings,
+                permit,
+                meta,
+                Part::NotModified,
+                CacheStatus::Bypass,
+                Body::Empty,
+            );
+        }
+        let part = match fetched.answer {
+            Answer::Partial { first, last } => Part::Range(first, last),
+            _ => Part::Whole,
+        };
+        let body = if wanted.head {
+            Body::Empty
+        } else {
+            Body::stream(fetched.body, Some(fetched.body_len))
+        };
+        response::object(settings, permit, meta, part, CacheStatus::Bypass, body)
+    }
+
+    /// Not cached and not to be cached: HEAD, ranged misses and large objects go straight to S3,
+    /// with the range and the client's validators (rebuilt from their parsed form).
+    async fn pass_through(
+        &self,
+        permit: &Permit,
+        wanted: &Wanted,
+    ) -> Result<Response<Body>, ProxyError> {
         let s3 = &self.inner.s3;
-        if head {
+        let settings = &self.inner.responses;
+        self.inner.metrics.cache(crate::metrics::CacheEvent::Bypass);
+        if wanted.head {
             let meta = s3.head(permit).await.map_err(upstream)?;
-            let part = if conditionals.not_modified(meta.etag_str(), meta.last_modified) {
+            let part = if wanted
+                .conditionals
+                .not_modified(meta.etag_str(), meta.last_modified)
+            {
                 Part::NotModified
             } else {
                 Part::Whole
@@ -40,66 +166,33 @@ impl App {
         }
         // A Range with If-Range cannot be checked before the object's validators are known;
         // asking for the whole object is always a correct answer (RFC 9110 §13.1.5).
-        let range = parts
-            .headers
-            .get(header::RANGE)
-            .and_then(|v| parse_range(v.to_str().ok()?))
-            .filter(|_| conditionals.if_range.is_none());
         let options = GetOptions {
-            range,
-            if_none_match: forwardable_if_none_match(&conditionals),
+            range: wanted
+                .range
+                .filter(|_| wanted.conditionals.if_range.is_none()),
+            if_none_match: forwardable_if_none_match(&wanted.conditionals),
         };
-        let fetched = match s3.get(permit, &options).await {
-            Ok(fetched) => fetched,
+        match s3.get(permit, &options).await {
+            Ok(fetched) => Ok(self.serve_fetched(permit, fetched, wanted)),
             Err(S3Error::Status { status, .. }) if status == StatusCode::RANGE_NOT_SATISFIABLE => {
                 // Tell the client how long the object is, as RFC 9110 §15.5.17 asks.
                 let size = s3.head(permit).await.ok().map(|meta| meta.size);
-                return Err(ProxyError::RangeNotSatisfiable(size));
+                Err(ProxyError::RangeNotSatisfiable(size))
             }
-            Err(e) => return Err(upstream(e)),
-        };
-        if fetched.answer == Answer::NotModified
-            || conditionals.not_modified(fetched.meta.etag_str(), fetched.meta.last_modified)
-        {
-            return Ok(response::object(
-                settings,
-                permit,
-                &fetched.meta,
-                Part::NotModified,
-                CacheStatus::Bypass,
-                Body::Empty,
-            ));
+            Err(e) => Err(upstream(e)),
         }
-        let part = match fetched.answer {
-            Answer::Partial { first, last } => Part::Range(first, last),
-            _ => Part::Whole,
-        };
-        let body = Body::stream(fetched.body, Some(fetched.body_len));
-        Ok(response::object(
-            settings,
-            permit,
-            &fetched.meta,
-            part,
-            CacheStatus::Bypass,
-            body,
-        ))
     }
 }
 
-/// The client's `If-None-Match`, rebuilt from its parsed tags so that only well-formed tags
-/// travel to S3.
+/// The client's `If-None-Match` when it names exactly one well-formed tag (S3 takes one).
 fn forwardable_if_none_match(conditionals: &Conditionals) -> Option<HeaderValue> {
     match &conditionals.if_none_match {
-        Some(IfNoneMatch::Tags(tags)) if !tags.is_empty() => {
-            let list = tags
-                .iter()
-                .filter(|t| t.bytes().all(|c| c.is_ascii_graphic() && c != b'"'))
-                .map(|t| format!("\"{t}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            HeaderValue::from_str(&list)
-                .ok()
-                .filter(|_| !list.is_empty())
+        Some(IfNoneMatch::Tags(tags)) if tags.len() == 1 => {
+            let tag = &tags[0];
+            tag.bytes()
+                .all(|c| c.is_ascii_graphic() && c != b'"')
+                .then(|| HeaderValue::from_str(&format!("\"{tag}\"")).ok())
+                .flatten()
         }
         _ => None,
     }

@@ -405,7 +405,12 @@ async fn a_reset_mid_body_aborts_the_response() {
         sent: 10_000,
     })
     .await;
-    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    // Too large to cache, so it streams.
+    let h = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("cache.max_object_size", "\"64KiB\"")
+        .start()
+        .await;
     let r = h.get("keys/big.bin", Some(&token("alice"))).await;
     // The head went out before the failure; the body must not complete.
     assert_eq!(r.status(), StatusCode::OK);
@@ -413,6 +418,25 @@ async fn a_reset_mid_body_aborts_the_response() {
     assert!(
         r.bytes().await.is_err(),
         "a short body must be an error, never a short 200"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_while_filling_the_cache_is_a_502_and_stores_nothing() {
+    let up = FaultyUpstream::start(Fault::ResetMidBody {
+        total: 100_000,
+        sent: 10_000,
+    })
+    .await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    for _ in 0..2 {
+        let r = h.get("keys/big.bin", Some(&token("alice"))).await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(h.app.cache().size().await.1, 0, "no truncated entry");
+    assert!(
+        up.requests() >= 2,
+        "nothing was cached, so S3 is asked again"
     );
 }
 
@@ -427,6 +451,7 @@ async fn bodies_stream_before_s3_has_sent_everything() {
     let h = Setup::default()
         .endpoint(&up.endpoint())
         .set("s3.timeout", "\"10s\"")
+        .set("cache.max_object_size", "\"1MiB\"")
         .start()
         .await;
     let mut r = h.get("keys/big.bin", Some(&token("alice"))).await;
@@ -441,7 +466,7 @@ async fn bodies_stream_before_s3_has_sent_everything() {
             .unwrap();
         received += chunk.len();
     }
-    up.release.notify_one();
+    up.release();
     while let Some(chunk) = r.chunk().await.unwrap() {
         received += chunk.len();
     }

@@ -2,6 +2,7 @@
 //! (modules below) so the suite links once.
 
 mod auth;
+mod cache;
 #[allow(dead_code)]
 mod common;
 mod config_files;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +25,7 @@ pub enum Fault {
 pub struct FaultyUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
-    pub release: Arc<Notify>,
+    release: Arc<Release>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,7 +34,7 @@ impl FaultyUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(Notify::new());
+        let release = Arc::new(Release::default());
         let (r, n) = (requests.clone(), release.clone());
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -57,6 +57,18 @@ impl FaultyUpstream {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Lets every stalled (and future) response finish.
+    pub fn release(&self) {
+        self.release.done.store(true, Ordering::SeqCst);
+        self.release.notify.notify_waiters();
+    }
+}
+
+#[derive(Default)]
+struct Release {
+    done: AtomicBool,
+    notify: Notify,
 }
 
 impl Drop for FaultyUpstream {
@@ -69,7 +81,7 @@ async fn serve(
     mut socket: TcpStream,
     fault: Fault,
     requests: Arc<AtomicU64>,
-    release: Arc<Notify>,
+    release: Arc<Release>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut head = Vec::new();
@@ -108,7 +120,10 @@ async fn serve(
             let _ = socket.write_all(ok_head(total).as_bytes()).await;
             let _ = socket.write_all(&vec![b'x'; first]).await;
             let _ = socket.flush().await;
-            release.notified().await;
+            let released = release.notify.notified();
+            if !release.done.load(Ordering::SeqCst) {
+                released.await;
+            }
             let _ = socket.write_all(&vec![b'y'; total - first]).await;
         }
     }

@@ -160,6 +160,11 @@ impl Setup {
 
     /// Starts S3 and s3warden.
     pub async fn start(self) -> Harness {
+        // Logs show up for failing tests only.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("s3warden=debug,access=info")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("s3");
         std::fs::create_dir_all(&data).unwrap();
@@ -257,6 +262,27 @@ impl Harness {
             req = req.bearer_auth(t);
         }
         req.send().await.expect("request")
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.admin_url);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// One sample of the admin `/metrics`, by its full name with labels (`None` if absent).
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
     /// Stops the listeners (drains).

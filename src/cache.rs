@@ -1,0 +1,405 @@
+//! The object cache: moka, keyed by S3 bucket + key (shared by every user — that is the point),
+//! weighed in bytes. Entries carry their validators and freshness; concurrent misses and
+//! revalidations of one key wait for one S3 request. Every lookup demands a `Permit`, so a hit
+//! can never skip authorization.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+
+use crate::config::CacheConfig;
+use crate::metrics::{CacheEvent, Metrics};
+use crate::policy::Permit;
+use crate::response::CacheStatus;
+use crate::s3::{Answer, Fetched, GetOptions, ObjectMeta, S3Client, S3Error, S3Object};
+
+/// Bytes an entry costs beyond its body (key, metadata, bookkeeping), for weighing.
+const ENTRY_OVERHEAD: u64 = 512;
+
+/// A cached object: metadata, the whole body, and until when it is fresh.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// Validators and headers.
+    pub meta: ObjectMeta,
+    /// The whole body; served as cheap `Bytes` clones and slices.
+    pub body: Bytes,
+    fresh_until: Instant,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Object(Arc<CachedObject>),
+    /// S3 said the object does not exist.
+    Missing {
+        until: Instant,
+    },
+    /// Larger than `max_object_size`: stream it, and skip the lock while this lasts.
+    TooLarge {
+        until: Instant,
+    },
+}
+
+impl Entry {
+    fn fresh(&self, now: Instant) -> bool {
+        match self {
+            Entry::Object(o) => o.fresh_until > now,
+            Entry::Missing { until } | Entry::TooLarge { until } => *until > now,
+        }
+    }
+
+    fn weight(&self, key: &S3Object) -> u32 {
+        let body = match self {
+            Entry::Object(o) => o.body.len() as u64,
+            _ => 0,
+        };
+        (body + ENTRY_OVERHEAD + key.key.len() as u64).min(u32::MAX as u64) as u32
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// An object to serve from memory, and how it got there.
+    Object(Arc<CachedObject>, CacheStatus),
+    /// The object does not exist.
+    Missing,
+    /// Not cacheable and already fetched: stream this response.
+    Stream(Fetched),
+    /// Not cached and not to be fetched into the cache: ask S3 directly.
+    Bypass,
+}
+
+/// Settings that a reload may change (capacity is fixed at start).
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Freshness lifetime.
+    pub ttl: Duration,
+    /// How long past `ttl` an entry may be served when S3 fails.
+    pub stale_if_error: Duration,
+    /// How long "not found" is remembered.
+    pub negative_ttl: Duration,
+    /// Largest object cached.
+    pub max_object_size: u64,
+}
+
+impl From<&CacheConfig> for CacheSettings {
+    fn from(c: &CacheConfig) -> Self {
+        CacheSettings {
+            ttl: c.ttl,
+            stale_if_error: c.stale_if_error,
+            negative_ttl: c.negative_ttl,
+            max_object_size: c.max_object_size.bytes(),
+        }
+    }
+}
+
+/// The object cache.
+pub struct ObjectCache {
+    entries: Cache<S3Object, Arc<Entry>>,
+    settings: ArcSwap<CacheSettings>,
+    capacity: u64,
+    /// Bumped by every invalidation; a fetch that saw another value does not store its result,
+    /// so a write that happened during a fetch is never hidden by the older bytes.
+    epoch: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether a lookup may fetch the whole object into the cache on a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMiss {
+    /// A plain GET: fetch and store it.
+    Fetch,
+    /// HEAD or a ranged GET: do not pull the whole object in for it.
+    Bypass,
+}
+
+impl ObjectCache {
+    /// A cache of `capacity` bytes.
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> ObjectCache {
+        let capacity = config.capacity.bytes();
+        let entries = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|key: &S3Object, entry: &Arc<Entry>| entry.weight(key))
+            .expire_after(MarkerExpiry)
+            .build();
+        ObjectCache {
+            entries,
+            settings: ArcSwap::from_pointee(CacheSettings::from(config)),
+            capacity,
+            epoch: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Applies new settings (on reload); cached entries stay.
+    pub fn reconfigure(&self, config: &CacheConfig) {
+        self.settings.store(Arc::new(CacheSettings::from(config)));
+    }
+
+    /// The configured capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes held (after pending maintenance) and entries.
+    pub async fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks().await;
+        (self.entries.weighted_size(), self.entries.entry_count())
+    }
+
+    /// Bytes held and entries, as last maintained (no waiting).
+    pub fn size_now(&self) -> (u64, u64) {
+        (self.entries.weighted_size(), self.entries.entry_count())
+    }
+
+    /// Drops one object.
+    pub async fn invalidate(&self, object: &S3Object) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate(object).await;
+    }
+
+    /// Drops everything; returns how many entries there were.
+    pub async fn purge(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.run_pending_tasks().await;
+        let n = self.entries.entry_count();
+        self.entries.invalidate_all();
+        self.entries.run_pending_tasks().await;
+        n
+    }
+
+    /// Finds the object the permit names: fresh from memory, revalidated, fetched (for a plain
+    /// GET), stale when S3 fails, or not at all.
+    pub async fn lookup(
+        &self,
+        permit: &Permit,
+        s3: &S3Client,
+        on_miss: OnMiss,
+    ) -> Result<Lookup, S3Error> {
+        let key = permit.object();
+        let now = Instant::now();
+        if let Some(entry) = self.entries.get(key).await {
+            match &*entry {
+                Entry::Object(o) if o.fresh_until > now => {
+                    self.metrics.cache(CacheEvent::Hit);
+                    return Ok(Lookup::Object(o.clone(), CacheStatus::Hit));
+                }
+                Entry::Missing { until } if *until > now => {
+                    self.metrics.cache(CacheEvent::NegativeHit);
+                    return Ok(Lookup::Missing);
+                }
+                Entry::TooLarge { until } if *until > now => return Ok(Lookup::Bypass),
+                Entry::Object(_) => {} // stale: revalidate below, whatever the request
+                _ if on_miss == OnMiss::Bypass => return Ok(Lookup::Bypass),
+                _ => {}
+            }
+        } else if on_miss == OnMiss::Bypass {
+            return Ok(Lookup::Bypass);
+        }
+        self.fill(permit, s3, on_miss).await
+    }
+
+    /// The slow path, one request per key at a time (moka's per-key compute lock): whoever
+    /// comes first talks to S3; the others find its result.
+    async fn fill(
+        &self,
+        permit: &Permit,
+        s3: &S3Client,
+        on_miss: OnMiss,
+    ) -> Result<Lookup, S3Error> {
+        let key = permit.object().clone();
+        let settings = self.settings.load_full();
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let mut found: Option<Lookup> = None;
+        let out = &mut found;
+        self.entries
+            .entry(key)
+            .and_try_compute_with(|current| async move {
+                let now = Instant::now();
+                let current = current.map(|e| e.into_value());
+                let (op, lookup) = match current.as_deref() {
+                    Some(entry) if entry.fresh(now) => {
+                        // Another request did the work while this one waited.
+                        self.metrics.cache(CacheEvent::Coalesced);
+                        (Op::Nop, self.served(entry))
+                    }
+                    Some(Entry::Object(old)) => {
+                        self.revalidate(permit, s3, old, &settings, now).await?
+                    }
+                    _ if on_miss == OnMiss::Bypass => (Op::Nop, Lookup::Bypass),
+                    _ => self.fetch(permit, s3, &settings, now).await?,
+                };
+                *out = Some(lookup);
+                // Only what was fetched before any invalidation may be stored.
+                let stale_epoch = self.epoch.load(Ordering::SeqCst) != epoch;
+                Ok::<_, S3Error>(match op {
+                    Op::Put(_) if stale_epoch => Op::Nop,
+                    op => op,
+                })
+            })
+            .await?;
+        // Keep the byte bound exact: admission and eviction run now, not later.
+        self.entries.run_pending_tasks().await;
+        Ok(found.unwrap_or(Lookup::Bypass))
+    }
+
+    fn served(&self, entry: &Entry) -> Lookup {
+        match entry {
+            Entry::Object(o) => Lookup::Object(o.clone(), CacheStatus::Hit),
+            Entry::Missing { .. } => Lookup::Missing,
+            Entry::TooLarge { .. } => Lookup::Bypass,
+        }
+    }
+
+    /// A miss: fetch the whole object, and store it when it fits.
+    async fn fetch(
+        &self,
+        permit: &Permit,
+        s3: &S3Client,
+        settings: &CacheSettings,
+        now: Instant,
+    ) -> Result<(Op<Arc<Entry>>, Lookup), S3Error> {
+        let fetched = match s3.get(permit, &GetOptions::default()).await {
+            Ok(fetched) => fetched,
+            Err(e) if e.is_not_found() => return Ok(self.missing(settings, now)),
+            Err(e) => return Err(e),
+        };
+        if fetched.meta.size > settings.max_object_size {
+            self.metrics.cache(CacheEvent::Bypass);
+            let marker = Entry::TooLarge {
+                until: now + settings.ttl,
+            };
+            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(fetched)));
+        }
+        let object = Arc::new(read_whole(fetched, settings, now).await?);
+        self.metrics.cache(CacheEvent::Miss);
+        let entry = Arc::new(Entry::Object(object.clone()));
+        Ok((Op::Put(entry), Lookup::Object(object, CacheStatus::Miss)))
+    }
+
+    /// A stale entry: ask S3 whether it changed (`If-None-Match`; a 304 moves no body).
+    async fn revalidate(
+        &self,
+        permit: &Permit,
+        s3: &S3Client,
+        old: &Arc<CachedObject>,
+        settings: &CacheSettings,
+        now: Instant,
+    ) -> Result<(Op<Arc<Entry>>, Lookup), S3Error> {
+        let options = GetOptions {
+            range: None,
+            if_none_match: old.meta.etag.clone(),
+        };
+        let fetched = match s3.get(permit, &options).await {
+            Ok(fetched) => fetched,
+            Err(e) if e.is_not_found() => return Ok(self.missing(settings, now)),
+            Err(e) => {
+                if now.saturating_duration_since(old.fresh_until) <= settings.stale_if_error {
+                    tracing::warn!(error = %e, "S3 failed; serving a stale cache entry");
+                    self.metrics.cache(CacheEvent::Stale);
+                    return Ok((Op::Nop, Lookup::Object(old.clone(), CacheStatus::Stale)));
+                }
+                return Err(e);
+            }
+        };
+        if fetched.answer == Answer::NotModified {
+            self.metrics.cache(CacheEvent::Revalidated);
+            let refreshed = Arc::new(CachedObject {
+                meta: old.meta.clone(),
+                body: old.body.clone(),
+                fresh_until: now + settings.ttl,
+            });
+            let entry = Arc::new(Entry::Object(refreshed.clone()));
+            return Ok((
+                Op::Put(entry),
+                Lookup::Object(refreshed, CacheStatus::Revalidated),
+            ));
+        }
+        self.metrics.cache(CacheEvent::Changed);
+        if fetched.meta.size > settings.max_object_size {
+            let marker = Entry::TooLarge {
+                until: now + settings.ttl,
+            };
+            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(fetched)));
+        }
+        let object = Arc::new(read_whole(fetched, settings, now).await?);
+        let entry = Arc::new(Entry::Object(object.clone()));
+        Ok((Op::Put(entry), Lookup::Object(object, CacheStatus::Miss)))
+    }
+
+    fn missing(&self, settings: &CacheSettings, now: Instant) -> (Op<Arc<Entry>>, Lookup) {
+        if settings.negative_ttl.is_zero() {
+            return (Op::Remove, Lookup::Missing);
+        }
+        let entry = Entry::Missing {
+            until: now + settings.negative_ttl,
+        };
+        (Op::Put(Arc::new(entry)), Lookup::Missing)
+    }
+}
+
+/// Reads a whole body; only a body of exactly the announced length becomes an entry.
+async fn read_whole(
+    fetched: Fetched,
+    settings: &CacheSettings,
+    now: Instant,
+) -> Result<CachedObject, S3Error> {
+    let expected = fetched.body_len;
+    let mut body = BytesMut::with_capacity(expected as usize);
+    let mut chunks = fetched.body;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
+        if body.len() as u64 + chunk.len() as u64 > expected {
+            return Err(S3Error::Unreachable(
+                "body longer than Content-Length".into(),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.len() as u64 != expected {
+        return Err(S3Error::Unreachable(format!(
+            "body ended at {} of {expected} bytes",
+            body.len()
+        )));
+    }
+    Ok(CachedObject {
+        meta: fetched.meta,
+        body: body.freeze(),
+        fresh_until: now + settings.ttl,
+    })
+}
+
+/// Markers (missing, too large) expire on their own; objects stay until evicted, because even a
+/// stale object saves a transfer when S3 confirms it with a 304.
+struct MarkerExpiry;
+
+impl moka::Expiry<S3Object, Arc<Entry>> for MarkerExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &S3Object,
+        entry: &Arc<Entry>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        match &**entry {
+            Entry::Object(_) => None,
+            Entry::Missing { until } | Entry::TooLarge { until } => {
+                Some(until.saturating_duration_since(created_at))
+            }
+        }
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &S3Object,
+        entry: &Arc<Entry>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, updated_at)
+    }
+}

@@ -1,0 +1,461 @@
+//! The cache against the real in-process S3, counting every request S3 receives.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::common::faults::{Fault, FaultyUpstream};
+use crate::common::*;
+
+fn x_cache(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn concurrent_cold_reads_make_one_s3_request() {
+    let h = Setup::default().start().await;
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    h.put("photos/cold.bin", &body);
+    let t = token("alice");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let req = h.http.get(h.object_url("photos/cold.bin")).bearer_auth(&t);
+        tasks.push(tokio::spawn(async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.unwrap()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), body);
+    }
+    assert_eq!(h.s3_log().requests("GET", BUCKET, "photos/cold.bin"), 1);
+    assert_eq!(h.metric("s3warden_cache_misses_total").await, Some(1));
+    let hits = h.metric("s3warden_cache_hits_total").await.unwrap();
+    let waited = h
+        .metric("s3warden_cache_coalesced_waits_total")
+        .await
+        .unwrap();
+    assert_eq!(hits + waited, 99, "every other request waited or hit");
+}
+
+#[tokio::test]
+async fn a_second_read_is_a_hit_without_s3() {
+    let h = Setup::default().start().await;
+    h.put("photos/a.png", b"a photo");
+    let t = token("alice");
+    let first = h.get("photos/a.png", Some(&t)).await;
+    assert_eq!(x_cache(&first), "MISS");
+    let second = h.get("photos/a.png", Some(&t)).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(x_cache(&second), "HIT");
+    assert_eq!(second.headers()["etag"], first.headers()["etag"]);
+    assert_eq!(second.text().await.unwrap(), "a photo");
+    // Another user with the same rights shares the entry.
+    let third = h.get("photos/a.png", Some(&token("bob"))).await;
+    assert_eq!(x_cache(&third), "HIT");
+    assert_eq!(h.s3_log().all(), 1);
+}
+
+#[tokio::test]
+async fn after_ttl_an_unchanged_object_costs_one_conditional_request_and_no_body() {
+    let h = Setup::default().set("cache.ttl", "\"300ms\"").start().await;
+    let body = vec![7u8; 100_000];
+    h.put("photos/a.bin", &body);
+    let t = token("alice");
+    assert_eq!(x_cache(&h.get("photos/a.bin", Some(&t)).await), "MISS");
+    let fetched = h.app.metrics().s3_bytes_total();
+    assert_eq!(fetched, 100_000);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = h.get("photos/a.bin", Some(&t)).await;
+    assert_eq!(x_cache(&r), "REVALIDATED");
+    assert_eq!(r.bytes().await.unwrap(), body);
+    assert_eq!(h.s3_log().requests("GET304", BUCKET, "photos/a.bin"), 1);
+    assert_eq!(h.s3_log().requests("GET", BUCKET, "photos/a.bin"), 2);
+    assert_eq!(
+        h.app.metrics().s3_bytes_total(),
+        fetched,
+        "a 304 moves no body"
+    );
+    // Fresh again: the next read is a plain hit.
+    assert_eq!(x_cache(&h.get("photos/a.bin", Some(&t)).await), "HIT");
+    assert_eq!(h.s3_log().requests("GET", BUCKET, "photos/a.bin"), 2);
+}
+
+#[tokio::test]
+async fn a_changed_object_is_fetched_again_after_ttl() {
+    let h = Setup::default().set("cache.ttl", "\"300ms\"").start().await;
+    h.put("photos/a.txt", b"version one");
+    let t = token("alice");
+    assert_eq!(
+        h.get("photos/a.txt", Some(&t)).await.text().await.unwrap(),
+        "version one"
+    );
+    h.put("photos/a.txt", b"version two!");
+    // Still fresh: the old bytes.
+    assert_eq!(
+        h.get("photos/a.txt", Some(&t)).await.text().await.unwrap(),
+        "version one"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = h.get("photos/a.txt", Some(&t)).await;
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.text().await.unwrap(), "version two!");
+    assert_eq!(x_cache(&h.get("photos/a.txt", Some(&t)).await), "HIT");
+    let metrics = h.app.metrics().render();
+    assert!(
+        metrics.contains("s3warden_cache_revalidations_changed_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn stale_entries_are_served_while_s3_is_down_within_stale_if_error() {
+    let h = Setup::default()
+        .set("cache.ttl", "\"200ms\"")
+        .set("cache.stale_if_error", "\"1s\"")
+        .set("s3.timeout", "\"500ms\"")
+        .start()
+        .await;
+    h.put("photos/a.txt", b"still here");
+    let t = token("alice");
+    assert_eq!(
+        h.get("photos/a.txt", Some(&t)).await.status(),
+        StatusCode::OK
+    );
+    h.s3.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = h.get("photos/a.txt", Some(&t)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(x_cache(&r), "STALE");
+    assert_eq!(r.text().await.unwrap(), "still here");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = h.get("photos/a.txt", Some(&t)).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn a_requester_that_leaves_mid_transfer_does_not_poison_the_entry() {
+    // Real S3: the first client reads part of the body and hangs up.
+    let h = Setup::default().start().await;
+    let body: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+    h.put("photos/big.bin", &body);
+    let t = token("alice");
+    let mut r = h.get("photos/big.bin", Some(&t)).await;
+    let _ = r.chunk().await.unwrap();
+    drop(r);
+    let again = h.get("photos/big.bin", Some(&t)).await;
+    assert_eq!(x_cache(&again), "HIT");
+    assert_eq!(again.bytes().await.unwrap(), body);
+
+    // Faulty upstream: the first client gives up while S3 is still sending.
+    let total = 300_000;
+    let up = FaultyUpstream::start(Fault::StallMidBody {
+        total,
+        first: 100_000,
+    })
+    .await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    let first = {
+        let req = h.http.get(h.object_url("photos/slow.bin")).bearer_auth(&t);
+        tokio::spawn(async move { req.send().await })
+    };
+    assert!(eventually(Duration::from_secs(5), || up.requests() == 1).await);
+    let second = {
+        let req = h.http.get(h.object_url("photos/slow.bin")).bearer_auth(&t);
+        tokio::spawn(async move { req.send().await.unwrap().bytes().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    up.release();
+    let bytes = second.await.unwrap();
+    assert_eq!(bytes.len(), total);
+    assert!(
+        bytes[..100_000].iter().all(|&b| b == b'x') && bytes[100_000..].iter().all(|&b| b == b'y')
+    );
+    let third = h.get("photos/slow.bin", Some(&t)).await;
+    assert_eq!(x_cache(&third), "HIT");
+    assert_eq!(third.bytes().await.unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn objects_over_max_object_size_stream_and_are_never_cached() {
+    let h = Setup::default()
+        .set("cache.max_object_size", "\"64KiB\"")
+        .start()
+        .await;
+    let body = vec![1u8; 200_000];
+    h.put("photos/large.bin", &body);
+    let t = token("alice");
+    for _ in 0..3 {
+        let r = h.get("photos/large.bin", Some(&t)).await;
+        assert_eq!(x_cache(&r), "BYPASS");
+        assert_eq!(r.bytes().await.unwrap(), body);
+    }
+    assert_eq!(h.s3_log().requests("GET", BUCKET, "photos/large.bin"), 3);
+    let (bytes, _) = h.app.cache().size().await;
+    assert!(bytes < 4096, "only a small marker, not the body: {bytes}");
+}
+
+#[tokio::test]
+async fn cached_bytes_never_exceed_capacity() {
+    let capacity = 1024 * 1024;
+    let h = Setup::default()
+        .set("cache.capacity", "\"1MiB\"")
+        .set("cache.max_object_size", "\"256KiB\"")
+        .start()
+        .await;
+    let t = token("alice");
+    let object = vec![3u8; 100_000];
+    for i in 0..32 {
+        h.put(&format!("photos/{i}.bin"), &object);
+    }
+    // 3.2 MB read, twice over, against a 1 MiB cache.
+    for round in 0..2 {
+        for i in 0..32 {
+            let r = h.get(&format!("photos/{i}.bin"), Some(&t)).await;
+            assert_eq!(r.status(), StatusCode::OK, "round {round} object {i}");
+            assert_eq!(r.bytes().await.unwrap().len(), object.len());
+            let (bytes, _) = h.app.cache().size_now();
+            assert!(bytes <= capacity, "{bytes} cached bytes > {capacity}");
+        }
+    }
+    let (bytes, entries) = h.app.cache().size().await;
+    assert!(
+        bytes <= capacity && entries >= 5,
+        "{bytes} bytes in {entries} entries"
+    );
+    let cached = h.metric("s3warden_cache_bytes").await.unwrap();
+    assert!(cached > 0 && cached <= capacity);
+}
+
+#[tokio::test]
+async fn ranges_conditionals_and_head_on_hits_are_answered_from_memory() {
+    let h = Setup::default().start().await;
+    let body: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    h.put("photos/r.bin", &body);
+    let t = token("alice");
+    let warm = h.get("photos/r.bin", Some(&t)).await;
+    let etag = warm.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = warm.headers()["last-modified"].to_str().unwrap().to_owned();
+    let send = |name: &'static str, value: String| {
+        let req = h
+            .http
+            .get(h.object_url("photos/r.bin"))
+            .bearer_auth(&t)
+            .header(name, value);
+        async move { req.send().await.unwrap() }
+    };
+    let r = send("range", "bytes=10-19".into()).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.headers()["content-range"], "bytes 10-19/1000");
+    assert_eq!(r.bytes().await.unwrap(), body[10..20]);
+    let r = send("range", "bytes=-10".into()).await;
+    assert_eq!(r.bytes().await.unwrap(), body[990..]);
+    let r = send("range", "bytes=2000-".into()).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()["content-range"], "bytes */1000");
+    let r = send("if-none-match", etag.clone()).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(x_cache(&r), "HIT");
+    let r = send("if-none-match", format!("W/{etag}, \"other\"")).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = send("if-modified-since", modified).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    // If-Range with the current ETag honours the range; with an old one, the whole object.
+    let r = h
+        .http
+        .get(h.object_url("photos/r.bin"))
+        .bearer_auth(&t)
+        .header("range", "bytes=0-1")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let r = h
+        .http
+        .get(h.object_url("photos/r.bin"))
+        .bearer_auth(&t)
+        .header("range", "bytes=0-1")
+        .header("if-range", "\"old\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = h
+        .http
+        .head(h.object_url("photos/r.bin"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.headers()["content-length"], "1000");
+    assert_eq!(
+        h.s3_log().all(),
+        1,
+        "everything after the first read came from memory"
+    );
+}
+
+#[tokio::test]
+async fn ranged_and_head_misses_do_not_fill_the_cache() {
+    let h = Setup::default().start().await;
+    h.put("photos/m.bin", &[9u8; 5000]);
+    let t = token("alice");
+    let r = h
+        .http
+        .get(h.object_url("photos/m.bin"))
+        .bearer_auth(&t)
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(x_cache(&r), "BYPASS");
+    let r = h
+        .http
+        .head(h.object_url("photos/m.bin"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "BYPASS");
+    assert_eq!(h.app.cache().size().await.1, 0);
+}
+
+#[tokio::test]
+async fn a_cached_object_still_needs_the_rules() {
+    let h = Setup::default().start().await;
+    h.put("users/alice/doc.txt", b"alice only");
+    let alice = token("alice");
+    assert_eq!(
+        h.get("users/alice/doc.txt", Some(&alice)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        x_cache(&h.get("users/alice/doc.txt", Some(&alice)).await),
+        "HIT"
+    );
+    let r = h.get("users/alice/doc.txt", Some(&token("bob"))).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!r.headers().contains_key("x-cache"));
+    assert_ne!(r.text().await.unwrap(), "alice only");
+    assert_eq!(
+        h.get("users/alice/doc.txt", None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_on_a_cached_key_is_401() {
+    let h = Setup::default().start().await;
+    h.put("photos/a.png", b"x");
+    // Valid for two more seconds (leeway is 5s): verified, cached, then expired.
+    let short = hs256(&claims_with("alice", json!({"exp": now() - 3})));
+    assert_eq!(
+        h.get("photos/a.png", Some(&short)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        x_cache(&h.get("photos/a.png", Some(&token("bob"))).await),
+        "HIT"
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = h.get("photos/a.png", Some(&short)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let expired = hs256(&claims_with("carol", json!({"exp": now() - 3600})));
+    assert_eq!(
+        h.get("photos/a.png", Some(&expired)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn purges_remove_entries() {
+    let h = Setup::default().start().await;
+    h.put("photos/a.png", b"a");
+    h.put("photos/b.png", b"b");
+    let t = token("alice");
+    h.get("photos/a.png", Some(&t)).await;
+    h.get("photos/b.png", Some(&t)).await;
+    let r = h
+        .http
+        .delete(format!("{}/cache/files/photos/a.png", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(x_cache(&h.get("photos/a.png", Some(&t)).await), "MISS");
+    assert_eq!(x_cache(&h.get("photos/b.png", Some(&t)).await), "HIT");
+    let r = h
+        .http
+        .post(format!("{}/cache/purge", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    let purged: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(purged["purged"], 2);
+    assert_eq!(h.app.cache().size().await.1, 0);
+    assert_eq!(x_cache(&h.get("photos/b.png", Some(&t)).await), "MISS");
+    let admin: std::net::SocketAddr = h.admin_url.trim_start_matches("http://").parse().unwrap();
+    let r = raw::send(
+        admin,
+        b"DELETE /cache/files/photos/%2e%2e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn missing_objects_are_remembered_for_negative_ttl() {
+    let h = Setup::default()
+        .set("cache.negative_ttl", "\"300ms\"")
+        .start()
+        .await;
+    let t = token("alice");
+    for _ in 0..3 {
+        assert_eq!(
+            h.get("photos/none.png", Some(&t)).await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(h.s3_log().requests("GET", BUCKET, "photos/none.png"), 1);
+    h.put("photos/none.png", b"now it exists");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        h.get("photos/none.png", Some(&t)).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn transfer_accounting_in_metrics() {
+    let h = Setup::default().start().await;
+    h.put("photos/a.bin", &[5u8; 10_000]);
+    let t = token("alice");
+    for _ in 0..5 {
+        h.get("photos/a.bin", Some(&t)).await.bytes().await.unwrap();
+    }
+    let value = |name: &'static str| {
+        let h = &h;
+        async move {
+            h.metric(name)
+                .await
+                .unwrap_or_else(|| panic!("{name} missing"))
+        }
+    };
+    assert_eq!(value("s3warden_cache_hits_total").await, 4);
+    assert_eq!(value("s3warden_cache_misses_total").await, 1);
+    assert_eq!(value("s3warden_s3_bytes_fetched_total").await, 10_000);
+    assert_eq!(value("s3warden_client_bytes_sent_total").await, 50_000);
+    assert_eq!(value("s3warden_cache_entries").await, 1);
+    let text = h.metrics_text().await;
+    assert!(text.contains("s3warden_s3_request_duration_seconds_bucket"));
+}
