@@ -69,7 +69,7 @@ pub enum Lookup {
     /// The object does not exist.
     Missing,
     /// Not cacheable and already fetched: stream this response.
-    Stream(Fetched),
+    Stream(Box<Fetched>),
     /// Not cached and not to be fetched into the cache: ask S3 directly.
     Bypass,
 }
@@ -274,7 +274,7 @@ impl ObjectCache {
             let marker = Entry::TooLarge {
                 until: now + settings.ttl,
             };
-            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(fetched)));
+            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(Box::new(fetched))));
         }
         let object = Arc::new(read_whole(fetched, settings, now).await?);
         self.metrics.cache(CacheEvent::Miss);
@@ -325,7 +325,7 @@ impl ObjectCache {
             let marker = Entry::TooLarge {
                 until: now + settings.ttl,
             };
-            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(fetched)));
+            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(Box::new(fetched))));
         }
         let object = Arc::new(read_whole(fetched, settings, now).await?);
         let entry = Arc::new(Entry::Object(object.clone()));

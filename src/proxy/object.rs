@@ -53,7 +53,7 @@ impl App {
                 Ok(self.serve_cached(permit, &object, status, &wanted))
             }
             Lookup::Missing => Err(ProxyError::NotFound),
-            Lookup::Stream(fetched) => Ok(self.serve_fetched(permit, fetched, &wanted)),
+            Lookup::Stream(fetched) => Ok(self.serve_fetched(permit, *fetched, &wanted)),
             Lookup::Bypass => self.pass_through(permit, &wanted).await,
         }
     }
