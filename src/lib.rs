@@ -18,6 +18,7 @@ pub mod response;
 pub mod route;
 pub mod s3;
 pub mod server;
+pub mod sign;
 
 pub use proxy::App;
 

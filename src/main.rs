@@ -43,6 +43,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Print signed URLs for objects (no rules are checked: this is for operators and scripts).
+    Sign {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// `proxy` (served by s3warden) or `s3` (pre-signed S3 URL).
+        #[arg(long, default_value = "proxy", value_parser = ["proxy", "s3"])]
+        kind: String,
+        /// The method the URL is for.
+        #[arg(long, default_value = "GET", value_parser = ["GET", "PUT", "DELETE"])]
+        method: String,
+        /// Objects as `BUCKET/KEY` (the bucket alias from the config).
+        #[arg(required = true, value_name = "BUCKET/KEY")]
+        objects: Vec<String>,
+    },
     /// Mint a development token with the configured HMAC secret.
     Token {
         /// Configuration file.
@@ -111,6 +126,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Demo { listen, admin } => {
             init_logging(LogFormat::Text, "warn,access=info");
             s3warden::demo::run(listen, admin).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign {
+            config,
+            kind,
+            method,
+            objects,
+        } => {
+            let config = Config::load(&config, &Environment::from_process())?;
+            for url in s3warden::sign::sign_for_cli(&config, &kind, &method, &objects)? {
+                println!("{url}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {

@@ -21,7 +21,7 @@ pub struct Permit {
     method: Method,
     public: bool,
     inline_active_content: bool,
-    expires_at: Option<u64>,
+    signed_max_age: Option<u64>,
 }
 
 impl Permit {
@@ -49,9 +49,10 @@ impl Permit {
     pub fn inline_active_content(&self) -> bool {
         self.inline_active_content
     }
-    /// Unix time the permit's signed URL expires, when it came from one.
-    pub fn expires_at(&self) -> Option<u64> {
-        self.expires_at
+    /// Seconds the signed URL this permit came from has left (browsers keep the answer that
+    /// long and no longer).
+    pub fn signed_max_age(&self) -> Option<u64> {
+        self.signed_max_age
     }
 }
 
@@ -342,14 +343,14 @@ impl Policy {
         }
     }
 
-    /// A permit for exactly one method and key, from a verified signed URL that expires at
-    /// `expires_at`. The rules were checked when the URL was signed.
+    /// A permit for exactly one method and key, from a verified signed URL with `seconds_left`
+    /// to live. The rules were checked when the URL was signed.
     pub fn permit_signed(
         &self,
         alias: &str,
         key: &Key,
         method: Method,
-        expires_at: u64,
+        seconds_left: u64,
     ) -> Result<Permit, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
         let inline_active_content = self.rules.iter().any(|r| {
@@ -360,7 +361,7 @@ impl Policy {
         });
         Ok(bucket.permit(key, method, |p| {
             p.inline_active_content = inline_active_content;
-            p.expires_at = Some(expires_at);
+            p.signed_max_age = Some(seconds_left);
         }))
     }
 }
@@ -378,7 +379,7 @@ impl Bucket {
             method,
             public: false,
             inline_active_content: false,
-            expires_at: None,
+            signed_max_age: None,
         };
         grant(&mut permit);
         permit

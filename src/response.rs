@@ -1,7 +1,7 @@
 //! Object → response: the allow-listed headers, 304/206 answers, `X-Cache`, caching headers and
 //! the headers that keep active content (HTML, SVG, XML, JavaScript) from running on our origin.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
@@ -136,12 +136,7 @@ pub fn object(
 }
 
 fn cache_control(settings: &ResponseSettings, permit: &Permit) -> HeaderValue {
-    if let Some(expires) = permit.expires_at() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let left = expires.saturating_sub(now);
+    if let Some(left) = permit.signed_max_age() {
         return HeaderValue::from_str(&format!("private, max-age={left}")).expect("digits");
     }
     if permit.is_public() {

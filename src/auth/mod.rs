@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub use jwt::{TokenError, Verifier};
-pub use token::{Found, Source, find_tokens};
+pub use token::{Found, SignedParams, Source, find_signature, find_tokens};
 
 use crate::config::{Config, Validator};
 
@@ -41,6 +41,8 @@ pub struct Authenticated {
     pub identity: Option<Arc<Identity>>,
     /// Where that token came from.
     pub source: Option<Source>,
+    /// The `exp` and `sig` of a proxy-signed URL, not yet verified (that needs the route).
+    pub signed: Option<SignedParams>,
 }
 
 /// Checks of `[auth]` values.

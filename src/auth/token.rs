@@ -85,6 +85,45 @@ pub fn find_tokens<'a>(
     found
 }
 
+/// The `exp` and `sig` of a proxy-signed URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedParams {
+    /// Expiry, Unix seconds.
+    pub expires: u64,
+    /// base64url HMAC.
+    pub sig: String,
+}
+
+/// `exp`/`sig` query parameters that are incomplete, repeated or malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed signed-URL parameters")]
+pub struct MalformedSignature;
+
+/// Finds `exp` and `sig` in a query string: `Ok(None)` when neither is there, an error when
+/// they are incomplete, repeated or malformed.
+pub fn find_signature(query: Option<&str>) -> Result<Option<SignedParams>, MalformedSignature> {
+    let Some(query) = query else { return Ok(None) };
+    let (mut exp, mut sig) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match &*name {
+            "exp" => &mut exp,
+            "sig" => &mut sig,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(MalformedSignature);
+        }
+    }
+    match (exp, sig) {
+        (None, None) => Ok(None),
+        (Some(exp), Some(sig)) => {
+            let expires = exp.parse().map_err(|_| MalformedSignature)?;
+            Ok(Some(SignedParams { expires, sig }))
+        }
+        _ => Err(MalformedSignature),
+    }
+}
+
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1).
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -121,6 +160,23 @@ mod tests {
             find_tokens(&h, Some("t=ccc"), "session", "").tokens.len(),
             2
         );
+    }
+
+    #[test]
+    fn signatures_in_queries() {
+        assert_eq!(find_signature(None), Ok(None));
+        assert_eq!(find_signature(Some("a=b")), Ok(None));
+        assert_eq!(
+            find_signature(Some("exp=10&sig=abc")),
+            Ok(Some(SignedParams {
+                expires: 10,
+                sig: "abc".into()
+            }))
+        );
+        assert!(find_signature(Some("exp=10")).is_err());
+        assert!(find_signature(Some("sig=abc")).is_err());
+        assert!(find_signature(Some("exp=x&sig=abc")).is_err());
+        assert!(find_signature(Some("exp=10&sig=abc&exp=11")).is_err());
     }
 
     #[test]

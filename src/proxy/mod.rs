@@ -1,17 +1,18 @@
 //! `App::handle`: route → authenticate → authorize → cache → S3 → response, one stage a line.
 //! Each stage returns early with a `ProxyError`; `error.rs` turns it into the response.
 
+mod batch;
 pub mod cors;
 mod object;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, header};
 
-use crate::auth::{Authenticated, Verifier, find_tokens};
+use crate::auth::{Authenticated, Verifier, find_signature, find_tokens};
 use crate::body::{Body, BoxError};
 use crate::cache::ObjectCache;
 use crate::config::{Config, Method};
@@ -21,6 +22,7 @@ use crate::policy::{Denied, Permit, Policy, Principal};
 use crate::response::ResponseSettings;
 use crate::route::{Key, Route, route};
 use crate::s3::S3Client;
+use crate::sign::{UrlError, UrlSigner};
 use cors::Cors;
 
 /// The request handler with everything it needs; cheap to clone.
@@ -29,8 +31,13 @@ pub struct App {
     inner: Arc<Inner>,
 }
 
+/// The time source: the system clock, or a fixed one in tests of signing windows.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
 struct Inner {
     config: Config,
+    clock: Clock,
+    signer: UrlSigner,
     cache: ObjectCache,
     policy: Policy,
     verifier: Verifier,
@@ -58,10 +65,17 @@ struct Outcome {
 impl App {
     /// Builds the app from a validated config (fetching JWKS keys when configured).
     pub async fn new(config: Config) -> Result<App, AppError> {
+        Self::with_clock(config, Arc::new(SystemTime::now)).await
+    }
+
+    /// Builds the app with its own clock for signing windows and signed-URL expiry.
+    pub async fn with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
         let s3 = S3Client::new(&config, metrics.clone())?;
         let verifier = Verifier::new(&config, metrics.clone()).await;
         let inner = Inner {
+            clock,
+            signer: UrlSigner::new(&config),
             cache: ObjectCache::new(&config.cache, metrics.clone()),
             policy: Policy::new(&config),
             verifier,
@@ -182,7 +196,7 @@ impl App {
     async fn dispatch<B>(
         &self,
         parts: &Parts,
-        _body: B,
+        body: B,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError>
     where
@@ -219,7 +233,12 @@ impl App {
                 let _permit = self.authorize(&auth, &object.alias, &object.key, method)?;
                 Err(ProxyError::MethodNotAllowed)
             }
-            Route::Sign | Route::Create { .. } => Err(ProxyError::MethodNotAllowed),
+            Route::Sign => {
+                outcome.route = "sign";
+                let auth = self.authenticate(parts, outcome).await?;
+                self.sign_batch(&auth, body).await
+            }
+            Route::Create { .. } => Err(ProxyError::MethodNotAllowed),
         }
     }
 
@@ -240,7 +259,10 @@ impl App {
             self.inner.metrics.token_failure("malformed");
             return Err(ProxyError::InvalidToken(crate::auth::TokenError::Malformed));
         }
-        let mut result = Authenticated::default();
+        let mut result = Authenticated {
+            signed: find_signature(parts.uri.query()).map_err(|_| ProxyError::BadSignature)?,
+            ..Authenticated::default()
+        };
         for (source, token) in found.tokens {
             match self.inner.verifier.verify(token).await {
                 Ok(identity) => {
@@ -270,8 +292,36 @@ impl App {
         }
     }
 
-    /// Applies the rules; the `Permit` is the only way on to the cache and S3.
+    /// Applies a proxy signature or the rules; the `Permit` is the only way on to the cache and
+    /// S3. A signature, when present, decides: it must be valid for exactly this method and key.
     fn authorize(
+        &self,
+        auth: &Authenticated,
+        alias: &str,
+        key: &Key,
+        method: Method,
+    ) -> Result<Permit, ProxyError> {
+        if let Some(signed) = &auth.signed {
+            let now = (self.inner.clock)();
+            self.inner
+                .signer
+                .verify(method, alias, key, signed.expires, &signed.sig, now)
+                .map_err(|e| match e {
+                    UrlError::BadSignature => ProxyError::BadSignature,
+                    UrlError::Expired => ProxyError::Expired,
+                })?;
+            let left = signed.expires.saturating_sub(crate::sign::unix(now));
+            return self
+                .inner
+                .policy
+                .permit_signed(alias, key, method, left)
+                .map_err(|_| ProxyError::NotFound);
+        }
+        self.by_rules(auth, alias, key, method)
+    }
+
+    /// Applies the rules alone.
+    fn by_rules(
         &self,
         auth: &Authenticated,
         alias: &str,

@@ -137,11 +137,53 @@ pub struct GetOptions {
     pub if_none_match: Option<HeaderValue>,
 }
 
+/// Builds object and bucket URLs, path-style or virtual-hosted.
+#[derive(Debug, Clone)]
+pub struct Addresser {
+    endpoint: Url,
+    addressing: Addressing,
+}
+
+impl Addresser {
+    /// From a validated config.
+    pub fn new(config: &Config) -> Addresser {
+        let endpoint = config.s3.endpoint.as_deref().unwrap_or_default();
+        Addresser {
+            endpoint: Url::parse(endpoint).expect("validated endpoint"),
+            addressing: config.s3.addressing,
+        }
+    }
+
+    /// The URL of an object.
+    pub fn object_url(&self, object: &S3Object) -> Url {
+        let key = utf8_percent_encode(&object.key, KEY_ENCODE);
+        let mut url = self.bucket_url(&object.bucket);
+        match self.addressing {
+            Addressing::Path => url.set_path(&format!("/{}/{key}", object.bucket)),
+            Addressing::Virtual => url.set_path(&format!("/{key}")),
+        }
+        url
+    }
+
+    /// The URL of a bucket.
+    pub fn bucket_url(&self, bucket: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        match self.addressing {
+            Addressing::Path => url.set_path(&format!("/{bucket}")),
+            Addressing::Virtual => {
+                let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
+                url.set_host(Some(&host))
+                    .expect("bucket names are valid hosts");
+            }
+        }
+        url
+    }
+}
+
 /// The S3 client, shared by all requests.
 pub struct S3Client {
     http: reqwest::Client,
-    endpoint: Url,
-    addressing: Addressing,
+    addresser: Addresser,
     signer: Signer,
     timeout: Duration,
     retries: u32,
@@ -159,11 +201,9 @@ impl S3Client {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let endpoint = s3.endpoint.as_deref().unwrap_or_default();
         Ok(S3Client {
             http,
-            endpoint: Url::parse(endpoint).expect("validated endpoint"),
-            addressing: s3.addressing,
+            addresser: Addresser::new(config),
             signer: Signer::new(
                 &config.secrets.aws,
                 s3.region.as_deref().unwrap_or_default(),
@@ -176,39 +216,7 @@ impl S3Client {
 
     /// The URL of an object, path-style or virtual-hosted as configured.
     pub fn object_url(&self, object: &S3Object) -> Url {
-        let key = utf8_percent_encode(&object.key, KEY_ENCODE);
-        let mut url = self.endpoint.clone();
-        match self.addressing {
-            Addressing::Path => {
-                url.set_path(&format!("/{}/{key}", object.bucket));
-            }
-            Addressing::Virtual => {
-                let host = format!("{}.{}", object.bucket, url.host_str().unwrap_or_default());
-                url.set_host(Some(&host))
-                    .expect("bucket names are valid hosts");
-                url.set_path(&format!("/{key}"));
-            }
-        }
-        url
-    }
-
-    /// The URL of a bucket (for readiness checks).
-    fn bucket_url(&self, bucket: &str) -> Url {
-        let mut url = self.endpoint.clone();
-        match self.addressing {
-            Addressing::Path => url.set_path(&format!("/{bucket}")),
-            Addressing::Virtual => {
-                let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
-                url.set_host(Some(&host))
-                    .expect("bucket names are valid hosts");
-            }
-        }
-        url
-    }
-
-    /// The signer, for pre-signed URLs.
-    pub fn signer(&self) -> &Signer {
-        &self.signer
+        self.addresser.object_url(object)
     }
 
     /// GET an object the permit allows reading.
@@ -274,9 +282,13 @@ impl S3Client {
 
     /// HEAD a bucket: true when it exists and the credentials may use it.
     pub async fn probe_bucket(&self, bucket: &str) -> Result<(), S3Error> {
-        self.send_idempotent(Method::HEAD, self.bucket_url(bucket), HeaderMap::new())
-            .await
-            .map(drop)
+        self.send_idempotent(
+            Method::HEAD,
+            self.addresser.bucket_url(bucket),
+            HeaderMap::new(),
+        )
+        .await
+        .map(drop)
     }
 
     /// Sends a signed GET/HEAD, retrying connection failures and 5xx answers while the
@@ -496,7 +508,7 @@ mod tests {
             "https://my-bucket.s3.eu-west-1.amazonaws.com/dir/a%20b%2Bc%25d~%C3%A9.txt"
         );
         assert_eq!(
-            virt.bucket_url("my-bucket").as_str(),
+            virt.addresser.bucket_url("my-bucket").as_str(),
             "https://my-bucket.s3.eu-west-1.amazonaws.com/"
         );
     }

@@ -11,9 +11,17 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use http::{HeaderMap, HeaderValue, Method};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 
 use crate::config::AwsCredentials;
+
+/// Query values keep only RFC 3986 unreserved characters, as SigV4's canonical form does.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// The body's hash as S3 needs it in `x-amz-content-sha256`.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +103,7 @@ impl Signer {
         url: &Url,
         time: SystemTime,
         expires: Duration,
-    ) -> Result<Url, SignError> {
+    ) -> Result<String, SignError> {
         let signable = SignableRequest::new(
             method.as_str(),
             url.as_str(),
@@ -110,13 +118,19 @@ impl Signer {
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| SignError(e.to_string()))?
             .into_parts();
-        let mut request = http::Request::builder()
-            .method(method.clone())
-            .uri(url.as_str())
-            .body(())
-            .map_err(|e| SignError(e.to_string()))?;
-        instructions.apply_to_request_http1x(&mut request);
-        Url::parse(&request.uri().to_string()).map_err(|e| SignError(e.to_string()))
+        // Append the signing parameters to the URL as they are (percent-encoded), without
+        // re-parsing it: this is the hot path of batch signing.
+        let mut out = String::with_capacity(url.as_str().len() + 512);
+        out.push_str(url.as_str());
+        let mut separator = if url.query().is_some() { '&' } else { '?' };
+        for (name, value) in instructions.params() {
+            out.push(separator);
+            out.push_str(name);
+            out.push('=');
+            out.extend(utf8_percent_encode(value, QUERY_VALUE));
+            separator = '&';
+        }
+        Ok(out)
     }
 
     fn params(
@@ -225,9 +239,12 @@ mod tests {
             .presign(&Method::GET, &url, time, Duration::from_secs(3600))
             .unwrap();
         assert_eq!(a, b);
-        assert!(a.as_str().contains("X-Amz-Date=20231114T221320Z"));
-        assert!(a.as_str().contains("X-Amz-Expires=3600"));
-        assert!(a.path().ends_with("/a%20b.jpg"));
+        assert!(a.contains("X-Amz-Date=20231114T221320Z"));
+        assert!(a.contains("X-Amz-Expires=3600"));
+        assert!(a.contains(
+            "X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20231114%2Fus-east-1%2Fs3%2Faws4_request"
+        ));
+        assert!(a.starts_with("http://127.0.0.1:9000/bucket/a%20b.jpg?X-Amz-"));
         let later = signer()
             .presign(
                 &Method::GET,

@@ -8,3 +8,4 @@ mod common;
 mod config_files;
 mod demo;
 mod foundation;
+mod signing;

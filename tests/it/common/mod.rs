@@ -75,6 +75,7 @@ pub struct Setup {
     sections: BTreeMap<String, BTreeMap<String, String>>,
     rules: String,
     endpoint: Option<String>,
+    clock: Option<s3warden::proxy::Clock>,
 }
 
 impl Default for Setup {
@@ -83,6 +84,7 @@ impl Default for Setup {
             sections: BTreeMap::new(),
             rules: DEFAULT_RULES.to_owned(),
             endpoint: None,
+            clock: None,
         };
         s = s
             .set("s3.region", "\"us-east-1\"")
@@ -145,6 +147,18 @@ impl Setup {
         self
     }
 
+    /// Runs the app on this clock instead of the system's.
+    pub fn clock(mut self, clock: s3warden::proxy::Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Starts s3warden in front of an S3 that is already running.
+    pub async fn start_with(self, s3: Arc<EmbeddedS3>) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::launch(self, dir, s3).await
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         for (section, keys) in &self.sections {
@@ -190,6 +204,7 @@ pub struct Harness {
     pub admin_url: String,
     pub addr: std::net::SocketAddr,
     pub http: reqwest::Client,
+    text: String,
     server: Option<Server>,
     admin: Option<Server>,
 }
@@ -224,7 +239,11 @@ impl Harness {
         let config = Config::from_toml(&text, dir.path(), &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let limits = s3warden::limits(&config);
-        let app = App::new(config).await.expect("app");
+        let app = match setup.clock.clone() {
+            Some(clock) => App::with_clock(config, clock).await,
+            None => App::new(config).await,
+        }
+        .expect("app");
         let server = Server::start(vec![public], app.clone(), limits.clone());
         let admin = Server::start(vec![admin], Admin(app.clone()), limits);
         Harness {
@@ -235,9 +254,15 @@ impl Harness {
             admin_url,
             addr,
             http: client(),
+            text,
             server: Some(server),
             admin: Some(admin),
         }
+    }
+
+    /// The config file this instance runs with (relative paths are relative to `dir`).
+    pub fn config_text(&self) -> &str {
+        &self.text
     }
 
     /// The S3 request log.
@@ -389,6 +414,25 @@ pub fn handmade(header: &Value, claims: &Value, signature: &[u8]) -> String {
         b64(claims.to_string().as_bytes()),
         b64(signature)
     )
+}
+
+/// A clock tests can move.
+#[derive(Clone)]
+pub struct ManualClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl ManualClock {
+    pub fn at(secs: u64) -> ManualClock {
+        ManualClock(Arc::new(std::sync::atomic::AtomicU64::new(secs)))
+    }
+    pub fn set(&self, secs: u64) {
+        self.0.store(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn clock(&self) -> s3warden::proxy::Clock {
+        let secs = self.0.clone();
+        Arc::new(move || {
+            UNIX_EPOCH + Duration::from_secs(secs.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    }
 }
 
 /// Waits until `f` is true or `timeout` passes.

@@ -1,0 +1,210 @@
+//! `POST /_sign`: one call signs a whole list of keys, each checked against the rules, so an
+//! application never makes N calls for N images. URLs are stable within the signing window.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+
+use super::App;
+use crate::auth::Authenticated;
+use crate::body::{Body, BoxError};
+use crate::config::Method;
+use crate::error::ProxyError;
+use crate::policy::Permit;
+use crate::route::Key;
+use crate::sign::UrlSigner;
+
+/// The request body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    bucket: String,
+    keys: Vec<String>,
+    #[serde(default)]
+    kind: Kind,
+    #[serde(default = "default_method")]
+    method: Method,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    /// `{public_url}/{bucket}/{key}?exp=…&sig=…`, served by s3warden from its cache.
+    #[default]
+    Proxy,
+    /// A SigV4 pre-signed S3 URL; the browser goes straight to S3.
+    S3,
+}
+
+fn default_method() -> Method {
+    Method::Get
+}
+
+#[derive(Serialize)]
+struct SignResponse<'a> {
+    expires: String,
+    items: Vec<Item<'a>>,
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// Room for one key (up to 1024 bytes, JSON-escaped) in the request body.
+const BYTES_PER_KEY: usize = 1100;
+
+/// Batches at least this large are signed on blocking threads, split across the cores:
+/// SigV4 costs microseconds per URL, too long to hold an async worker for a thousand of them.
+const PARALLEL_FROM: usize = 64;
+
+type Signed = Result<String, &'static str>;
+
+/// Signs each permitted key with `sign`, in order; large batches in parallel chunks.
+async fn sign_all<F>(
+    permits: Vec<Result<Permit, &'static str>>,
+    sign: F,
+    signer: &UrlSigner,
+    parallel: bool,
+) -> Vec<Signed>
+where
+    F: Fn(&UrlSigner, &Permit) -> Signed + Clone + Send + 'static,
+{
+    let run =
+        |signer: &UrlSigner, chunk: Vec<Result<Permit, &'static str>>, sign: &F| -> Vec<Signed> {
+            chunk
+                .into_iter()
+                .map(|permit| permit.and_then(|p| sign(signer, &p)))
+                .collect()
+        };
+    if permits.len() < PARALLEL_FROM || !parallel {
+        return run(signer, permits, &sign);
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk_len = permits.len().div_ceil(workers);
+    let mut permits = permits.into_iter();
+    let mut tasks = Vec::with_capacity(workers);
+    loop {
+        let chunk: Vec<_> = permits.by_ref().take(chunk_len).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let (signer, sign) = (signer.clone(), sign.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            run(&signer, chunk, &sign)
+        }));
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(urls) => out.extend(urls),
+            Err(_) => out.extend(std::iter::repeat_n(Err("internal_error"), chunk_len)),
+        }
+    }
+    out
+}
+
+impl App {
+    /// Signs every key the caller may use, and says why for the others.
+    pub(super) async fn sign_batch<B>(
+        &self,
+        auth: &Authenticated,
+        body: B,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let max_batch = self.inner.config.signing.max_batch;
+        let limit = max_batch * BYTES_PER_KEY + 64 * 1024;
+        let bytes = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ProxyError::PayloadTooLarge
+                } else {
+                    ProxyError::BadRequest("the request body could not be read".into())
+                }
+            })?
+            .to_bytes();
+        let request: SignRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ProxyError::BadRequest(format!("invalid sign request: {e}")))?;
+        if request.keys.len() > max_batch {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+        let signer = &self.inner.signer;
+        if request.kind == Kind::Proxy && !signer.can_sign_proxy() {
+            return Err(ProxyError::BadRequest(
+                "proxy-signed URLs are off: no signing.secret_files are configured".into(),
+            ));
+        }
+        if !self.inner.config.buckets.contains_key(&request.bucket) {
+            return Err(ProxyError::NotFound);
+        }
+        let window = signer.window((self.inner.clock)());
+        // Check every key against the rules first; only permitted keys are signed.
+        let permits: Vec<Result<Permit, &'static str>> = request
+            .keys
+            .iter()
+            .map(|raw| {
+                let key = Key::parse(raw).map_err(|_| "invalid_key")?;
+                self.by_rules(auth, &request.bucket, &key, request.method)
+                    .map_err(|_| "forbidden")
+            })
+            .collect();
+        let (method, alias, kind) = (request.method, request.bucket.clone(), request.kind);
+        let urls = sign_all(
+            permits,
+            move |signer, permit| match kind {
+                Kind::Proxy => signer
+                    .proxy_url(method, &alias, permit.key(), window)
+                    .ok_or("internal_error"),
+                Kind::S3 => signer
+                    .s3_url(method, permit.object(), window)
+                    .map(|url| url.to_string())
+                    .map_err(|_| "internal_error"),
+            },
+            signer,
+            kind == Kind::S3,
+        )
+        .await;
+        let items = request
+            .keys
+            .iter()
+            .zip(urls)
+            .map(|(raw, signed)| match signed {
+                Ok(url) => Item {
+                    key: raw,
+                    url: Some(url),
+                    error: None,
+                },
+                Err(error) => Item {
+                    key: raw,
+                    url: None,
+                    error: Some(error),
+                },
+            })
+            .collect();
+        let body = serde_json::to_vec(&SignResponse {
+            expires: window.expires_rfc3339(),
+            items,
+        })
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let mut response = Response::new(Body::full(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+}

@@ -1,0 +1,300 @@
+//! Signed URLs that stay the same all window long, so browsers cache what they point at:
+//! proxy-signed URLs (HMAC, verified by s3warden) and S3 pre-signed URLs (SigV4, dated at the
+//! window start). Pure functions of (key, method, time); the batch endpoint lives in `proxy`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sha2::Sha256;
+
+use crate::config::{Config, Method};
+use crate::route::Key;
+use crate::s3::sign::{SignError, Signer};
+use crate::s3::{Addresser, S3Object};
+
+/// Domain separation: these MACs mean "s3warden URL, version 1" and nothing else.
+const DOMAIN: &str = "s3warden-url-v1";
+
+/// Characters kept as they are in the key part of a URL path.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The window a moment falls in: URLs minted in it are identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Window start (Unix seconds): the `X-Amz-Date` of S3 URLs.
+    pub start: u64,
+    /// Expiry (Unix seconds): window end plus grace.
+    pub expires: u64,
+}
+
+impl Window {
+    /// The window `now` falls in, for window length `window` and `grace`.
+    pub fn at(now: SystemTime, window: Duration, grace: Duration) -> Window {
+        let now = unix(now);
+        let w = window.as_secs().max(1);
+        let start = now / w * w;
+        Window {
+            start,
+            expires: start + w + grace.as_secs(),
+        }
+    }
+
+    /// `expires` as RFC 3339.
+    pub fn expires_rfc3339(&self) -> String {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.expires))
+            .to_string()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Why a proxy-signed URL was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlError {
+    /// No secret produced this signature (or it is malformed, or names another key/method).
+    BadSignature,
+    /// The signature is right but the URL has expired.
+    Expired,
+}
+
+/// Signs and verifies URLs.
+#[derive(Clone)]
+pub struct UrlSigner {
+    secrets: Vec<Vec<u8>>,
+    public_url: String,
+    window: Duration,
+    grace: Duration,
+    s3: Signer,
+    addresser: Addresser,
+    /// S3 URLs already signed in the current window: SigV4 costs microseconds per URL, and an
+    /// application asks for the same ones on every page load.
+    s3_urls: Arc<Mutex<WindowUrls>>,
+}
+
+/// The S3 URLs of one window; emptied when the window rolls over.
+#[derive(Default)]
+struct WindowUrls {
+    start: u64,
+    urls: HashMap<(Method, S3Object), Arc<str>>,
+}
+
+/// Most S3 URLs remembered per window (about 500 bytes each).
+const MAX_REMEMBERED_URLS: usize = 32_768;
+
+impl UrlSigner {
+    /// From a loaded config.
+    pub fn new(config: &Config) -> UrlSigner {
+        if config.secrets.aws.session_token.is_some() {
+            tracing::warn!(
+                "S3 credentials are temporary (session token): S3 pre-signed URLs stop working \
+                 when the session expires, which may be before their window ends"
+            );
+        }
+        UrlSigner {
+            secrets: config.secrets.signing_secrets.clone(),
+            public_url: config.public_url(),
+            window: config.signing.window,
+            grace: config.signing.grace,
+            s3: Signer::new(
+                &config.secrets.aws,
+                config.s3.region.as_deref().unwrap_or_default(),
+            ),
+            addresser: Addresser::new(config),
+            s3_urls: Arc::default(),
+        }
+    }
+
+    /// True when proxy URLs can be signed (a secret is configured).
+    pub fn can_sign_proxy(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
+    /// The window `now` falls in.
+    pub fn window(&self, now: SystemTime) -> Window {
+        Window::at(now, self.window, self.grace)
+    }
+
+    fn mac(secret: &[u8], method: Method, alias: &str, key: &Key, expires: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        for part in [DOMAIN, method.as_str(), alias, key.as_str()] {
+            mac.update(part.as_bytes());
+            mac.update(b"\n");
+        }
+        mac.update(expires.to_string().as_bytes());
+        mac
+    }
+
+    /// `{public_url}/{alias}/{key}?exp=…&sig=…`, valid for `method` until `window.expires`.
+    pub fn proxy_url(
+        &self,
+        method: Method,
+        alias: &str,
+        key: &Key,
+        window: Window,
+    ) -> Option<String> {
+        let secret = self.secrets.first()?;
+        let tag = Self::mac(secret, method, alias, key, window.expires)
+            .finalize()
+            .into_bytes();
+        Some(format!(
+            "{}/{alias}/{}?exp={}&sig={}",
+            self.public_url,
+            utf8_percent_encode(key.as_str(), PATH_KEEP),
+            window.expires,
+            URL_SAFE_NO_PAD.encode(tag)
+        ))
+    }
+
+    /// Checks a proxy signature in constant time against every configured secret, then expiry.
+    pub fn verify(
+        &self,
+        method: Method,
+        alias: &str,
+        key: &Key,
+        expires: u64,
+        sig: &str,
+        now: SystemTime,
+    ) -> Result<(), UrlError> {
+        let tag = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| UrlError::BadSignature)?;
+        let valid = self.secrets.iter().any(|secret| {
+            Self::mac(secret, method, alias, key, expires)
+                .verify_slice(&tag)
+                .is_ok()
+        });
+        if !valid {
+            return Err(UrlError::BadSignature);
+        }
+        if unix(now) >= expires {
+            return Err(UrlError::Expired);
+        }
+        Ok(())
+    }
+
+    /// A SigV4 query pre-signed S3 URL dated at the window start, so every call in the window
+    /// gives the same URL; it lives `window + grace` (at most S3's seven days).
+    pub fn s3_url(
+        &self,
+        method: Method,
+        object: &S3Object,
+        window: Window,
+    ) -> Result<Arc<str>, SignError> {
+        let key = (method, object.clone());
+        {
+            let remembered = self.s3_urls.lock().expect("lock not poisoned");
+            if remembered.start == window.start
+                && let Some(url) = remembered.urls.get(&key)
+            {
+                return Ok(url.clone());
+            }
+        }
+        let url: Arc<str> = self.presign_s3(method, object, window)?.into();
+        let mut remembered = self.s3_urls.lock().expect("lock not poisoned");
+        if remembered.start != window.start {
+            remembered.start = window.start;
+            remembered.urls.clear();
+        }
+        if remembered.urls.len() < MAX_REMEMBERED_URLS {
+            remembered.urls.insert(key, url.clone());
+        }
+        Ok(url)
+    }
+
+    fn presign_s3(
+        &self,
+        method: Method,
+        object: &S3Object,
+        window: Window,
+    ) -> Result<String, SignError> {
+        let http_method = match method {
+            Method::Get => http::Method::GET,
+            Method::Put => http::Method::PUT,
+            Method::Delete => http::Method::DELETE,
+        };
+        let url = self.addresser.object_url(object);
+        let date = UNIX_EPOCH + Duration::from_secs(window.start);
+        let lifetime = Duration::from_secs(window.expires - window.start);
+        self.s3.presign(&http_method, &url, date, lifetime)
+    }
+}
+
+/// `s3warden sign`: URLs for `BUCKET/KEY` targets, in the current window.
+pub fn sign_for_cli(
+    config: &Config,
+    kind: &str,
+    method: &str,
+    targets: &[String],
+) -> Result<Vec<String>, String> {
+    let method = match method {
+        "GET" => Method::Get,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        other => return Err(format!("unknown method {other}")),
+    };
+    let signer = UrlSigner::new(config);
+    let policy = crate::policy::Policy::new(config);
+    let window = signer.window(SystemTime::now());
+    targets
+        .iter()
+        .map(|target| {
+            let (alias, raw) = target
+                .split_once('/')
+                .ok_or_else(|| format!("{target}: expected BUCKET/KEY"))?;
+            let key = Key::parse(raw).map_err(|e| format!("{target}: {e}"))?;
+            let object = policy
+                .object_for(alias, &key)
+                .ok_or_else(|| format!("{target}: no bucket alias {alias:?} in the config"))?;
+            match kind {
+                "s3" => signer
+                    .s3_url(method, &object, window)
+                    .map(|url| url.to_string())
+                    .map_err(|e| e.to_string()),
+                _ => signer
+                    .proxy_url(method, alias, &key, window)
+                    .ok_or_else(|| "proxy URLs need signing.secret_files in the config".to_owned()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn windows_are_stable_and_roll_over() {
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3600);
+        let a = Window::at(at(86_400 * 100 + 5), day, hour);
+        let b = Window::at(at(86_400 * 101 - 1), day, hour);
+        assert_eq!(a, b);
+        assert_eq!(a.start, 86_400 * 100);
+        assert_eq!(a.expires, 86_400 * 101 + 3600);
+        let c = Window::at(at(86_400 * 101), day, hour);
+        assert_ne!(a, c);
+        assert_eq!(
+            Window::at(at(0), day, hour).expires_rfc3339(),
+            "1970-01-02T01:00:00Z"
+        );
+    }
+}
