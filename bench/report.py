@@ -40,6 +40,11 @@ rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=Tru
 print(f"- commit: {rev or 'unknown'}")
 print(f"- command: `{' '.join(['bench/run.sh'] + [a for a in sys.argv[2:] if a != 'all'])}`")
 
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
 sign = {r["case"]: r for r in lines("sign.jsonl")}
 if sign:
     base = sign["baseline_1000_denied"]["median_ms"]
@@ -61,3 +66,28 @@ if sign:
         r = sign[case]
         ok = "yes" if r["median_ms"] < 10 else "**no**"
         print(f"| {label} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['median_ms'] / base:.1f} | {ok} |")
+
+uploads = lines("upload.jsonl")
+if uploads:
+    rss = json.load(open(os.path.join(out, "upload_rss.json")))
+    size_mib = rss["bytes"] / 2**20
+    direct = median([u["direct_s"] for u in uploads])
+    proxy = median([u["proxy_s"] for u in uploads])
+    growth = (rss["peak_rss_kib"] - rss["rss_before_kib"]) / 1024
+    print()
+    print("## Uploading a 256 MiB object")
+    print()
+    print("`curl -T` of the same file, three times each, alternating: straight to the embedded S3")
+    print("with a pre-signed PUT (`s3warden sign --kind s3 --method PUT`), and through s3warden")
+    print("(`PUT /files/bench/…` with a token). Both processes on loopback; S3 writes to disk.")
+    print("Targets: ≥ 0.8× direct throughput, RSS growth < 32 MiB.")
+    print()
+    print("| path | median s | MiB/s | × direct |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| direct pre-signed PUT (baseline) | {direct:.2f} | {size_mib / direct:.0f} | 1.00 |")
+    ok = "meets" if direct / proxy >= 0.8 else "**misses**"
+    print(f"| through s3warden | {proxy:.2f} | {size_mib / proxy:.0f} | {direct / proxy:.2f} ({ok} ≥ 0.8) |")
+    print()
+    ok = "meets" if growth < 32 else "**misses**"
+    print(f"s3warden RSS: {rss['rss_before_kib'] / 1024:.1f} MiB before, peak {rss['peak_rss_kib'] / 1024:.1f} MiB "
+          f"during the uploads: growth {growth:.1f} MiB ({ok} < 32 MiB).")

@@ -28,6 +28,11 @@ const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
+/// A key as it appears in a URL path: percent-encoded, `/` kept.
+pub fn encode_key(key: &Key) -> String {
+    utf8_percent_encode(key.as_str(), PATH_KEEP).to_string()
+}
+
 /// The window a moment falls in: URLs minted in it are identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -154,7 +159,7 @@ impl UrlSigner {
         Some(format!(
             "{}/{alias}/{}?exp={}&sig={}",
             self.public_url,
-            utf8_percent_encode(key.as_str(), PATH_KEEP),
+            encode_key(key),
             window.expires,
             URL_SAFE_NO_PAD.encode(tag)
         ))

@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 pub struct S3Log {
     counts: Mutex<HashMap<(&'static str, String), u64>>,
     acls: Mutex<HashMap<String, String>>,
+    /// Refuse any request carrying an ACL, like a bucket with "bucket owner enforced".
+    acls_disabled: std::sync::atomic::AtomicBool,
 }
 
 impl S3Log {
@@ -63,6 +65,27 @@ impl S3Log {
             .filter(|a| !a.is_empty())
     }
 
+    /// Makes the store refuse ACLs as buckets with ACLs disabled do
+    /// (`AccessControlListNotSupported`).
+    pub fn disable_acls(&self) {
+        self.acls_disabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_acl(&self, acl: Option<&ObjectCannedACL>) -> S3Result<()> {
+        if acl.is_some() && self.acls_disabled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(S3Error::new(S3ErrorCode::AccessControlListNotSupported));
+        }
+        Ok(())
+    }
+
+    fn record_acl(&self, bucket: &str, key: &str, acl: Option<String>) {
+        self.acls
+            .lock()
+            .expect("lock")
+            .insert(format!("{bucket}/{key}"), acl.unwrap_or_default());
+    }
+
     /// Forgets all counts.
     pub fn reset(&self) {
         self.counts.lock().expect("lock").clear();
@@ -77,6 +100,7 @@ fn op_name(op: &str) -> &'static str {
         "PUT" => "PUT",
         "DELETE" => "DELETE",
         "MULTIPART" => "MULTIPART",
+        "ABORT" => "ABORT",
         _ => "OTHER",
     }
 }
@@ -170,13 +194,10 @@ impl S3 for Store {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.log.count("PUT", &bucket, &key);
+        self.log.check_acl(req.input.acl.as_ref())?;
         let acl = req.input.acl.as_ref().map(|a| a.as_str().to_owned());
         let output = self.fs.put_object(req).await?;
-        self.log
-            .acls
-            .lock()
-            .expect("lock")
-            .insert(format!("{bucket}/{key}"), acl.unwrap_or_default());
+        self.log.record_acl(&bucket, &key, acl);
         Ok(output)
     }
 
@@ -195,12 +216,9 @@ impl S3 for Store {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.log.count("MULTIPART", &bucket, &key);
+        self.log.check_acl(req.input.acl.as_ref())?;
         let acl = req.input.acl.as_ref().map(|a| a.as_str().to_owned());
-        self.log
-            .acls
-            .lock()
-            .expect("lock")
-            .insert(format!("{bucket}/{key}"), acl.unwrap_or_default());
+        self.log.record_acl(&bucket, &key, acl);
         self.fs.create_multipart_upload(req).await
     }
 
@@ -222,6 +240,7 @@ impl S3 for Store {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.log.count("ABORT", &req.input.bucket, &req.input.key);
         self.fs.abort_multipart_upload(req).await
     }
 

@@ -4,6 +4,7 @@
 mod batch;
 pub mod cors;
 mod object;
+mod upload;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -223,22 +224,46 @@ impl App {
                 self.read_object(parts, &permit).await
             }
             Route::Object(object) => {
-                outcome.route = "write";
-                let method = match parts.method {
-                    http::Method::DELETE => Method::Delete,
-                    _ => Method::Put,
-                };
                 let auth = self.authenticate(parts, outcome).await?;
                 self.check_csrf(parts, &auth)?;
-                let _permit = self.authorize(&auth, &object.alias, &object.key, method)?;
-                Err(ProxyError::MethodNotAllowed)
+                if parts.method == http::Method::DELETE {
+                    outcome.route = "delete";
+                    let permit =
+                        self.authorize(&auth, &object.alias, &object.key, Method::Delete)?;
+                    self.delete_object(&permit).await
+                } else {
+                    outcome.route = "upload";
+                    let permit = self.authorize(&auth, &object.alias, &object.key, Method::Put)?;
+                    self.put_object(parts, &permit, body).await
+                }
             }
             Route::Sign => {
                 outcome.route = "sign";
                 let auth = self.authenticate(parts, outcome).await?;
                 self.sign_batch(&auth, body).await
             }
-            Route::Create { .. } => Err(ProxyError::MethodNotAllowed),
+            Route::Create { alias, prefix } => {
+                outcome.route = "upload";
+                let auth = self.authenticate(parts, outcome).await?;
+                self.check_csrf(parts, &auth)?;
+                if auth.signed.is_some() {
+                    // A signature names one key; a generated key cannot have been signed.
+                    return Err(ProxyError::BadSignature);
+                }
+                let prefix = prefix.as_ref().map(Key::as_str);
+                // The prefix must be writable before a byte of the body is read.
+                let probe = Key::parse(&format!(
+                    "{}{}",
+                    prefix.map_or(String::new(), |p| format!("{p}/")),
+                    uuid::Uuid::nil()
+                ))?;
+                self.authorize(&auth, &alias, &probe, Method::Put)?;
+                let authorize = |key: &str| {
+                    let key = Key::parse(key)?;
+                    self.authorize(&auth, &alias, &key, Method::Put)
+                };
+                self.create_object(parts, prefix, body, authorize).await
+            }
         }
     }
 

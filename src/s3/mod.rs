@@ -2,6 +2,9 @@
 //! request is forwarded), signs it with SigV4, and applies timeouts and retries.
 
 pub mod sign;
+mod write;
+
+pub use write::{Part, PutOptions};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -463,7 +466,7 @@ fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
 
 /// An error with its sources, for logs (reqwest's top-level message alone says little).
 /// URLs are stripped: they name the endpoint and, for pre-signed ones, carry signatures.
-fn error_chain(e: reqwest::Error) -> String {
+pub(crate) fn error_chain(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);

@@ -9,3 +9,4 @@ mod config_files;
 mod demo;
 mod foundation;
 mod signing;
+mod upload;

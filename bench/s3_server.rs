@@ -1,0 +1,25 @@
+//! The embedded S3 (the one `s3warden demo` runs) as its own process, for benchmarks:
+//! `cargo run --release --example s3_server -- ROOT ADDR BUCKET`. Credentials come from
+//! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`. Prints `ready http://ADDR` and serves until
+//! killed.
+
+use s3warden::demo::s3::EmbeddedS3;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(root), Some(addr), Some(bucket)) = (args.next(), args.next(), args.next()) else {
+        eprintln!("usage: s3_server ROOT ADDR BUCKET");
+        std::process::exit(2);
+    };
+    let access = std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID");
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
+    let root = std::path::PathBuf::from(root);
+    std::fs::create_dir_all(&root).expect("root");
+    let s3 = EmbeddedS3::start(&root, addr.parse().expect("addr"), &access, &secret)
+        .await
+        .expect("start");
+    s3.create_bucket(&bucket).expect("bucket");
+    println!("ready {}", s3.endpoint());
+    std::future::pending::<()>().await;
+}

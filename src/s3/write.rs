@@ -1,0 +1,289 @@
+//! Writes to S3: PutObject (streamed), multipart uploads for bodies of unknown length, and
+//! DeleteObject. Writes are never retried: their bodies are consumed as they are sent.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, header};
+use reqwest::Url;
+use tokio::sync::Notify;
+
+use super::sign::Payload;
+use super::{S3Client, S3Error};
+use crate::body::ByteStream;
+use crate::config::Acl;
+use crate::policy::Permit;
+
+/// What an upload stores besides its bytes.
+#[derive(Debug, Clone)]
+pub struct PutOptions {
+    /// `Content-Type` stored with the object.
+    pub content_type: HeaderValue,
+    /// Canned ACL to send as `x-amz-acl` (`None`: send none).
+    pub acl: Option<Acl>,
+}
+
+impl PutOptions {
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, self.content_type.clone());
+        if let Some(acl) = self.acl.and_then(acl_header) {
+            headers.insert("x-amz-acl", acl);
+        }
+        headers
+    }
+}
+
+fn acl_header(acl: Acl) -> Option<HeaderValue> {
+    match acl {
+        Acl::Private => Some(HeaderValue::from_static("private")),
+        Acl::PublicRead => Some(HeaderValue::from_static("public-read")),
+        Acl::None => None,
+    }
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// 1-based part number.
+    pub number: u32,
+    /// The part's ETag, as S3 returned it.
+    pub etag: String,
+}
+
+impl S3Client {
+    /// PutObject with a streamed body of exactly `len` bytes (`UNSIGNED-PAYLOAD`). If the stream
+    /// fails or ends early, the request to S3 is aborted and S3 stores nothing.
+    pub async fn put(
+        &self,
+        permit: &Permit,
+        body: ByteStream,
+        len: u64,
+        options: &PutOptions,
+    ) -> Result<Option<HeaderValue>, S3Error> {
+        let mut headers = options.headers();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let url = self.object_url(permit.object());
+        let response = self.send_streaming(Method::PUT, url, headers, body).await?;
+        Ok(response.headers().get(header::ETAG).cloned())
+    }
+
+    /// PutObject of a body held in memory.
+    pub async fn put_bytes(
+        &self,
+        permit: &Permit,
+        bytes: Bytes,
+        options: &PutOptions,
+    ) -> Result<Option<HeaderValue>, S3Error> {
+        let url = self.object_url(permit.object());
+        let response = self
+            .send(
+                Method::PUT,
+                url,
+                options.headers(),
+                Payload::Bytes(&bytes),
+                Some(reqwest::Body::from(bytes.clone())),
+            )
+            .await?;
+        Ok(response.headers().get(header::ETAG).cloned())
+    }
+
+    /// DeleteObject.
+    pub async fn delete(&self, permit: &Permit) -> Result<(), S3Error> {
+        self.send_delete(self.object_url(permit.object())).await
+    }
+
+    /// CreateMultipartUpload; returns the upload id.
+    pub async fn create_multipart(
+        &self,
+        permit: &Permit,
+        options: &PutOptions,
+    ) -> Result<String, S3Error> {
+        let mut url = self.object_url(permit.object());
+        url.set_query(Some("uploads"));
+        let response = self
+            .send(
+                Method::POST,
+                url,
+                options.headers(),
+                Payload::Bytes(b""),
+                None,
+            )
+            .await?;
+        let text = self.read_small(response).await?;
+        xml_value(&text, "UploadId")
+            .ok_or_else(|| S3Error::Unreachable("no UploadId in answer".into()))
+    }
+
+    /// UploadPart of a part held in memory.
+    pub async fn upload_part(
+        &self,
+        permit: &Permit,
+        upload_id: &str,
+        number: u32,
+        bytes: Bytes,
+    ) -> Result<Part, S3Error> {
+        let number_text = number.to_string();
+        let url = self.multipart_url(
+            permit,
+            &[
+                ("partNumber", number_text.as_str()),
+                ("uploadId", upload_id),
+            ],
+        );
+        let response = self
+            .send(
+                Method::PUT,
+                url,
+                HeaderMap::new(),
+                Payload::Unsigned,
+                Some(reqwest::Body::from(bytes)),
+            )
+            .await?;
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| S3Error::Unreachable("no ETag for an uploaded part".into()))?;
+        Ok(Part {
+            number,
+            etag: etag.to_owned(),
+        })
+    }
+
+    /// CompleteMultipartUpload.
+    pub async fn complete_multipart(
+        &self,
+        permit: &Permit,
+        upload_id: &str,
+        parts: &[Part],
+    ) -> Result<Option<HeaderValue>, S3Error> {
+        let url = self.multipart_url(permit, &[("uploadId", upload_id)]);
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for part in parts {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                part.number,
+                xml_escape(&part.etag)
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let body = Bytes::from(xml);
+        let response = self
+            .send(
+                Method::POST,
+                url,
+                HeaderMap::new(),
+                Payload::Bytes(&body),
+                Some(reqwest::Body::from(body.clone())),
+            )
+            .await?;
+        // S3 may answer 200 and still report an error in the body.
+        let text = self.read_small(response).await?;
+        if let Some(code) = xml_value(&text, "Code").filter(|_| text.contains("<Error>")) {
+            return Err(S3Error::Status {
+                status: http::StatusCode::INTERNAL_SERVER_ERROR,
+                code: Some(code),
+            });
+        }
+        Ok(xml_value(&text, "ETag").and_then(|e| HeaderValue::from_str(&e).ok()))
+    }
+
+    /// AbortMultipartUpload: frees the parts; nothing of the upload remains.
+    pub async fn abort_multipart(&self, permit: &Permit, upload_id: &str) -> Result<(), S3Error> {
+        self.send_delete(self.multipart_url(permit, &[("uploadId", upload_id)]))
+            .await
+    }
+
+    async fn send_delete(&self, url: Url) -> Result<(), S3Error> {
+        let (headers, payload) = (HeaderMap::new(), Payload::Bytes(b""));
+        self.send(Method::DELETE, url, headers, payload, None)
+            .await
+            .map(drop)
+    }
+
+    fn multipart_url(&self, permit: &Permit, query: &[(&str, &str)]) -> Url {
+        let mut url = self.object_url(permit.object());
+        url.query_pairs_mut().extend_pairs(query);
+        url
+    }
+
+    /// Sends a request whose body is streamed; the answer must come within `s3.timeout` of the
+    /// last body byte.
+    async fn send_streaming(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: ByteStream,
+    ) -> Result<reqwest::Response, S3Error> {
+        let sent = Arc::new(Notify::new());
+        let signal = sent.clone();
+        let body = body.chain(futures_util::stream::once(async move {
+            signal.notify_one();
+            Ok(Bytes::new())
+        }));
+        let request = self.send(
+            method,
+            url,
+            headers,
+            Payload::Unsigned,
+            Some(reqwest::Body::wrap_stream(body)),
+        );
+        let timeout = self.timeout;
+        tokio::select! {
+            result = request => result,
+            _ = async { sent.notified().await; tokio::time::sleep(timeout).await } => {
+                Err(S3Error::Timeout)
+            }
+        }
+    }
+
+    /// A small response body (XML) as text, within the timeout.
+    async fn read_small(&self, response: reqwest::Response) -> Result<String, S3Error> {
+        let bytes = tokio::time::timeout(self.timeout, response.bytes())
+            .await
+            .map_err(|_| S3Error::Timeout)?
+            .map_err(|e| S3Error::Unreachable(super::error_chain(e)))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// The text of the first `<tag>…</tag>` in an XML document.
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(
+        xml[start..end]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">"),
+    )
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_values() {
+        let xml = "<InitiateMultipartUploadResult><Bucket>b</Bucket><UploadId>abc-1</UploadId></InitiateMultipartUploadResult>";
+        assert_eq!(xml_value(xml, "UploadId").as_deref(), Some("abc-1"));
+        assert_eq!(
+            xml_value("<ETag>&quot;x&quot;</ETag>", "ETag").as_deref(),
+            Some("\"x\"")
+        );
+        assert_eq!(xml_value(xml, "Nope"), None);
+        assert_eq!(xml_escape("\"a&b\""), "&quot;a&amp;b&quot;");
+    }
+}

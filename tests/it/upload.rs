@@ -1,0 +1,534 @@
+//! Uploads and deletes against the real S3: ACLs, forms, limits, broken bodies, invalidation.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+async fn put(
+    h: &Harness,
+    key: &str,
+    body: &'static [u8],
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = h
+        .http
+        .put(h.object_url(key))
+        .bearer_auth(token("alice"))
+        .body(body);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+/// PUT with a chunked body (no Content-Length) as alice.
+async fn put_chunked(h: &Harness, key: &str, chunks: Vec<Vec<u8>>) -> reqwest::Response {
+    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    h.http
+        .put(h.object_url(key))
+        .bearer_auth(token("alice"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Objects left in the bucket under `prefix`.
+fn stored(h: &Harness, prefix: &str) -> Vec<String> {
+    h.s3.keys(BUCKET)
+        .into_iter()
+        .filter(|k| k.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn private_upload_then_read_back() {
+    let h = Setup::default().start().await;
+    let r = put(
+        &h,
+        "users/alice/notes.txt",
+        b"my notes",
+        &[("content-type", "text/plain")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["bucket"], "files");
+    assert_eq!(v["key"], "users/alice/notes.txt");
+    assert_eq!(v["acl"], "private");
+    assert_eq!(v["url"], format!("{}/files/users/alice/notes.txt", h.url));
+    assert_eq!(v["url"], location.as_str());
+    assert!(v["etag"].as_str().unwrap().starts_with('"'));
+    assert_eq!(
+        h.s3_log().acl(BUCKET, "users/alice/notes.txt").as_deref(),
+        Some("private")
+    );
+    let r = h.get("users/alice/notes.txt", Some(&token("alice"))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.text().await.unwrap(), "my notes");
+    // Nobody else may read it.
+    assert_eq!(
+        h.get("users/alice/notes.txt", Some(&token("bob")))
+            .await
+            .status(),
+        403
+    );
+}
+
+#[tokio::test]
+async fn public_upload_records_the_acl_and_returns_the_public_url() {
+    let h = Setup::default().start().await;
+    for header in ["x-amz-acl", "x-acl"] {
+        let key = format!("users/alice/{header}.png");
+        let mut req = h
+            .http
+            .put(h.object_url(&key))
+            .bearer_auth(token("alice"))
+            .body("png");
+        req = req.header(header, "public-read");
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["acl"], "public-read");
+        assert_eq!(v["url"], format!("{}/{BUCKET}/{key}", h.s3.endpoint()));
+        assert_eq!(h.s3_log().acl(BUCKET, &key).as_deref(), Some("public-read"));
+        // The content type was guessed from the key.
+        let r = h.get(&key, Some(&token("alice"))).await;
+        assert_eq!(r.headers()["content-type"], "image/png");
+    }
+    let r = put(
+        &h,
+        "users/alice/x",
+        b"x",
+        &[("x-amz-acl", "authenticated-read")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = put(
+        &h,
+        "users/alice/x",
+        b"x",
+        &[("x-amz-acl", "private"), ("x-acl", "public-read")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(!h.s3.exists(BUCKET, "users/alice/x"));
+}
+
+#[tokio::test]
+async fn buckets_without_acls_need_default_acl_none() {
+    let h = Setup::default().start().await;
+    h.s3_log().disable_acls();
+    let r = put(&h, "users/alice/a.txt", b"a", &[]).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "acl_not_supported");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload.default_acl"),
+        "{e}"
+    );
+    assert!(stored(&h, "users/alice/").is_empty());
+
+    let h = Setup::default()
+        .set("upload.default_acl", "\"none\"")
+        .start_with(h.s3.clone())
+        .await;
+    let r = put(&h, "users/alice/a.txt", b"a", &[]).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["acl"], "none");
+    assert_eq!(h.s3_log().acl(BUCKET, "users/alice/a.txt"), None);
+}
+
+fn form(boundary: &str, filename: &str, content_type: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nA photo\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn form_uploads_get_a_generated_key() {
+    let h = Setup::default().start().await;
+    let png = b"\x89PNG\r\n\x1a\nnot really a png";
+    let r = h
+        .http
+        .post(format!("{}/files/users/alice/", h.url))
+        .bearer_auth(token("alice"))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(form("XyZ", "holiday.PNG", "image/png", png))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    let key = v["key"].as_str().unwrap();
+    let uuid = key
+        .strip_prefix("users/alice/")
+        .unwrap()
+        .strip_suffix(".png")
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{key}");
+    assert_eq!(location, format!("{}/files/{key}", h.url));
+    let r = h.get(key, Some(&token("alice"))).await;
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), png);
+
+    // A raw body: the extension comes from the content type.
+    let r = h
+        .http
+        .post(format!("{}/files/users/alice/", h.url))
+        .bearer_auth(token("alice"))
+        .header("content-type", "image/jpeg")
+        .body("jpeg bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["key"].as_str().unwrap().ends_with(".jpg"), "{v}");
+
+    // Another user's prefix, or a form without a file: refused, nothing stored.
+    let before = stored(&h, "users/").len();
+    let r = h
+        .http
+        .post(format!("{}/files/users/bob/", h.url))
+        .bearer_auth(token("alice"))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(form("XyZ", "a.png", "image/png", b"x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = h
+        .http
+        .post(format!("{}/files/users/alice/", h.url))
+        .bearer_auth(token("alice"))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body("--XyZ\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--XyZ--\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(stored(&h, "users/").len(), before);
+}
+
+#[tokio::test]
+async fn oversize_by_header_is_413_before_reading() {
+    let h = Setup::default()
+        .set("upload.max_size", "\"64KiB\"")
+        .start()
+        .await;
+    // Only the head is sent: the answer must not wait for the body.
+    let request = format!(
+        "PUT /files/users/alice/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 100000\r\nConnection: close\r\n\r\n",
+        token("alice")
+    );
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let response = raw::parse(&buf[..n]);
+    assert_eq!(response.status, 413);
+    assert_eq!(h.s3_log().all(), 0);
+    assert!(stored(&h, "users/").is_empty());
+}
+
+#[tokio::test]
+async fn oversize_by_stream_is_413_and_leaves_nothing() {
+    let h = Setup::default()
+        .set("upload.max_size", "\"64KiB\"")
+        .start()
+        .await;
+    let r = put_chunked(
+        &h,
+        "users/alice/stream.bin",
+        (0..20).map(|_| vec![b'z'; 10_000]).collect(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(stored(&h, "users/").is_empty());
+}
+
+#[tokio::test]
+async fn oversize_during_a_multipart_upload_aborts_it() {
+    // 20 MiB allowed, 30 MiB sent without a length: parts go up, then the upload is aborted.
+    let h = Setup::default()
+        .set("upload.max_size", "\"20MiB\"")
+        .start()
+        .await;
+    let r = put_chunked(
+        &h,
+        "users/alice/huge.bin",
+        (0..30).map(|_| vec![b'q'; 1024 * 1024]).collect(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        h.s3_log()
+            .requests("MULTIPART", BUCKET, "users/alice/huge.bin"),
+        1
+    );
+    assert_eq!(
+        h.s3_log().requests("ABORT", BUCKET, "users/alice/huge.bin"),
+        1
+    );
+    assert!(stored(&h, "users/").is_empty());
+
+    // Within the limit, the same path completes.
+    let chunks = (0..18).map(|i| vec![b'a' + i; 1024 * 1024]).collect();
+    let r = put_chunked(&h, "users/alice/large.bin", chunks).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let stored = h.s3.read(BUCKET, "users/alice/large.bin").unwrap();
+    assert_eq!(stored.len(), 18 * 1024 * 1024);
+    assert!(stored[..1024 * 1024].iter().all(|&b| b == b'a'));
+    assert!(stored[17 * 1024 * 1024..].iter().all(|&b| b == b'a' + 17));
+}
+
+#[tokio::test]
+async fn a_truncated_body_leaves_nothing() {
+    let h = Setup::default().start().await;
+    let request = format!(
+        "PUT /files/users/alice/cut.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 100000\r\n\r\n",
+        token("alice")
+    );
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&[b'c'; 30_000]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.shutdown().await.unwrap(); // the client vanishes mid-body
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || h.s3_log().requests(
+            "PUT",
+            BUCKET,
+            "users/alice/cut.bin"
+        ) == 1)
+        .await,
+        "the upload reached S3 and was cut off there"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!h.s3.exists(BUCKET, "users/alice/cut.bin"));
+    assert!(stored(&h, "users/").is_empty());
+}
+
+#[tokio::test]
+async fn an_unauthorized_upload_is_refused_before_its_body_is_read() {
+    let h = Setup::default().start().await;
+    for auth in [
+        String::new(),
+        format!("Authorization: Bearer {}\r\n", token("bob")),
+    ] {
+        let request = format!(
+            "PUT /files/users/alice/x.bin HTTP/1.1\r\nHost: x\r\n{auth}Expect: 100-continue\r\n\
+             Content-Length: 1000000\r\nConnection: close\r\n\r\n"
+        );
+        let mut stream = TcpStream::connect(h.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(!text.contains("100 Continue"), "{text}");
+        let response = raw::parse(&buf);
+        assert!(matches!(response.status, 401 | 403), "{text}");
+    }
+    assert_eq!(h.s3_log().all(), 0);
+}
+
+#[tokio::test]
+async fn an_overwrite_is_seen_at_once() {
+    let h = Setup::default().start().await;
+    let t = token("alice");
+    assert_eq!(
+        put(&h, "users/alice/v.txt", b"version 1", &[])
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        h.get("users/alice/v.txt", Some(&t))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "version 1"
+    );
+    assert_eq!(
+        h.get("users/alice/v.txt", Some(&t)).await.headers()["x-cache"],
+        "HIT"
+    );
+    assert_eq!(
+        put(&h, "users/alice/v.txt", b"version 2", &[])
+            .await
+            .status(),
+        201
+    );
+    let r = h.get("users/alice/v.txt", Some(&t)).await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(r.text().await.unwrap(), "version 2");
+}
+
+#[tokio::test]
+async fn delete_then_404() {
+    let h = Setup::default().start().await;
+    let t = token("alice");
+    put(&h, "users/alice/gone.txt", b"soon gone", &[]).await;
+    assert_eq!(h.get("users/alice/gone.txt", Some(&t)).await.status(), 200);
+    let r = h
+        .http
+        .delete(h.object_url("users/alice/gone.txt"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(h.get("users/alice/gone.txt", Some(&t)).await.status(), 404);
+    assert!(!h.s3.exists(BUCKET, "users/alice/gone.txt"));
+    // Someone else's object: refused.
+    h.put("users/bob/keep.txt", b"bob's");
+    let r = h
+        .http
+        .delete(h.object_url("users/bob/keep.txt"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(h.s3.exists(BUCKET, "users/bob/keep.txt"));
+}
+
+#[tokio::test]
+async fn uploaded_active_content_is_served_as_a_sandboxed_attachment() {
+    let h = Setup::default().start().await;
+    let svg =
+        b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(document.cookie)</script></svg>";
+    let html = b"<html><script>alert(1)</script></html>";
+    assert_eq!(
+        put(&h, "users/alice/evil.svg", svg, &[]).await.status(),
+        201
+    );
+    assert_eq!(
+        put(
+            &h,
+            "users/alice/evil.html",
+            html,
+            &[("content-type", "text/html")]
+        )
+        .await
+        .status(),
+        201
+    );
+    assert_eq!(
+        put(&h, "users/alice/evil.js", b"alert(1)", &[])
+            .await
+            .status(),
+        201
+    );
+    for key in [
+        "users/alice/evil.svg",
+        "users/alice/evil.html",
+        "users/alice/evil.js",
+    ] {
+        let r = h.get(key, Some(&token("alice"))).await;
+        assert_eq!(r.headers()["content-disposition"], "attachment", "{key}");
+        assert_eq!(r.headers()["content-security-policy"], "sandbox", "{key}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{key}");
+    }
+}
+
+#[tokio::test]
+async fn cookie_uploads_need_an_allowed_origin() {
+    let h = Setup::default()
+        .set("cors.allowed_origins", "[\"https://app.example.com\"]")
+        .start()
+        .await;
+    let cookie = format!("session={}", token("alice"));
+    let send = |origin: Option<&'static str>| {
+        let mut req = h
+            .http
+            .put(h.object_url("users/alice/c.txt"))
+            .header("cookie", &cookie)
+            .body("c");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(
+        send(Some("https://evil.example")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(send(None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(Some("https://app.example.com")).await,
+        StatusCode::CREATED
+    );
+    // s3warden's own origin counts as same-site.
+    let own = Box::leak(h.url.clone().into_boxed_str());
+    assert_eq!(send(Some(own)).await, StatusCode::CREATED);
+    // A bearer token is not ambient: no Origin needed.
+    assert_eq!(put(&h, "users/alice/d.txt", b"d", &[]).await.status(), 201);
+}
+
+#[tokio::test]
+async fn uploads_through_a_proxy_signed_put_url() {
+    let h = Setup::default().start().await;
+    let r = h
+        .http
+        .post(format!("{}/_sign", h.url))
+        .bearer_auth(token("alice"))
+        .json(&serde_json::json!({"bucket": "files", "keys": ["users/alice/signed.txt"], "method": "PUT"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let url = v["items"][0]["url"].as_str().unwrap();
+    let r = h
+        .http
+        .put(url)
+        .body("uploaded with a signed URL")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        h.s3.read(BUCKET, "users/alice/signed.txt").unwrap(),
+        b"uploaded with a signed URL"
+    );
+    // The same URL does not write another key.
+    let other = url.replace("signed.txt", "other.txt");
+    assert_eq!(
+        h.http.put(other).body("x").send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+}
