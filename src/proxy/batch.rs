@@ -6,7 +6,7 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
-use super::App;
+use super::Ctx;
 use crate::auth::Authenticated;
 use crate::body::{Body, BoxError};
 use crate::config::Method;
@@ -111,7 +111,7 @@ where
     out
 }
 
-impl App {
+impl Ctx<'_> {
     /// Signs every key the caller may use, and says why for the others.
     pub(super) async fn sign_batch<B>(
         &self,
@@ -122,7 +122,7 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let max_batch = self.inner.config.signing.max_batch;
+        let max_batch = self.live.config.signing.max_batch;
         let limit = max_batch * BYTES_PER_KEY + 64 * 1024;
         let bytes = Limited::new(body, limit)
             .collect()
@@ -140,16 +140,16 @@ impl App {
         if request.keys.len() > max_batch {
             return Err(ProxyError::PayloadTooLarge);
         }
-        let signer = &self.inner.signer;
+        let signer = &self.live.signer;
         if request.kind == Kind::Proxy && !signer.can_sign_proxy() {
             return Err(ProxyError::BadRequest(
                 "proxy-signed URLs are off: no signing.secret_files are configured".into(),
             ));
         }
-        if !self.inner.config.buckets.contains_key(&request.bucket) {
+        if !self.live.config.buckets.contains_key(&request.bucket) {
             return Err(ProxyError::NotFound);
         }
-        let window = signer.window((self.inner.clock)());
+        let window = signer.window((self.shared.clock)());
         // Check every key against the rules first; only permitted keys are signed.
         let permits: Vec<Result<Permit, &'static str>> = request
             .keys

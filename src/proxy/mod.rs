@@ -7,6 +7,8 @@ mod object;
 mod upload;
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -35,17 +37,44 @@ pub struct App {
 /// The time source: the system clock, or a fixed one in tests of signing windows.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// What lives as long as the process: the cache survives reloads.
 struct Inner {
-    config: Config,
-    clock: Clock,
-    signer: UrlSigner,
+    live: ArcSwap<Live>,
     cache: ObjectCache,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+}
+
+/// What a reload replaces: everything built from the config.
+struct Live {
+    config: Arc<Config>,
     policy: Policy,
     verifier: Verifier,
     s3: S3Client,
+    signer: UrlSigner,
     cors: Cors,
     responses: ResponseSettings,
-    metrics: Arc<Metrics>,
+}
+
+impl Live {
+    async fn new(config: Config, metrics: &Arc<Metrics>) -> Result<Live, AppError> {
+        Ok(Live {
+            policy: Policy::new(&config),
+            verifier: Verifier::new(&config, metrics.clone()).await,
+            s3: S3Client::new(&config, metrics.clone())?,
+            signer: UrlSigner::new(&config),
+            cors: Cors::new(&config),
+            responses: ResponseSettings::new(config.cache.browser_max_age),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// One request's view: the shared parts and the config generation it started with (a reload
+/// in the middle of a request does not change the rules under it).
+struct Ctx<'a> {
+    shared: &'a Inner,
+    live: Arc<Live>,
 }
 
 /// The app could not be built from the config.
@@ -72,28 +101,38 @@ impl App {
     /// Builds the app with its own clock for signing windows and signed-URL expiry.
     pub async fn with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
-        let s3 = S3Client::new(&config, metrics.clone())?;
-        let verifier = Verifier::new(&config, metrics.clone()).await;
+        let cache = ObjectCache::new(&config.cache, metrics.clone());
+        let live = Live::new(config, &metrics).await?;
         let inner = Inner {
-            clock,
-            signer: UrlSigner::new(&config),
-            cache: ObjectCache::new(&config.cache, metrics.clone()),
-            policy: Policy::new(&config),
-            verifier,
-            s3,
-            cors: Cors::new(&config),
-            responses: ResponseSettings::new(config.cache.browser_max_age),
+            live: ArcSwap::from_pointee(live),
+            cache,
             metrics,
-            config,
+            clock,
         };
         Ok(App {
             inner: Arc::new(inner),
         })
     }
 
-    /// The configuration the app runs with.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// Replaces rules, keys, signing secrets, S3 settings and cache lifetimes with those of
+    /// `config`. The cache and its contents stay; requests in flight finish under the old config.
+    pub async fn reload(&self, config: Config) -> Result<(), AppError> {
+        let old = self.config();
+        if config.cache.capacity != old.cache.capacity {
+            tracing::warn!("cache.capacity changes take effect at the next restart");
+        }
+        if config.server.listen != old.server.listen || config.admin.listen != old.admin.listen {
+            tracing::warn!("listen address changes take effect at the next restart");
+        }
+        self.inner.cache.reconfigure(&config.cache);
+        let live = Live::new(config, &self.inner.metrics).await?;
+        self.inner.live.store(Arc::new(live));
+        Ok(())
+    }
+
+    /// The configuration the app runs with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.live.load().config.clone()
     }
 
     /// The app's metrics.
@@ -124,6 +163,8 @@ impl App {
         };
         let target = self
             .inner
+            .live
+            .load()
             .policy
             .object_for(&object.alias, &object.key)
             .ok_or(ProxyError::NotFound)?;
@@ -133,16 +174,17 @@ impl App {
 
     /// True when keys are loaded and every configured bucket answers.
     pub async fn ready(&self) -> Result<(), String> {
-        let inner = &self.inner;
-        let needs_keys = inner.config.auth.jwks_url.is_some()
-            || inner.config.auth.hmac_secret_file.is_some()
-            || inner.config.auth.hmac_secret_env.is_some()
-            || !inner.config.auth.public_key_files.is_empty();
-        if needs_keys && !inner.verifier.has_keys() {
+        let live = self.inner.live.load_full();
+        let auth = &live.config.auth;
+        let needs_keys = auth.jwks_url.is_some()
+            || auth.hmac_secret_file.is_some()
+            || auth.hmac_secret_env.is_some()
+            || !auth.public_key_files.is_empty();
+        if needs_keys && !live.verifier.has_keys() {
             return Err("no token verification keys loaded".into());
         }
-        for b in inner.config.buckets.values() {
-            if let Err(e) = inner.s3.probe_bucket(&b.bucket).await {
+        for b in live.config.buckets.values() {
+            if let Err(e) = live.s3.probe_bucket(&b.bucket).await {
                 return Err(format!("bucket {}: {e}", b.bucket));
             }
         }
@@ -156,18 +198,24 @@ impl App {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let inner = &self.inner;
-        inner.metrics.in_flight().inc();
+        let ctx = Ctx {
+            shared: &self.inner,
+            live: self.inner.live.load_full(),
+        };
+        let metrics = &self.inner.metrics;
+        metrics.in_flight().inc();
         let (parts, body) = request.into_parts();
         let mut outcome = Outcome::default();
-        let mut response = match self.dispatch(&parts, body, &mut outcome).await {
+        let mut response = match ctx.dispatch(&parts, body, &mut outcome).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
-        inner.cors.decorate(&parts.headers, response.headers_mut());
-        inner.metrics.in_flight().dec();
+        ctx.live
+            .cors
+            .decorate(&parts.headers, response.headers_mut());
+        metrics.in_flight().dec();
         let status = response.status().as_u16();
-        inner.metrics.request(outcome.route, status);
+        metrics.request(outcome.route, status);
         let length = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -175,7 +223,7 @@ impl App {
             .or_else(|| http_body::Body::size_hint(response.body()).exact())
             .unwrap_or(0);
         if parts.method != http::Method::HEAD {
-            inner.metrics.bytes_sent(length);
+            metrics.bytes_sent(length);
         }
         tracing::info!(
             target: "access",
@@ -193,7 +241,9 @@ impl App {
         );
         response
     }
+}
 
+impl Ctx<'_> {
     async fn dispatch<B>(
         &self,
         parts: &Parts,
@@ -213,7 +263,7 @@ impl App {
             }
             Route::Preflight => {
                 outcome.route = "preflight";
-                self.inner.cors.preflight(&parts.headers)
+                self.live.cors.preflight(&parts.headers)
             }
             Route::Object(object)
                 if matches!(parts.method, http::Method::GET | http::Method::HEAD) =>
@@ -273,7 +323,7 @@ impl App {
         parts: &Parts,
         outcome: &mut Outcome,
     ) -> Result<Authenticated, ProxyError> {
-        let auth = &self.inner.config.auth;
+        let auth = &self.live.config.auth;
         let found = find_tokens(
             &parts.headers,
             parts.uri.query(),
@@ -281,7 +331,7 @@ impl App {
             &auth.query_param,
         );
         if found.malformed {
-            self.inner.metrics.token_failure("malformed");
+            self.shared.metrics.token_failure("malformed");
             return Err(ProxyError::InvalidToken(crate::auth::TokenError::Malformed));
         }
         let mut result = Authenticated {
@@ -289,7 +339,7 @@ impl App {
             ..Authenticated::default()
         };
         for (source, token) in found.tokens {
-            match self.inner.verifier.verify(token).await {
+            match self.live.verifier.verify(token).await {
                 Ok(identity) => {
                     if result.identity.is_none() {
                         outcome.subject = identity.sub.clone();
@@ -298,7 +348,7 @@ impl App {
                     }
                 }
                 Err(e) => {
-                    self.inner.metrics.token_failure(e.label());
+                    self.shared.metrics.token_failure(e.label());
                     return Err(ProxyError::InvalidToken(e));
                 }
             }
@@ -311,7 +361,7 @@ impl App {
     fn check_csrf(&self, parts: &Parts, auth: &Authenticated) -> Result<(), ProxyError> {
         match auth.source {
             Some(source) if source.is_ambient() => {
-                self.inner.cors.check_cookie_write(&parts.headers)
+                self.live.cors.check_cookie_write(&parts.headers)
             }
             _ => Ok(()),
         }
@@ -327,8 +377,8 @@ impl App {
         method: Method,
     ) -> Result<Permit, ProxyError> {
         if let Some(signed) = &auth.signed {
-            let now = (self.inner.clock)();
-            self.inner
+            let now = (self.shared.clock)();
+            self.live
                 .signer
                 .verify(method, alias, key, signed.expires, &signed.sig, now)
                 .map_err(|e| match e {
@@ -337,7 +387,7 @@ impl App {
                 })?;
             let left = signed.expires.saturating_sub(crate::sign::unix(now));
             return self
-                .inner
+                .live
                 .policy
                 .permit_signed(alias, key, method, left)
                 .map_err(|_| ProxyError::NotFound);
@@ -357,7 +407,7 @@ impl App {
             Some(identity) => Principal::Token(identity),
             None => Principal::Anonymous,
         };
-        self.inner
+        self.live
             .policy
             .authorize(who, alias, key, method)
             .map_err(|denied| match denied {

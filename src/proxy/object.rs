@@ -3,7 +3,7 @@
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::App;
+use super::Ctx;
 use crate::body::Body;
 use crate::cache::{CachedObject, Lookup, OnMiss};
 use crate::error::ProxyError;
@@ -19,7 +19,7 @@ struct Wanted {
     conditionals: Conditionals,
 }
 
-impl App {
+impl Ctx<'_> {
     /// GET or HEAD of an object the permit allows reading.
     pub(super) async fn read_object(
         &self,
@@ -42,10 +42,10 @@ impl App {
         } else {
             OnMiss::Fetch
         };
-        let inner = &self.inner;
-        let lookup = inner
+        let lookup = self
+            .shared
             .cache
-            .lookup(permit, &inner.s3, on_miss)
+            .lookup(permit, &self.live.s3, on_miss)
             .await
             .map_err(upstream)?;
         match lookup {
@@ -66,7 +66,7 @@ impl App {
         status: CacheStatus,
         wanted: &Wanted,
     ) -> Response<Body> {
-        let settings = &self.inner.responses;
+        let settings = &self.live.responses;
         let meta = &object.meta;
         let (etag, modified) = (meta.etag_str(), meta.last_modified);
         if wanted.conditionals.not_modified(etag, modified) {
@@ -107,7 +107,7 @@ impl App {
 
     /// Streams a response S3 is already sending (an object too large to cache).
     fn serve_fetched(&self, permit: &Permit, fetched: Fetched, wanted: &Wanted) -> Response<Body> {
-        let settings = &self.inner.responses;
+        let settings = &self.live.responses;
         let meta = &fetched.meta;
         if fetched.answer == Answer::NotModified
             || wanted
@@ -142,9 +142,11 @@ impl App {
         permit: &Permit,
         wanted: &Wanted,
     ) -> Result<Response<Body>, ProxyError> {
-        let s3 = &self.inner.s3;
-        let settings = &self.inner.responses;
-        self.inner.metrics.cache(crate::metrics::CacheEvent::Bypass);
+        let s3 = &self.live.s3;
+        let settings = &self.live.responses;
+        self.shared
+            .metrics
+            .cache(crate::metrics::CacheEvent::Bypass);
         if wanted.head {
             let meta = s3.head(permit).await.map_err(upstream)?;
             let part = if wanted

@@ -15,7 +15,7 @@ use http_body_util::BodyStream;
 use mime_guess::mime;
 use serde::Serialize;
 
-use super::App;
+use super::Ctx;
 use crate::body::{Body, BoxError, ByteStream};
 use crate::config::Acl;
 use crate::error::ProxyError;
@@ -47,7 +47,7 @@ struct Uploaded<'a> {
     url: String,
 }
 
-impl App {
+impl Ctx<'_> {
     /// `PUT /{bucket}/{key}`: the permit is for writing this key.
     pub(super) async fn put_object<B>(
         &self,
@@ -168,8 +168,8 @@ impl App {
         &self,
         permit: &Permit,
     ) -> Result<Response<Body>, ProxyError> {
-        let result = self.inner.s3.delete(permit).await;
-        self.inner.cache.invalidate(permit.object()).await;
+        let result = self.live.s3.delete(permit).await;
+        self.shared.cache.invalidate(permit.object()).await;
         match result {
             Ok(()) => {
                 let mut response = Response::new(Body::Empty);
@@ -182,11 +182,11 @@ impl App {
     }
 
     fn max_upload(&self) -> u64 {
-        self.inner.config.upload.max_size.bytes()
+        self.live.config.upload.max_size.bytes()
     }
 
     fn idle_timeout(&self) -> Duration {
-        self.inner.config.server.idle_timeout
+        self.live.config.server.idle_timeout
     }
 
     fn limited<B>(&self, body: B, state: &Arc<BodyState>) -> ByteStream
@@ -253,7 +253,7 @@ impl App {
                 named = Some(acl);
             }
         }
-        let acl = named.unwrap_or(self.inner.config.upload.default_acl);
+        let acl = named.unwrap_or(self.live.config.upload.default_acl);
         Ok((acl != Acl::None).then_some(acl))
     }
 
@@ -272,13 +272,13 @@ impl App {
         {
             return Err(ProxyError::PayloadTooLarge);
         }
-        let s3 = &self.inner.s3;
+        let s3 = &self.live.s3;
         let result = match length {
             Some(length) if length <= SINGLE_PUT_MAX => s3.put(permit, body, length, options).await,
             _ => self.upload_in_parts(permit, body, options).await,
         };
         let etag = result.map_err(|e| upload_error(e, state))?;
-        self.inner.cache.invalidate(permit.object()).await;
+        self.shared.cache.invalidate(permit.object()).await;
         Ok(etag)
     }
 
@@ -289,7 +289,7 @@ impl App {
         options: &PutOptions,
     ) -> Result<Option<HeaderValue>, S3Error> {
         let mut body = body.fuse();
-        let s3 = &self.inner.s3;
+        let s3 = &self.live.s3;
         let part_size = MIN_PART.max(self.max_upload().div_ceil(MAX_PARTS)) as usize;
         let first = fill(&mut body, part_size).await?;
         if first.len() < part_size {
@@ -331,10 +331,10 @@ impl App {
         options: &PutOptions,
     ) -> Result<Response<Body>, ProxyError> {
         let url = match options.acl {
-            Some(Acl::PublicRead) => self.inner.s3.object_url(permit.object()).to_string(),
+            Some(Acl::PublicRead) => self.live.s3.object_url(permit.object()).to_string(),
             _ => format!(
                 "{}/{}/{}",
-                self.inner.config.public_url(),
+                self.live.config.public_url(),
                 permit.alias(),
                 crate::sign::encode_key(permit.key())
             ),

@@ -66,7 +66,7 @@ async fn wrong_s3_credentials_are_a_502_without_detail() {
     let h = Setup::default().start().await;
     h.put("keys/a.txt", b"hello");
     // A second app, same S3, wrong secret.
-    let mut config = h.app.config().clone();
+    let mut config = (*h.app.config()).clone();
     config.secrets.aws = AwsCredentials {
         access_key_id: ACCESS_KEY.into(),
         secret_access_key: "wrong".into(),
