@@ -1,63 +1,172 @@
-//! The daemon's life: bind the listeners, serve, and drain on SIGTERM/SIGINT.
+//! The daemon's life under systemd (or not): listeners bound or passed in (socket activation),
+//! `READY=1` once everything is loaded, watchdog pings, `SIGHUP` reloads, `SIGTERM`/`SIGINT`
+//! drain and exit.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::App;
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::server::Server;
+use crate::config::{Config, Environment};
+use crate::server::{Server, Tls, tls_config};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
+    /// A listener could not be bound or taken over.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// The address or passed socket.
+        what: String,
         /// Why.
         source: std::io::Error,
     },
     /// The app could not be built.
     #[error(transparent)]
     App(#[from] crate::proxy::AppError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::server::TlsError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
 
 /// Runs until SIGTERM or SIGINT, then drains in-flight requests and returns.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let mut public = Vec::new();
-    for &addr in &config.server.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Bind { addr, source })?;
-        public.push(listener);
-    }
+pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
+    let public = public_listeners(&config).await?;
     let admin_addr = config.admin.listen;
     let admin = TcpListener::bind(admin_addr)
         .await
-        .map_err(|source| DaemonError::Bind {
-            addr: admin_addr,
+        .map_err(|source| DaemonError::Listen {
+            what: admin_addr.to_string(),
             source,
         })?;
+    let tls = Tls::default();
+    tls.store(load_tls(&config)?.map(Arc::new));
     let limits = crate::limits(&config);
-    let app = App::new(config).await?;
-    let public = Server::start(public, app.clone(), limits.clone());
-    let admin = Server::start(vec![admin], Admin(app.clone()), limits);
-    tracing::info!(listen = ?public.local_addrs(), admin = ?admin.local_addrs(), "s3warden ready");
-
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+
+    let app = App::new(config).await?;
+    let public = Server::start_tls(public, app.clone(), limits.clone(), tls.clone());
+    let admin = Server::start(vec![admin], Admin(app.clone()), limits);
+    tracing::info!(listen = ?public.local_addrs(), admin = ?admin.local_addrs(), "s3warden ready");
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    let watchdog = start_watchdog();
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&app, &path, &tls).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
     }
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     tracing::info!("shutting down: draining in-flight requests");
     public.shutdown().await;
     admin.shutdown().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sockets systemd passed (`LISTEN_FDS`), or the configured addresses, bound now.
+async fn public_listeners(config: &Config) -> Result<Vec<TcpListener>, DaemonError> {
+    let mut passed = listenfd::ListenFd::from_env();
+    if passed.len() > 0 {
+        let mut listeners = Vec::new();
+        for i in 0..passed.len() {
+            let listen_err = |source| DaemonError::Listen {
+                what: format!("passed socket {i}"),
+                source,
+            };
+            let Some(std_listener) = passed.take_tcp_listener(i).map_err(listen_err)? else {
+                continue;
+            };
+            std_listener.set_nonblocking(true).map_err(listen_err)?;
+            listeners.push(TcpListener::from_std(std_listener).map_err(listen_err)?);
+        }
+        tracing::info!(sockets = listeners.len(), "using sockets passed by systemd");
+        return Ok(listeners);
+    }
+    let mut listeners = Vec::new();
+    for &addr in &config.server.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn load_tls(config: &Config) -> Result<Option<tokio_rustls::rustls::ServerConfig>, DaemonError> {
+    match &config.secrets.tls {
+        Some((cert, key)) => Ok(Some(tls_config(cert, key)?)),
+        None => Ok(None),
+    }
+}
+
+/// Re-reads the config file; a bad one is logged and the running config stays.
+async fn reload(app: &App, path: &Path, tls: &Tls) {
+    notify(&[
+        NotifyState::Reloading,
+        NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
+    ]);
+    let result = async {
+        let config = Config::load(path, &Environment::from_process()).map_err(|e| e.to_string())?;
+        let new_tls = load_tls(&config).map_err(|e| e.to_string())?;
+        app.reload(config).await.map_err(|e| e.to_string())?;
+        tls.store(new_tls.map(Arc::new));
+        Ok::<_, String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::info!("configuration reloaded");
+            notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+            notify(&[
+                NotifyState::Ready,
+                NotifyState::Status("serving; the last reload was refused (see the logs)"),
+            ]);
+        }
+    }
+}
+
+/// Pings the systemd watchdog at half its interval from the runtime itself, so a wedged
+/// runtime stops pinging and gets restarted.
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = Duration::from_micros(usec) / 2;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            notify(&[NotifyState::Watchdog]);
+        }
+    }))
+}
+
+/// Tells systemd (when it is listening) how the service is doing.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
 }

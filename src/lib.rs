@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

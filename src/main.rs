@@ -105,10 +105,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Serve { config } => {
-            let config = Config::load(&config, &Environment::from_process())?;
+        Command::Serve { config: path } => {
+            let config = Config::load(&path, &Environment::from_process())?;
             init_logging(config.log.format, &config.log.level);
-            s3warden::daemon::run(config).await?;
+            s3warden::daemon::run(config, path).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path } => {

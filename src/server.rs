@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,47 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use arc_swap::ArcSwapOption;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use crate::body::Body;
+use crate::framing::FramingWatch;
+
+/// The TLS settings of a listener; a reload swaps them for new connections.
+pub type Tls = Arc<ArcSwapOption<rustls::ServerConfig>>;
+
+/// A certificate and key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(String);
+
+/// A rustls server config from PEM files' contents, offering HTTP/2 and HTTP/1.1 (ALPN).
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError("the certificate file holds no certificate".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError(format!("key file: {e}")))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A byte stream a connection can run on: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Connection limits and timeouts.
 #[derive(Debug, Clone)]
@@ -56,8 +96,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts accepting on every listener.
+    /// Starts accepting on every listener, in plain HTTP.
     pub fn start<H: Handler>(listeners: Vec<TcpListener>, handler: H, limits: Limits) -> Server {
+        Self::start_tls(listeners, handler, limits, Tls::default())
+    }
+
+    /// Starts accepting on every listener, with TLS whenever `tls` holds a config.
+    pub fn start_tls<H: Handler>(
+        listeners: Vec<TcpListener>,
+        handler: H,
+        limits: Limits,
+        tls: Tls,
+    ) -> Server {
         let (shutdown, watcher) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let local_addrs = listeners
@@ -73,6 +123,7 @@ impl Server {
                     limits.clone(),
                     slots.clone(),
                     watcher.clone(),
+                    tls.clone(),
                 ))
             })
             .collect();
@@ -104,6 +155,7 @@ async fn accept_loop<H: Handler>(
     limits: Limits,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Tls,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -142,37 +194,63 @@ async fn accept_loop<H: Handler>(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let io = IdleIo::new(stream);
-        let activity = io.activity.clone();
-        let service = {
-            let handler = handler.clone();
-            let activity = activity.clone();
-            service_fn(move |request: Request<Incoming>| {
-                let handler = handler.clone();
-                let busy = activity.busy();
-                async move {
-                    let response = handler.call(request).await;
-                    drop(busy);
-                    Ok::<_, Infallible>(response)
-                }
-            })
-        };
-        let connection = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let handler = handler.clone();
-        let idle_timeout = limits.idle_timeout;
+        let watcher = graceful.watcher();
+        let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.load_full());
+        let (idle_timeout, handshake_timeout) = (limits.idle_timeout, limits.header_read_timeout);
+        let max_head = limits.max_header_size.max(8192);
         tokio::spawn(async move {
             handler.connections(1);
+            let stream: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(config) => {
+                    let handshake = TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            handler.connections(-1);
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            handler.connections(-1);
+                            return;
+                        }
+                    }
+                }
+            };
+            let framing = Arc::new(std::sync::Mutex::new(FramingWatch::new(max_head)));
+            let io = IdleIo::new(stream, framing.clone());
+            let activity = io.activity.clone();
+            let service = {
+                let handler = handler.clone();
+                let activity = activity.clone();
+                service_fn(move |request: Request<Incoming>| {
+                    let handler = handler.clone();
+                    let busy = activity.busy();
+                    let ambiguous = framing.lock().expect("lock").next_is_ambiguous();
+                    async move {
+                        if ambiguous {
+                            return Ok(smuggling_refused());
+                        }
+                        let response = handler.call(request).await;
+                        drop(busy);
+                        Ok::<_, Infallible>(response)
+                    }
+                })
+            };
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::select! {
-                result = connection => {
+                result = watcher.watch(connection) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 }
                 _ = activity.idle_for(idle_timeout) => {
                     tracing::debug!("closing idle connection");
+                }
+                _ = activity.silent_for(handshake_timeout) => {
+                    tracing::debug!("closing a connection that sent nothing");
                 }
             }
             handler.connections(-1);
@@ -186,6 +264,23 @@ async fn accept_loop<H: Handler>(
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
+}
+
+/// 400 for an ambiguous request, closing the connection so nothing after it is read.
+fn smuggling_refused() -> Response<Body> {
+    const BODY: &str = "{\"error\":\"bad_request\",\"message\":\"ambiguous request framing\"}";
+    let mut response = Response::new(Body::full(Bytes::from_static(BODY.as_bytes())));
+    *response.status_mut() = http::StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Answers a connection over the limit with a bare 503 and closes it.
@@ -210,6 +305,7 @@ struct Activity {
     started: Instant,
     last_ms: Arc<AtomicU64>,
     busy: Arc<AtomicU64>,
+    heard: Arc<AtomicBool>,
 }
 
 /// Marks a connection busy while a handler runs.
@@ -226,6 +322,16 @@ impl Activity {
     fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves if the client has sent nothing at all `timeout` after connecting (before the
+    /// HTTP layer starts its own header timer, the protocol sniffing waits for a first byte).
+    async fn silent_for(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if !self.heard.load(Ordering::Relaxed) {
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 
     fn busy(&self) -> Busy {
@@ -249,20 +355,24 @@ impl Activity {
     }
 }
 
-/// A stream that records when bytes move, for the idle timeout.
+/// A stream that records when bytes move (for the idle timeout) and follows request framing
+/// (for the smuggling check).
 struct IdleIo<T> {
     inner: T,
     activity: Activity,
+    framing: Arc<std::sync::Mutex<FramingWatch>>,
 }
 
 impl<T> IdleIo<T> {
-    fn new(inner: T) -> Self {
+    fn new(inner: T, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
         IdleIo {
             inner,
+            framing,
             activity: Activity {
                 started: Instant::now(),
                 last_ms: Arc::new(AtomicU64::new(0)),
                 busy: Arc::new(AtomicU64::new(0)),
+                heard: Arc::new(AtomicBool::new(false)),
             },
         }
     }
@@ -277,7 +387,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            self.activity.heard.store(true, Ordering::Relaxed);
             self.activity.touch();
+            self.framing
+                .lock()
+                .expect("lock")
+                .feed(&buf.filled()[before..]);
         }
         result
     }

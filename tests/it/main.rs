@@ -8,5 +8,6 @@ mod common;
 mod config_files;
 mod demo;
 mod foundation;
+mod protection;
 mod signing;
 mod upload;

@@ -147,6 +147,18 @@ impl Setup {
         self
     }
 
+    /// Serves HTTPS with the test certificate (for `localhost` and 127.0.0.1).
+    pub fn tls(self) -> Self {
+        self.set(
+            "server.tls.cert_file",
+            &format!("{:?}", fixture("tls_cert.pem").display().to_string()),
+        )
+        .set(
+            "server.tls.key_file",
+            &format!("{:?}", fixture("tls_key.pem").display().to_string()),
+        )
+    }
+
     /// Runs the app on this clock instead of the system's.
     pub fn clock(mut self, clock: s3warden::proxy::Clock) -> Self {
         self.clock = Some(clock);
@@ -239,12 +251,17 @@ impl Harness {
         let config = Config::from_toml(&text, dir.path(), &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let limits = s3warden::limits(&config);
+        let tls = s3warden::server::Tls::default();
+        if let Some((cert, key)) = &config.secrets.tls {
+            let tls_config = s3warden::server::tls_config(cert, key).expect("test TLS config");
+            tls.store(Some(Arc::new(tls_config)));
+        }
         let app = match setup.clock.clone() {
             Some(clock) => App::with_clock(config, clock).await,
             None => App::new(config).await,
         }
         .expect("app");
-        let server = Server::start(vec![public], app.clone(), limits.clone());
+        let server = Server::start_tls(vec![public], app.clone(), limits.clone(), tls);
         let admin = Server::start(vec![admin], Admin(app.clone()), limits);
         Harness {
             dir,

@@ -1,0 +1,289 @@
+//! Request smuggling: a request with both `Content-Length` and `Transfer-Encoding` (or two
+//! `Content-Length`s) can be framed one way by a proxy in front and another way behind it.
+//! hyper frames such a request by `Transfer-Encoding` and drops the `Content-Length` before the
+//! handler sees it, so this watcher follows the raw bytes of an HTTP/1 connection — request heads,
+//! and just enough of each body's framing to find the next head — and remembers, per request,
+//! whether its head was ambiguous. The server refuses those with 400 and closes the connection.
+
+use std::collections::VecDeque;
+
+/// Follows one HTTP/1 connection's request framing.
+#[derive(Debug)]
+pub struct FramingWatch {
+    state: State,
+    head: Vec<u8>,
+    max_head: usize,
+    verdicts: VecDeque<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Reading a request head.
+    Head,
+    /// Skipping `n` more body bytes.
+    Body(u64),
+    /// Reading a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Reading trailer lines until an empty one.
+    Trailers(Vec<u8>),
+    /// Not following any more (HTTP/2, an oversized or ambiguous head, a framing error).
+    Off,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+impl FramingWatch {
+    /// A watcher for a connection whose heads are at most `max_head` bytes.
+    pub fn new(max_head: usize) -> FramingWatch {
+        FramingWatch {
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+            verdicts: VecDeque::new(),
+        }
+    }
+
+    /// Whether the next request handed to the service had an ambiguous head.
+    pub fn next_is_ambiguous(&mut self) -> bool {
+        self.verdicts.pop_front().unwrap_or(false)
+    }
+
+    /// Follows bytes read from the client.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            bytes = match &mut self.state {
+                State::Off => return,
+                State::Head => self.feed_head(bytes),
+                State::Body(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        self.state = State::Head;
+                    }
+                    &bytes[n as usize..]
+                }
+                State::ChunkSize(line) => match take_line(line, bytes, 4096) {
+                    Line::More => return,
+                    Line::TooLong => {
+                        self.state = State::Off;
+                        return;
+                    }
+                    Line::Done(rest) => {
+                        let text = String::from_utf8_lossy(line);
+                        let size = text.split(';').next().unwrap_or("").trim();
+                        self.state = match u64::from_str_radix(size, 16) {
+                            Ok(0) => State::Trailers(Vec::new()),
+                            // Data, then its CRLF: skipped together (a bare LF is a framing
+                            // error hyper refuses anyway).
+                            Ok(n) => State::ChunkData(n.saturating_add(2)),
+                            Err(_) => State::Off,
+                        };
+                        rest
+                    }
+                },
+                State::ChunkData(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                    &bytes[n as usize..]
+                }
+                State::Trailers(line) => match take_line(line, bytes, self.max_head) {
+                    Line::More => return,
+                    Line::TooLong => {
+                        self.state = State::Off;
+                        return;
+                    }
+                    Line::Done(rest) => {
+                        let empty = line.iter().all(|b| *b == b'\r');
+                        line.clear();
+                        if empty {
+                            self.state = State::Head;
+                        }
+                        rest
+                    }
+                },
+            };
+        }
+    }
+
+    fn feed_head<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        let mut bytes = bytes;
+        // Empty lines before a request line are allowed (RFC 9112 §2.2).
+        if self.head.is_empty() {
+            while let [b'\r' | b'\n', rest @ ..] = bytes {
+                bytes = rest;
+            }
+            if bytes.is_empty() {
+                return bytes;
+            }
+        }
+        let before = self.head.len();
+        self.head.extend_from_slice(bytes);
+        let end = find_head_end(&self.head);
+        let Some(end) = end else {
+            if self.head.len() > self.max_head {
+                self.state = State::Off;
+            }
+            return &[];
+        };
+        let consumed = end - before;
+        let head = std::mem::take(&mut self.head);
+        if head.starts_with(H2_PREFACE) {
+            self.state = State::Off;
+            return &[];
+        }
+        let framing = framing_of(&head[..end]);
+        self.verdicts.push_back(framing == Framing::Ambiguous);
+        self.state = match framing {
+            Framing::Ambiguous => State::Off,
+            Framing::Chunked => State::ChunkSize(Vec::new()),
+            Framing::Length(0) | Framing::None => State::Head,
+            Framing::Length(n) => State::Body(n),
+        };
+        &bytes[consumed..]
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Ambiguous,
+}
+
+/// The end (exclusive) of a head ending in an empty line.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn framing_of(head: &[u8]) -> Framing {
+    let text = String::from_utf8_lossy(head);
+    let mut lengths = Vec::new();
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    for line in text.lines().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim().to_ascii_lowercase();
+        if name == "content-length" {
+            lengths.push(value.trim().to_owned());
+        } else if name == "transfer-encoding" {
+            transfer_encoding = true;
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        }
+    }
+    if lengths.len() > 1 || (!lengths.is_empty() && transfer_encoding) {
+        return Framing::Ambiguous;
+    }
+    if chunked {
+        return Framing::Chunked;
+    }
+    match lengths.first() {
+        Some(n) => n.parse().map(Framing::Length).unwrap_or(Framing::Ambiguous),
+        None => Framing::None,
+    }
+}
+
+enum Line<'a> {
+    Done(&'a [u8]),
+    More,
+    TooLong,
+}
+
+/// Appends bytes to `line` up to and including a `\n`; returns what follows it.
+fn take_line<'a>(line: &mut Vec<u8>, bytes: &'a [u8], max: usize) -> Line<'a> {
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            line.extend_from_slice(&bytes[..i]);
+            Line::Done(&bytes[i + 1..])
+        }
+        None => {
+            line.extend_from_slice(bytes);
+            if line.len() > max {
+                Line::TooLong
+            } else {
+                Line::More
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(parts: &[&[u8]]) -> Vec<bool> {
+        let mut w = FramingWatch::new(64 * 1024);
+        for p in parts {
+            w.feed(p);
+        }
+        let mut out = Vec::new();
+        while let Some(v) = w.verdicts.pop_front() {
+            out.push(v);
+        }
+        out
+    }
+
+    #[test]
+    fn plain_requests_are_fine() {
+        let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(verdicts(&[get, get]), vec![false, false]);
+        let put = b"PUT /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(verdicts(&[put, get]), vec![false, false]);
+    }
+
+    #[test]
+    fn ambiguous_heads_are_flagged_in_either_order() {
+        let a =
+            b"POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let b =
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n";
+        let c = b"POST /a HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd";
+        assert_eq!(verdicts(&[a]), vec![true]);
+        assert_eq!(verdicts(&[b]), vec![true]);
+        assert_eq!(verdicts(&[c]), vec![true]);
+    }
+
+    #[test]
+    fn bodies_that_look_like_heads_are_skipped() {
+        let fake = b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut put =
+            format!("PUT /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", fake.len()).into_bytes();
+        put.extend_from_slice(fake);
+        let get = b"GET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts(&[&put, get]), vec![false, false]);
+        // Chunked, split at every byte.
+        let mut chunked = b"PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        chunked.extend_from_slice(format!("{:x};ext=1\r\n", fake.len()).as_bytes());
+        chunked.extend_from_slice(fake);
+        chunked.extend_from_slice(b"\r\n0\r\nTrailer: x\r\n\r\n");
+        chunked.extend_from_slice(get);
+        let bytes: Vec<&[u8]> = chunked.chunks(1).collect();
+        assert_eq!(verdicts(&bytes), vec![false, false]);
+    }
+
+    #[test]
+    fn http2_is_not_followed() {
+        assert!(
+            verdicts(&[
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                b"Content-Length: 1\r\nTransfer-Encoding: x\r\n\r\n"
+            ])
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Connection-level protection: timeouts, header limits, smuggling, the connection cap, TLS.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+/// Reads until the server closes the connection; returns what came and how long it took.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut chunk),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("connection still open after {limit:?}"),
+        }
+    }
+    (buf, started.elapsed())
+}
+
+#[tokio::test]
+async fn slowloris_heads_are_cut_off_at_the_header_timeout() {
+    let h = Setup::default()
+        .set("server.header_read_timeout", "\"1s\"")
+        .set("server.idle_timeout", "\"30s\"")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    // A head that trickles in, a byte at a time, never finishing.
+    let trickle = async {
+        for b in b"GET /files/photos/a.png HTTP/1.1\r\nHost: x\r\nX-Slow: " {
+            if stream.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let started = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let h = Setup::default()
+        .set("server.header_read_timeout", "\"1s\"")
+        .start()
+        .await;
+    // Connected, silent.
+    let mut silent = TcpStream::connect(h.addr).await.unwrap();
+    let (_, took) = until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Keep-alive after a request: closed while waiting for the next one.
+    let mut kept = TcpStream::connect(h.addr).await.unwrap();
+    kept.write_all(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, took) = until_closed(&mut kept, Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_moving_is_cut_off_at_the_idle_timeout() {
+    let h = Setup::default()
+        .set("server.idle_timeout", "\"1s\"")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "PUT /files/users/alice/slow.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\nfirst bytes",
+        token("alice")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (answer, took) = until_closed(&mut stream, Duration::from_secs(6)).await;
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    assert!(!h.s3.exists(BUCKET, "users/alice/slow.bin"));
+}
+
+#[tokio::test]
+async fn a_64_kib_header_is_431() {
+    let h = Setup::default().start().await;
+    let big = "b".repeat(64 * 1024);
+    let r = raw::get(h.addr, "/_health", &format!("X-Big: {big}\r\n")).await;
+    assert_eq!(r.status, 431);
+    // Many small headers adding up to the same.
+    let many: String = (0..2000)
+        .map(|i| format!("X-H{i}: {}\r\n", "v".repeat(30)))
+        .collect();
+    let r = raw::get(h.addr, "/_health", &many).await;
+    assert_eq!(r.status, 431);
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused() {
+    let h = Setup::default().start().await;
+    let smuggle = format!(
+        "PUT /files/users/alice/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         0\r\n\r\nGET /files/private/secret HTTP/1.1\r\nHost: x\r\n\r\n",
+        token("alice")
+    );
+    let r = raw::send(h.addr, smuggle.as_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(h.s3_log().all(), 0);
+    // Two Content-Length values are refused too.
+    let r = raw::send(
+        h.addr,
+        b"PUT /files/users/alice/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503() {
+    let h = Setup::default()
+        .set("server.max_connections", "2")
+        .set("server.header_read_timeout", "\"10s\"")
+        .start()
+        .await;
+    let _a = TcpStream::connect(h.addr).await.unwrap();
+    let _b = TcpStream::connect(h.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = raw::get(h.addr, "/_health", "").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(h.metric("s3warden_connections_shed_total").await, Some(1));
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = raw::get(h.addr, "/_health", "").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn tls_with_http2() {
+    let h = Setup::default().tls().start().await;
+    h.put("photos/a.png", b"over TLS");
+    let cert = reqwest::Certificate::from_pem(&fixture_bytes("tls_cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(cert)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/files/photos/a.png", h.addr.port());
+    let r = client
+        .get(&url)
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "over TLS");
+    // HTTP/1.1 clients are served too.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&fixture_bytes("tls_cert.pem")).unwrap(),
+        )
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = client
+        .get(&url)
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_11);
+    assert_eq!(r.status(), StatusCode::OK);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(
+        h.http
+            .get(format!("http://127.0.0.1:{}/_health", h.addr.port()))
+            .send()
+            .await
+            .is_err()
+    );
+}
