@@ -150,8 +150,10 @@ async fn reload(app: &App, path: &Path, tls: &Tls) {
 /// Pings the systemd watchdog at half its interval from the runtime itself, so a wedged
 /// runtime stops pinging and gets restarted.
 fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    // As sd_watchdog_enabled(3): WATCHDOG_USEC, unless WATCHDOG_PID names another process.
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    if usec == 0 || pid.is_some_and(|p| p.parse::<u32>().ok() != Some(std::process::id())) {
         return None;
     }
     let every = Duration::from_micros(usec) / 2;

@@ -6,6 +6,7 @@ mod cache;
 #[allow(dead_code)]
 mod common;
 mod config_files;
+mod daemon;
 mod demo;
 mod foundation;
 mod protection;

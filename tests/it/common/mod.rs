@@ -171,6 +171,18 @@ impl Setup {
         Harness::launch(self, dir, s3).await
     }
 
+    /// The config text for a separate `s3warden serve` process in `dir` (secrets written there),
+    /// listening on `port` and `admin`, with S3 at `endpoint` (unless `endpoint()` was set).
+    pub fn render_for_daemon(self, dir: &Path, endpoint: &str, port: u16, admin: u16) -> String {
+        write_secrets(dir);
+        let endpoint = self.endpoint.clone().unwrap_or_else(|| endpoint.to_owned());
+        self.set("s3.endpoint", &format!("\"{endpoint}\""))
+            .set("server.listen", &format!("[\"127.0.0.1:{port}\"]"))
+            .set("server.public_url", &format!("\"http://127.0.0.1:{port}\""))
+            .set("admin.listen", &format!("\"127.0.0.1:{admin}\""))
+            .render()
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         for (section, keys) in &self.sections {
@@ -223,17 +235,7 @@ pub struct Harness {
 
 impl Harness {
     async fn launch(setup: Setup, dir: tempfile::TempDir, s3: Arc<EmbeddedS3>) -> Harness {
-        std::fs::write(dir.path().join("hmac-secret"), HMAC_SECRET).unwrap();
-        std::fs::write(
-            dir.path().join("url-key-1"),
-            "url-signing-key-number-one-0123456789",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("url-key-2"),
-            "url-signing-key-number-two-0123456789",
-        )
-        .unwrap();
+        write_secrets(dir.path());
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = public.local_addr().unwrap();
@@ -336,6 +338,25 @@ impl Harness {
             s.shutdown().await;
         }
     }
+}
+
+pub const URL_KEY_1: &str = "url-signing-key-number-one-0123456789";
+pub const URL_KEY_2: &str = "url-signing-key-number-two-0123456789";
+
+/// The secret files the test configs name.
+pub fn write_secrets(dir: &Path) {
+    std::fs::write(dir.join("hmac-secret"), HMAC_SECRET).unwrap();
+    std::fs::write(dir.join("url-key-1"), URL_KEY_1).unwrap();
+    std::fs::write(dir.join("url-key-2"), URL_KEY_2).unwrap();
+}
+
+/// A free TCP port on loopback (free when asked; tests bind it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn client() -> reqwest::Client {

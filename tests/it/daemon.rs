@@ -1,0 +1,549 @@
+//! `s3warden serve` as systemd runs it: a separate process, its notify protocol, socket
+//! activation, SIGHUP reloads, SIGTERM drains, and what ends up in its logs and environment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use s3warden::demo::s3::EmbeddedS3;
+use tokio::net::UnixDatagram;
+
+use crate::common::faults::{Fault, FaultyUpstream};
+use crate::common::*;
+
+/// A running `s3warden serve` and the S3 it talks to.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+    admin_url: String,
+    s3: Arc<EmbeddedS3>,
+    log: PathBuf,
+}
+
+struct Launch {
+    setup: Setup,
+    env: Vec<(String, String)>,
+    /// Run under `systemd-socket-activate -l 127.0.0.1:PORT`.
+    socket_activated: bool,
+}
+
+impl Launch {
+    fn new(setup: Setup) -> Launch {
+        Launch {
+            setup,
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ],
+            socket_activated: false,
+        }
+    }
+
+    fn env(mut self, k: &str, v: &str) -> Launch {
+        self.env.retain(|(name, _)| name != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn without_env(mut self, k: &str) -> Launch {
+        self.env.retain(|(name, _)| name != k);
+        self
+    }
+
+    async fn start(self) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("s3");
+        std::fs::create_dir_all(&data).unwrap();
+        let s3 = Arc::new(
+            EmbeddedS3::start(
+                &data,
+                "127.0.0.1:0".parse().unwrap(),
+                ACCESS_KEY,
+                SECRET_KEY,
+            )
+            .await
+            .unwrap(),
+        );
+        s3.create_bucket(BUCKET).unwrap();
+        self.start_with(dir, s3).await
+    }
+
+    async fn start_with(self, dir: tempfile::TempDir, s3: Arc<EmbeddedS3>) -> Daemon {
+        let (port, admin, configured) = (free_port(), free_port(), free_port());
+        // Socket activation: systemd holds `port`; the config names another one, never bound.
+        let listen = if self.socket_activated {
+            configured
+        } else {
+            port
+        };
+        let text = self
+            .setup
+            .render_for_daemon(dir.path(), &s3.endpoint(), listen, admin)
+            .replace(
+                &format!("http://127.0.0.1:{listen}\""),
+                &format!("http://127.0.0.1:{port}\""),
+            );
+        let config = dir.path().join("s3warden.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("s3warden.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let bin = env!("CARGO_BIN_EXE_s3warden");
+        let mut command = if self.socket_activated {
+            let mut c = Command::new("systemd-socket-activate");
+            c.arg("-l").arg(format!("127.0.0.1:{port}"));
+            for (k, v) in &self.env {
+                c.arg("-E").arg(format!("{k}={v}"));
+            }
+            c.arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = command.spawn().unwrap();
+        let daemon = Daemon {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+            s3,
+            log,
+        };
+        let http = client();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = http.get(format!("{}/_health", daemon.url)).send().await
+                && r.status() == StatusCode::OK
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                daemon.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.socket_activated {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", configured)).is_err(),
+                "server.listen is ignored when systemd passes a socket"
+            );
+        }
+        daemon
+    }
+}
+
+impl Daemon {
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("s3warden.toml")
+    }
+
+    fn object_url(&self, key: &str) -> String {
+        format!("{}/files/{}", self.url, encode_key(key))
+    }
+
+    /// Waits for the process to exit; its exit status.
+    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon still running:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn recv(socket: &UnixDatagram, within: Duration) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, socket.recv(&mut buf))
+        .await
+        .expect("a notification in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Receives notifications until one contains `needle`.
+async fn expect_notification(socket: &UnixDatagram, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let message = recv(socket, deadline.saturating_duration_since(Instant::now())).await;
+        if message.contains(needle) {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn notify_protocol_ready_watchdog_reloading_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let daemon = Launch::new(Setup::default())
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start()
+        .await;
+    let ready = expect_notification(&socket, "READY=1").await;
+    assert!(ready.contains("READY=1"), "{ready}");
+    // Pings at half the interval.
+    let started = Instant::now();
+    expect_notification(&socket, "WATCHDOG=1").await;
+    expect_notification(&socket, "WATCHDOG=1").await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    daemon.signal("HUP");
+    let reloading = expect_notification(&socket, "RELOADING=1").await;
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    expect_notification(&socket, "READY=1").await;
+
+    daemon.signal("TERM");
+    expect_notification(&socket, "STOPPING=1").await;
+    assert!(daemon.wait(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn socket_activation_serves_the_passed_socket() {
+    let mut launch = Launch::new(Setup::default());
+    launch.socket_activated = true;
+    let daemon = launch.start().await;
+    daemon.s3.put(BUCKET, "photos/a.png", b"activated").unwrap();
+    let r = client()
+        .get(daemon.object_url("photos/a.png"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "activated");
+    assert!(
+        daemon.logs().contains("sockets passed by systemd"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+fn rewrite_config(daemon: &Daemon, from: &str, to: &str) {
+    let path = daemon.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in config");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[tokio::test]
+async fn sighup_applies_new_rules_and_keeps_the_cache() {
+    let daemon = Launch::new(Setup::default()).start().await;
+    daemon
+        .s3
+        .put(BUCKET, "photos/team.png", b"team photo")
+        .unwrap();
+    let http = client();
+    let get = |t: String| {
+        let req = http
+            .get(daemon.object_url("photos/team.png"))
+            .bearer_auth(t);
+        async move { req.send().await.unwrap() }
+    };
+    assert_eq!(get(token("alice")).await.headers()["x-cache"], "MISS");
+    assert_eq!(get(token("alice")).await.headers()["x-cache"], "HIT");
+
+    // photos/ becomes admin-only.
+    rewrite_config(
+        &daemon,
+        "prefix = \"photos/\"\nmethods = [\"GET\"]\nallow = \"authenticated\"",
+        "prefix = \"photos/\"\nmethods = [\"GET\"]\nallow = { claims = { roles = \"admin\" } }",
+    );
+    daemon.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(token("alice")).await.status() != StatusCode::FORBIDDEN {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get(admin_token()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-cache"],
+        "HIT",
+        "the cache survived the reload"
+    );
+    assert_eq!(
+        daemon.s3.log().requests("GET", BUCKET, "photos/team.png"),
+        1
+    );
+    assert!(daemon.logs().contains("configuration reloaded"));
+}
+
+#[tokio::test]
+async fn sighup_with_a_broken_config_keeps_the_old_one() {
+    let daemon = Launch::new(Setup::default()).start().await;
+    daemon.s3.put(BUCKET, "photos/a.png", b"a").unwrap();
+    let http = client();
+    let status = || {
+        let req = http
+            .get(daemon.object_url("photos/a.png"))
+            .bearer_auth(token("alice"));
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(status().await, StatusCode::OK);
+    for broken in [
+        "this is [not toml".to_owned(),
+        std::fs::read_to_string(daemon.config_path())
+            .unwrap()
+            .replace(
+                "hmac_secret_file = \"hmac-secret\"",
+                "hmac_secret_file = \"missing-file\"",
+            ),
+    ] {
+        let before = daemon.logs().matches("reload refused").count();
+        std::fs::write(daemon.config_path(), broken).unwrap();
+        daemon.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon.logs().matches("reload refused").count() == before {
+            assert!(Instant::now() < deadline, "{}", daemon.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            status().await,
+            StatusCode::OK,
+            "the old rules and keys still serve"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_download_finish() {
+    let total = 3 * 1024 * 1024;
+    let up = FaultyUpstream::start(Fault::StallMidBody {
+        total,
+        first: 1024 * 1024,
+    })
+    .await;
+    let setup = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("s3.timeout", "\"20s\"")
+        .set("cache.max_object_size", "\"64KiB\"");
+    let daemon = Launch::new(setup).start().await;
+    let mut r = client()
+        .get(daemon.object_url("photos/slow.bin"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut received = r.chunk().await.unwrap().unwrap().len();
+    daemon.signal("TERM");
+    // New connections are refused while the download drains.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(daemon.url.trim_start_matches("http://")).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.release();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        received += chunk.len();
+    }
+    assert_eq!(received, total, "the in-flight download completed");
+    assert!(daemon.wait(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn logs_never_hold_tokens_signatures_or_secrets() {
+    let setup = Setup::default()
+        .set("auth.query_param", "\"access_token\"")
+        .set("log.level", "\"debug\"")
+        .set("log.format", "\"json\"");
+    let daemon = Launch::new(setup).start().await;
+    daemon.s3.put(BUCKET, "photos/a.png", b"a").unwrap();
+    let http = client();
+    let good = token("alice");
+    let expired = hs256(&claims_with(
+        "alice",
+        serde_json::json!({"exp": now() - 3600}),
+    ));
+    let _ = http
+        .get(daemon.object_url("photos/a.png"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    let _ = http
+        .get(daemon.object_url("photos/a.png"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    let _ = http
+        .get(daemon.object_url("photos/a.png"))
+        .header("cookie", format!("session={good}"))
+        .send()
+        .await
+        .unwrap();
+    let _ = http
+        .get(format!(
+            "{}?access_token={good}",
+            daemon.object_url("photos/a.png")
+        ))
+        .send()
+        .await
+        .unwrap();
+    let signed: serde_json::Value = http
+        .post(format!("{}/_sign", daemon.url))
+        .bearer_auth(&good)
+        .json(&serde_json::json!({"bucket": "files", "keys": ["photos/a.png"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = signed["items"][0]["url"].as_str().unwrap().to_owned();
+    let sig = url.split("sig=").nth(1).unwrap().to_owned();
+    assert_eq!(
+        http.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let _ = http.get(url.replace(&sig, "AAAA")).send().await.unwrap();
+    // An upstream failure logs too.
+    let _ = http
+        .get(daemon.object_url("photos/missing.png"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("\"target\":\"access\""),
+        "json access log lines:\n{logs}"
+    );
+    assert!(logs.contains("/files/photos/a.png"));
+    for secret in [
+        good.as_str(),
+        &expired,
+        &sig,
+        HMAC_SECRET,
+        SECRET_KEY,
+        URL_KEY_1,
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
+    // Token payloads are not logged in pieces either.
+    let payload = good.split('.').nth(1).unwrap();
+    assert!(!logs.contains(payload));
+}
+
+#[tokio::test]
+async fn secrets_from_credential_files_stay_out_of_the_environment() {
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("aws_access_key_id"), ACCESS_KEY).unwrap();
+    std::fs::write(creds.path().join("aws_secret_access_key"), SECRET_KEY).unwrap();
+    let creds_dir = creds.path().to_str().unwrap().to_owned();
+    let setup = Setup::default().set(
+        "auth.hmac_secret_file",
+        &format!("\"{}\"", Path::new(&creds_dir).join("jwt").display()),
+    );
+    std::fs::write(creds.path().join("jwt"), HMAC_SECRET).unwrap();
+    let daemon = Launch::new(setup)
+        .without_env("AWS_ACCESS_KEY_ID")
+        .without_env("AWS_SECRET_ACCESS_KEY")
+        .env("CREDENTIALS_DIRECTORY", &creds_dir)
+        .start()
+        .await;
+    daemon.s3.put(BUCKET, "photos/a.png", b"a").unwrap();
+    let r = client()
+        .get(daemon.object_url("photos/a.png"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "S3 credentials came from the files"
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for secret in [SECRET_KEY, HMAC_SECRET, URL_KEY_1] {
+        assert!(
+            !environ.contains(secret),
+            "{secret} is in the process environment"
+        );
+    }
+    assert!(environ.contains("CREDENTIALS_DIRECTORY="));
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let daemon = Launch::new(Setup::default()).start().await;
+    let http = client();
+    let get = |path: &str| {
+        let req = http.get(format!("{}{path}", daemon.admin_url));
+        async move { req.send().await.unwrap() }
+    };
+    assert_eq!(get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(get("/readyz").await.status(), StatusCode::OK);
+    let _ = http
+        .get(format!("{}/files/photos/none", daemon.url))
+        .send()
+        .await;
+    let metrics = get("/metrics").await.text().await.unwrap();
+    for name in [
+        "s3warden_requests_total{route=\"object\",status=\"401\"}",
+        "s3warden_in_flight_requests",
+        "s3warden_connections",
+        "s3warden_s3_request_duration_seconds_bucket",
+        "s3warden_cache_hits_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert_eq!(get("/nothing").await.status(), StatusCode::NOT_FOUND);
+    // With S3 gone, readiness fails.
+    daemon.s3.stop();
+    assert_eq!(
+        get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
