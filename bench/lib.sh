@@ -85,7 +85,7 @@ TOML
 # start_s3warden CONFIG PORT [CPU]: the daemon, waiting until it answers.
 start_s3warden() {
   local config=$1 port=$2 cpu=${3:-}
-  local cmd=(./target/release/s3warden serve --config "$config")
+  local cmd=(./target/lto/s3warden serve --config "$config")
   [[ -n "$cpu" ]] && cmd=(taskset -c "$cpu" "${cmd[@]}")
   AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY "${cmd[@]}" >/dev/null &
   S3WARDEN_PID=$!
@@ -98,5 +98,56 @@ kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 # s3warden_cmd ARGS...: the CLI with the bench credentials.
 s3warden_cmd() {
-  AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY ./target/release/s3warden "$@"
+  AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY ./target/lto/s3warden "$@"
+}
+
+# cpu_ticks PID: user + system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# bench_wrk NAME SIZE PID URL [HEADER]: one wrk run against a server pinned to CPU 0, from CPU 1;
+# prints a JSON line with req/s, p99 and the server's CPU use (cores).
+bench_wrk() {
+  local name=$1 size=$2 pid=$3 url=$4 header=${5:-}
+  local args=(-t1 -c64 "-d${WRK_SECONDS:-10}s" --latency)
+  [[ -n "$header" ]] && args+=(-H "$header")
+  [[ -n "${WRK_SCRIPT:-}" ]] && args+=(-s "$WRK_SCRIPT")
+  local t0 c0 t1 c1 report
+  c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+  report=$(taskset -c 1 wrk "${args[@]}" "$url")
+  c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+  if grep -q "Non-2xx" <<<"$report" || grep -q "Socket errors" <<<"$report"; then
+    echo "bench $name $size: errors from wrk:" >&2
+    echo "$report" >&2
+    return 1
+  fi
+  awk -v name="$name" -v size="$size" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v tck="$(getconf CLK_TCK)" '
+    /Requests\/sec/ { rps = $2 }
+    $1 == "99%" {
+      v = $2; unit = v; sub(/[0-9.]+/, "", unit); sub(/[a-z]+$/, "", v)
+      p99 = (unit == "us") ? v / 1000 : (unit == "s") ? v * 1000 : (unit == "m") ? v * 60000 : v
+    }
+    END {
+      cores = (c1 - c0) / tck / (t1 - t0)
+      printf "{\"system\": \"%s\", \"size\": \"%s\", \"rps\": %s, \"p99_ms\": %.3f, \"cores\": %.3f}\n", name, size, rps, p99, cores
+    }' <<<"$report"
+}
+
+# ensure_tools: wrk, nginx with njs, from apt when missing.
+ensure_tools() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v nginx >/dev/null || missing+=(nginx)
+  [[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ]] || missing+=(libnginx-mod-http-js)
+  command -v taskset >/dev/null || missing+=(util-linux)
+  if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# nginx_conf TEMPLATE OUT DIR PORT DATA S3PORT: fills in a config template.
+nginx_conf() {
+  sed -e "s|@DIR@|$3|g" -e "s|@PORT@|$4|g" -e "s|@DATA@|$5|g" -e "s|@S3PORT@|$6|g" \
+      -e "s|@BUCKET@|$BENCH_BUCKET|g" -e "s|@BENCH@|$PWD/bench|g" "$1" > "$2"
 }

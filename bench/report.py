@@ -45,6 +45,131 @@ def median(values):
     return values[len(values) // 2]
 
 
+
+def table_medians(rows):
+    """(system, size) -> median of rps, p99 and cores over the runs."""
+    grouped = {}
+    for r in rows:
+        grouped.setdefault((r["system"], r["size"]), []).append(r)
+    out = {}
+    for key, runs in grouped.items():
+        out[key] = {
+            "rps": median([r["rps"] for r in runs]),
+            "p99": median([r["p99_ms"] for r in runs]),
+            "cores": median([r["cores"] for r in runs]),
+            "runs": len(runs),
+        }
+    return out
+
+
+LABELS = {
+    "ceiling": "ceiling: bare hyper, fixed body in memory",
+    "nginx_static": "nginx static (sendfile, 1 worker)",
+    "nginx_proxy_cache_njs": "nginx proxy_cache (warm) + njs HS256 check",
+    "s3warden_hs256": "s3warden hit, HS256 token",
+    "s3warden_rs256": "s3warden hit, RS256 token",
+    "s3warden_es256": "s3warden hit, ES256 token",
+    "s3warden_signed_url": "s3warden hit, proxy-signed URL",
+}
+
+tp = table_medians(lines("throughput.jsonl"))
+if tp:
+    sizes = [s for s in ["1k", "64k", "1m"] if any(k[1] == s for k in tp)]
+    print()
+    print("## Cache hits side by side")
+    print()
+    print("Servers pinned to CPU 0 (`taskset -c 0`, nginx with one worker, s3warden's runtime on")
+    print("that one core), `wrk -t1 -c64 -d10s --latency` pinned to CPU 1; median of the runs.")
+    print("Every s3warden request carries a token that is checked (or a signed URL that is")
+    print("verified) against the rules before the cache answers; access logs are off for all.")
+    print("`cores` is the server's CPU time divided by wall time during the run;")
+    print("`µs CPU/req` = cores / req/s.")
+    for size in sizes:
+        print()
+        print(f"### {size.upper().replace('K', ' KiB').replace('M', ' MiB')} objects")
+        print()
+        print("| system | req/s | p99 ms | cores | µs CPU/req |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for system, label in LABELS.items():
+            r = tp.get((system, size))
+            if r:
+                cpu_us = r["cores"] / r["rps"] * 1e6 if r["rps"] else 0
+                print(f"| {label} | {r['rps']:,.0f} | {r['p99']:.2f} | {r['cores']:.2f} | {cpu_us:.1f} |")
+    print()
+    print("### Ratios and targets (same run)")
+    print()
+    print("| target | size | measured | met |")
+    print("| --- | --- | ---: | --- |")
+
+    def ratio(a, b, size, field="rps"):
+        ra, rb = tp.get((a, size)), tp.get((b, size))
+        if not ra or not rb or not rb[field]:
+            return None
+        return ra[field] / rb[field]
+
+    def row(label, size, value, ok):
+        if value is None:
+            return
+        print(f"| {label} | {size} | {value:.2f} | {'yes' if ok(value) else '**no**'} |")
+
+    for size in [s for s in sizes if s in ("1k", "64k")]:
+        row("s3warden HS256 hit ≥ 1.0× nginx static", size, ratio("s3warden_hs256", "nginx_static", size), lambda v: v >= 1.0)
+        row("s3warden HS256 hit ≥ 0.7× ceiling", size, ratio("s3warden_hs256", "ceiling", size), lambda v: v >= 0.7)
+        row("s3warden HS256 hit ≥ 3× nginx proxy_cache + njs", size, ratio("s3warden_hs256", "nginx_proxy_cache_njs", size), lambda v: v >= 3.0)
+    for size in sizes:
+        for alg in ("rs256", "es256"):
+            row(f"{alg.upper()} within 10% of HS256 (×)", size, ratio(f"s3warden_{alg}", "s3warden_hs256", size), lambda v: v >= 0.9)
+        row("proxy-signed URL as fast as a JWT (×)", size, ratio("s3warden_signed_url", "s3warden_hs256", size), lambda v: v >= 0.9)
+        row("p99: s3warden HS256 / nginx static (≤ 1)", size, ratio("s3warden_hs256", "nginx_static", size, "p99"), lambda v: v <= 1.0)
+    if ("s3warden_hs256", "1m") in tp and ("nginx_proxy_cache_njs", "1m") in tp:
+        a, b = tp[("s3warden_hs256", "1m")], tp[("nginx_proxy_cache_njs", "1m")]
+        per = lambda r: r["cores"] / r["rps"]
+        row("1 MiB: CPU per request, s3warden / nginx proxy_cache (≤ 1)", "1m", per(a) / per(b), lambda v: v <= 1.0)
+
+misses = table_medians(lines("misses.jsonl"))
+if misses:
+    direct, warden = misses.get(("s3_direct_unsigned", "1k")), misses.get(("s3warden_miss", "1k"))
+    print()
+    print("## Misses")
+    print()
+    print("A different 1 KiB key on every request (20,000 fresh keys per run): each one is a JWT")
+    print("check, an S3 GET signed with SigV4, the body stored in the cache and sent. The baseline")
+    print("is the same requests straight to the embedded S3 (unsigned), so the ratio is what")
+    print("s3warden costs on top of S3 itself.")
+    print()
+    print("| path | req/s | p99 ms | × direct |")
+    print("| --- | ---: | ---: | ---: |")
+    if direct:
+        print(f"| straight to the embedded S3 (baseline) | {direct['rps']:,.0f} | {direct['p99']:.2f} | 1.00 |")
+    if warden and direct:
+        print(f"| through s3warden, every request a miss | {warden['rps']:,.0f} | {warden['p99']:.2f} | {warden['rps'] / direct['rps']:.2f} |")
+    counts = os.path.join(out, "misses_counts.txt")
+    if os.path.exists(counts):
+        c = dict(line.split() for line in open(counts) if line.strip())
+        print()
+        print(f"s3warden counted {c.get('s3warden_cache_misses_total', '?')} misses and {c.get('s3warden_cache_hits_total', '?')} hits over the runs.")
+coalesce = os.path.join(out, "coalesce.json")
+if os.path.exists(coalesce):
+    c = json.load(open(coalesce))
+    ok = "meets" if c["s3_gets"] == 1 else "**misses**"
+    print()
+    print(f"1,000 concurrent requests for one cold 64 KiB key (`cargo run --release --example coalesce`): "
+          f"{c['ok']} answered 200 in {c['ms']:.0f} ms with **{c['s3_gets']} S3 GET** ({ok} the target of 1).")
+
+mem = os.path.join(out, "memory.json")
+if os.path.exists(mem):
+    m = json.load(open(mem))
+    cap = m["capacity_kib"] / 1024
+    ws_peak = m["ws_peak_kib"] / 1024
+    stream_growth = (m["stream_peak_kib"] - m["stream_before_kib"]) / 1024
+    print()
+    print("## Memory")
+    print()
+    print("| case | measured | target | met |")
+    print("| --- | ---: | ---: | --- |")
+    print(f"| peak RSS reading 192 × 1 MiB objects twice with `cache.capacity = 64MiB` (3× the capacity); cache held {m['cached_bytes'] / 2**20:.1f} MiB at the end | {ws_peak:.1f} MiB | < {cap + 64:.0f} MiB (capacity + 64) | {'yes' if ws_peak < cap + 64 else '**no**'} |")
+    print(f"| RSS growth streaming a 1 GiB object ({m['stream_s']:.1f} s) | {stream_growth:.1f} MiB | < 32 MiB | {'yes' if stream_growth < 32 else '**no**'} |")
+
 sign = {r["case"]: r for r in lines("sign.jsonl")}
 if sign:
     base = sign["baseline_1000_denied"]["median_ms"]

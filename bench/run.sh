@@ -2,8 +2,12 @@
 # Benchmarks, regenerating bench/RESULTS.md. Every figure is compared with a baseline measured
 # in the same run, because these machines are shared and noisy.
 #
-#   bench/run.sh            # everything
-#   bench/run.sh sign       # only the signing section
+#   bench/run.sh                      # everything (about 20 minutes)
+#   bench/run.sh throughput misses    # some sections: throughput misses memory sign upload
+#
+# Installs wrk, nginx and libnginx-mod-http-js from apt when they are missing (needs root).
+# Servers run pinned to CPU 0 (taskset), wrk to CPU 1; each case runs three times, and the
+# median is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,11 +19,136 @@ out=$(mktemp -d)
 source bench/lib.sh
 trap 'cleanup_processes; rm -rf "$out"' EXIT
 
-cargo build --release --quiet --examples --bins
+# The servers under test (s3warden and the bare-hyper ceiling) are built alike, with fat LTO;
+# the helpers (embedded S3, clients, token minting) in the ordinary release profile.
+cargo build --release --quiet --examples
+cargo build --profile lto --quiet --bin s3warden --example ceiling
+RUNS=${RUNS:-3}
 
 if want sign; then
   echo "== signing: 1,000-key POST /_sign batches" >&2
   ./target/release/examples/sign_batch 300 > "$out/sign.jsonl"
+fi
+
+if want throughput || want misses || want memory; then
+  ensure_tools
+fi
+
+if want throughput; then
+  echo "== throughput: cache hits vs the ceiling, nginx static and nginx proxy_cache" >&2
+  work=$(mktemp -d -p "$out")
+  data="$work/s3/$BENCH_BUCKET"
+  mkdir -p "$data/bench"
+  declare -A bytes=([1k]=1024 [64k]=65536 [1m]=1048576)
+  for size in 1k 64k 1m; do
+    head -c "${bytes[$size]}" /dev/urandom > "$data/bench/obj-$size.bin"
+  done
+  start_s3 "$work/s3" 19300
+  ./target/release/examples/s3_server "$work/s3" 127.0.0.1:19301 "$BENCH_BUCKET" anonymous >/dev/null &
+  PIDS+=($!)
+  write_config "$work" 19300 19310 19311
+  start_s3warden "$work/s3warden.toml" 19310 0
+  s3w=$S3WARDEN_PID
+  mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
+  nginx_conf bench/nginx/static.conf "$work/static.conf" "$work" 19320 "$data" 0
+  nginx_conf bench/nginx/proxy_cache.conf "$work/cache.conf" "$work" 19321 "$data" 19301
+  taskset -c 0 nginx -c "$work/static.conf" -p "$work" & PIDS+=($!); static_pid=$!
+  taskset -c 0 nginx -c "$work/cache.conf" -p "$work" & PIDS+=($!); cache_master=$!
+  wait_for_url "http://127.0.0.1:19320/files/bench/obj-1k.bin"
+  sleep 0.5
+  cache_pid=$(pgrep -P "$cache_master" | head -1)
+  static_worker=$(pgrep -P "$static_pid" | head -1)
+  for size in 1k 64k 1m; do
+    path="/files/bench/obj-$size.bin"
+    # Warm both caches.
+    curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:19310$path"
+    curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:19321$path"
+    curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:19321$path"
+    signed=$(s3warden_cmd sign --config "$work/s3warden.toml" "files/bench/obj-$size.bin")
+    taskset -c 0 ./target/lto/examples/ceiling 127.0.0.1:19330 "${bytes[$size]}" >/dev/null &
+    ceiling=$!
+    wait_for_url "http://127.0.0.1:19330/"
+    for run in $(seq 1 "$RUNS"); do
+      bench_wrk ceiling "$size" "$ceiling" "http://127.0.0.1:19330$path"
+      bench_wrk nginx_static "$size" "$static_worker" "http://127.0.0.1:19320$path"
+      bench_wrk nginx_proxy_cache_njs "$size" "$cache_pid" "http://127.0.0.1:19321$path" "Authorization: Bearer ${tok[0]}"
+      bench_wrk s3warden_hs256 "$size" "$s3w" "http://127.0.0.1:19310$path" "Authorization: Bearer ${tok[0]}"
+      bench_wrk s3warden_rs256 "$size" "$s3w" "http://127.0.0.1:19310$path" "Authorization: Bearer ${tok[1]}"
+      bench_wrk s3warden_es256 "$size" "$s3w" "http://127.0.0.1:19310$path" "Authorization: Bearer ${tok[2]}"
+      bench_wrk s3warden_signed_url "$size" "$s3w" "$signed"
+    done >> "$out/throughput.jsonl"
+    kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
+  done
+  cleanup_processes
+fi
+
+if want misses; then
+  echo "== misses: a cold key per request, and 1,000 concurrent requests for one cold key" >&2
+  work=$(mktemp -d -p "$out")
+  data="$work/s3/$BENCH_BUCKET"
+  mkdir -p "$data/bench/cold"
+  python3 - "$data/bench/cold" <<'PY'
+import os, sys
+block = os.urandom(1024)
+for i in range(60000):
+    with open(os.path.join(sys.argv[1], "%05d.bin" % i), "wb") as f:
+        f.write(block)
+PY
+  head -c 65536 /dev/urandom > "$data/bench/one-cold.bin"
+  start_s3 "$work/s3" 19400
+  ./target/release/examples/s3_server "$work/s3" 127.0.0.1:19401 "$BENCH_BUCKET" anonymous >/dev/null &
+  PIDS+=($!)
+  s3_anon=$!
+  write_config "$work" 19400 19410 19411
+  start_s3warden "$work/s3warden.toml" 19410 0
+  mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
+  # Each run reads its own range of 20,000 keys, so every s3warden request is a miss (checked
+  # from its metrics afterwards). The baseline is the same requests straight to the S3.
+  for run in $(seq 1 "$RUNS"); do
+    export COLD_KEYS=60000 COLD_START=$(( (run - 1) * 20000 )) WRK_SCRIPT=bench/wrk_cold.lua WRK_SECONDS=2
+    COLD_PREFIX="/$BENCH_BUCKET/bench/cold/" \
+      bench_wrk s3_direct_unsigned 1k "$s3_anon" "http://127.0.0.1:19401/" >> "$out/misses.jsonl"
+    COLD_PREFIX="/files/bench/cold/" \
+      bench_wrk s3warden_miss 1k "$S3WARDEN_PID" "http://127.0.0.1:19410/" "Authorization: Bearer ${tok[0]}" >> "$out/misses.jsonl"
+  done
+  unset COLD_KEYS COLD_START WRK_SCRIPT WRK_SECONDS
+  curl -fsS http://127.0.0.1:19411/metrics | awk '$1 ~ /^s3warden_cache_(hits|misses)_total$/ { print $1, $2 }' > "$out/misses_counts.txt"
+  ./target/release/examples/coalesce "http://127.0.0.1:19410/files/bench/one-cold.bin" "${tok[0]}" \
+    http://127.0.0.1:19411 > "$out/coalesce.json"
+  cleanup_processes
+fi
+
+if want memory; then
+  echo "== memory: a working set of 3x the cache capacity, and a 1 GiB stream" >&2
+  work=$(mktemp -d -p "$out")
+  data="$work/s3/$BENCH_BUCKET"
+  mkdir -p "$data/bench/ws"
+  for i in $(seq 0 191); do head -c 1048576 /dev/urandom > "$data/bench/ws/$i.bin"; done
+  head -c $((1024 * 1024 * 1024)) /dev/zero > "$data/bench/huge.bin"
+  start_s3 "$work/s3" 19500
+  write_config "$work" 19500 19510 19511 $'[cache]\ncapacity = "64MiB"\nmax_object_size = "1MiB"'
+  start_s3warden "$work/s3warden.toml" 19510
+  token=$(s3warden_cmd token --config "$work/s3warden.toml" --sub bench --ttl 1h)
+  sleep 0.3
+  before=$(kib "$S3WARDEN_PID" VmRSS)
+  for round in 1 2; do
+    for i in $(seq 0 191); do
+      curl -fsS -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:19510/files/bench/ws/$i.bin"
+    done
+  done
+  ws_peak=$(kib "$S3WARDEN_PID" VmHWM)
+  cached=$(curl -fsS http://127.0.0.1:19511/metrics | awk '$1 == "s3warden_cache_bytes" { print $2 }')
+  cleanup_processes
+  # A fresh process for the stream, so its peak is the stream's alone.
+  start_s3 "$work/s3" 19500
+  start_s3warden "$work/s3warden.toml" 19510
+  sleep 0.3
+  stream_before=$(kib "$S3WARDEN_PID" VmRSS)
+  t=$(curl -fsS -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $token" "http://127.0.0.1:19510/files/bench/huge.bin")
+  stream_peak=$(kib "$S3WARDEN_PID" VmHWM)
+  printf '{"capacity_kib": %d, "ws_before_kib": %d, "ws_peak_kib": %d, "cached_bytes": %d, "stream_before_kib": %d, "stream_peak_kib": %d, "stream_s": %s}\n' \
+    65536 "$before" "$ws_peak" "$cached" "$stream_before" "$stream_peak" "$t" > "$out/memory.json"
+  cleanup_processes
 fi
 
 if want upload; then

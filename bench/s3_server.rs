@@ -1,7 +1,7 @@
 //! The embedded S3 (the one `s3warden demo` runs) as its own process, for benchmarks:
-//! `cargo run --release --example s3_server -- ROOT ADDR BUCKET`. Credentials come from
-//! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`. Prints `ready http://ADDR` and serves until
-//! killed.
+//! `cargo run --release --example s3_server -- ROOT ADDR BUCKET [anonymous]`. Credentials come
+//! from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`; with `anonymous`, unsigned requests are
+//! accepted (for nginx, which cannot sign). Prints `ready http://ADDR` and serves until killed.
 
 use s3warden::demo::s3::EmbeddedS3;
 
@@ -12,11 +12,13 @@ async fn main() {
         eprintln!("usage: s3_server ROOT ADDR BUCKET");
         std::process::exit(2);
     };
-    let access = std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID");
-    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
+    let anonymous = args.next().as_deref() == Some("anonymous");
+    let access = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
+    let credentials = (!anonymous).then_some((access.as_str(), secret.as_str()));
     let root = std::path::PathBuf::from(root);
     std::fs::create_dir_all(&root).expect("root");
-    let s3 = EmbeddedS3::start(&root, addr.parse().expect("addr"), &access, &secret)
+    let s3 = EmbeddedS3::start_with(&root, addr.parse().expect("addr"), credentials)
         .await
         .expect("start");
     s3.create_bucket(&bucket).expect("bucket");

@@ -121,22 +121,32 @@ impl FramingWatch {
                 return bytes;
             }
         }
+        // The usual case: a whole head in one read, looked at where it lies.
+        if self.head.is_empty()
+            && let Some(end) = find_head_end(bytes, 0)
+        {
+            self.finish_head(&bytes[..end]);
+            return &bytes[end..];
+        }
         let before = self.head.len();
         self.head.extend_from_slice(bytes);
-        let end = find_head_end(&self.head);
-        let Some(end) = end else {
+        let Some(end) = find_head_end(&self.head, before.saturating_sub(3)) else {
             if self.head.len() > self.max_head {
                 self.state = State::Off;
             }
             return &[];
         };
-        let consumed = end - before;
         let head = std::mem::take(&mut self.head);
+        self.finish_head(&head[..end]);
+        &bytes[end - before..]
+    }
+
+    fn finish_head(&mut self, head: &[u8]) {
         if head.starts_with(H2_PREFACE) {
             self.state = State::Off;
-            return &[];
+            return;
         }
-        let framing = framing_of(&head[..end]);
+        let framing = framing_of(head);
         self.verdicts.push_back(framing == Framing::Ambiguous);
         self.state = match framing {
             Framing::Ambiguous => State::Off,
@@ -144,7 +154,6 @@ impl FramingWatch {
             Framing::Length(0) | Framing::None => State::Head,
             Framing::Length(n) => State::Body(n),
         };
-        &bytes[consumed..]
     }
 }
 
@@ -156,45 +165,54 @@ enum Framing {
     Ambiguous,
 }
 
-/// The end (exclusive) of a head ending in an empty line.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// The end (exclusive) of a head ending in an empty line (`\r\n\r\n` or `\n\n`), looking from
+/// `from` on.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(offset) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let nl = i + offset;
+        match buf.get(nl + 1..nl + 3) {
+            Some([b'\n', _]) | Some([b'\n']) => return Some(nl + 2),
+            Some([b'\r', b'\n']) => return Some(nl + 3),
+            None if buf.get(nl + 1) == Some(&b'\n') => return Some(nl + 2),
+            _ => {}
+        }
+        i = nl + 1;
     }
+    None
 }
 
 fn framing_of(head: &[u8]) -> Framing {
-    let text = String::from_utf8_lossy(head);
-    let mut lengths = Vec::new();
+    let mut lengths = 0;
+    let mut length = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    for line in text.lines().skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
-        let name = name.trim().to_ascii_lowercase();
-        if name == "content-length" {
-            lengths.push(value.trim().to_owned());
-        } else if name == "transfer-encoding" {
+        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             chunked = value
-                .rsplit(',')
+                .rsplit(|b| *b == b',')
                 .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
-    if lengths.len() > 1 || (!lengths.is_empty() && transfer_encoding) {
+    if lengths > 1 || (lengths == 1 && transfer_encoding) {
         return Framing::Ambiguous;
     }
     if chunked {
         return Framing::Chunked;
     }
-    match lengths.first() {
-        Some(n) => n.parse().map(Framing::Length).unwrap_or(Framing::Ambiguous),
-        None => Framing::None,
+    match (lengths, length) {
+        (0, _) => Framing::None,
+        (_, Some(n)) => Framing::Length(n),
+        (_, None) => Framing::Ambiguous,
     }
 }
 

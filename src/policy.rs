@@ -2,6 +2,7 @@
 //! cache and the S3 client only take a `Permit`, and only this module can make one, so nothing
 //! reaches cached bytes or S3 without passing here first.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -159,7 +160,13 @@ impl Template {
     }
 
     /// The prefix for this identity; `None` when a value it needs is missing or unsafe.
-    fn expand(&self, who: Option<&Identity>) -> Option<String> {
+    fn expand(&self, who: Option<&Identity>) -> Option<Cow<'_, str>> {
+        // Literal prefixes (the common case) need no allocation.
+        match self.0.as_slice() {
+            [] => return Some(Cow::Borrowed("")),
+            [Part::Literal(s)] => return Some(Cow::Borrowed(s)),
+            _ => {}
+        }
         let mut out = String::new();
         for part in &self.0 {
             match part {
@@ -170,7 +177,7 @@ impl Template {
                 }
             }
         }
-        Some(out)
+        Some(Cow::Owned(out))
     }
 }
 

@@ -96,11 +96,11 @@ pub fn object(
         Part::Range(..) => StatusCode::PARTIAL_CONTENT,
     };
     if part != Part::NotModified {
-        let content_type = content_type(meta, permit);
+        let content_type = meta.content_type.clone();
         for (name, value) in &meta.passthrough {
             headers.insert(name.clone(), value.clone());
         }
-        if is_active(&content_type) && !permit.inline_active_content() {
+        if meta.active && !permit.inline_active_content() {
             headers.insert(
                 header::CONTENT_DISPOSITION,
                 HeaderValue::from_static("attachment"),
@@ -146,18 +146,17 @@ fn cache_control(settings: &ResponseSettings, permit: &Permit) -> HeaderValue {
     }
 }
 
-/// The stored type, or one guessed from the key when S3 has only a generic one.
-fn content_type(meta: &ObjectMeta, permit: &Permit) -> HeaderValue {
-    let stored = meta
-        .content_type
-        .as_ref()
+/// The type to serve: the stored one, or one guessed from the key when S3 has only a generic
+/// one. Resolved once per fetched object, not per response.
+pub fn resolve_type(stored: Option<&HeaderValue>, key: &str) -> HeaderValue {
+    let stored = stored
         .filter(|v| {
             let t = v.to_str().unwrap_or("").trim();
             !t.is_empty() && t != "binary/octet-stream" && t != "application/octet-stream"
         })
         .cloned();
     stored.unwrap_or_else(|| {
-        let guess = mime_guess::from_path(permit.key().as_str()).first_or_octet_stream();
+        let guess = mime_guess::from_path(key).first_or_octet_stream();
         HeaderValue::from_str(guess.essence_str()).expect("mime types are ASCII")
     })
 }

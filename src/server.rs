@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -57,6 +57,18 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfi
         .map_err(|e| TlsError(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Scratch space that lives as long as one client connection, put into every request's
+/// extensions: a handler may remember things there about the connection (what it proved).
+#[derive(Clone, Default)]
+pub struct ConnectionLocal(Arc<std::sync::Mutex<http::Extensions>>);
+
+impl ConnectionLocal {
+    /// Runs `f` on the connection's extensions.
+    pub fn with<R>(&self, f: impl FnOnce(&mut http::Extensions) -> R) -> R {
+        f(&mut self.0.lock().expect("lock not poisoned"))
+    }
 }
 
 /// A byte stream a connection can run on: plain TCP or TLS.
@@ -222,10 +234,12 @@ async fn accept_loop<H: Handler>(
             let framing = Arc::new(std::sync::Mutex::new(FramingWatch::new(max_head)));
             let io = IdleIo::new(stream, framing.clone());
             let activity = io.activity.clone();
+            let local = ConnectionLocal::default();
             let service = {
                 let handler = handler.clone();
                 let activity = activity.clone();
-                service_fn(move |request: Request<Incoming>| {
+                service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(local.clone());
                     let handler = handler.clone();
                     let busy = activity.busy();
                     let ambiguous = framing.lock().expect("lock").next_is_ambiguous();
@@ -298,12 +312,12 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
-/// When bytes last moved on a connection, and whether a handler is working on a request (a
-/// connection waiting for its answer is not idle).
+/// Whether bytes move on a connection, and whether a handler is working on a request (a
+/// connection waiting for its answer is not idle). Counting, not timestamps: no clock is read
+/// on the I/O path.
 #[derive(Clone)]
 struct Activity {
-    started: Instant,
-    last_ms: Arc<AtomicU64>,
+    moved: Arc<AtomicU64>,
     busy: Arc<AtomicU64>,
     heard: Arc<AtomicBool>,
 }
@@ -318,10 +332,46 @@ impl Drop for Busy {
     }
 }
 
+/// The idle check looks this many times per timeout; a connection is closed after between
+/// `timeout` and `timeout * (1 + 1/IDLE_CHECKS)` of silence.
+const IDLE_CHECKS: u32 = 4;
+
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            moved: Arc::new(AtomicU64::new(0)),
+            busy: Arc::new(AtomicU64::new(0)),
+            heard: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Resolves once nothing has moved for `timeout` while no handler was running.
+    async fn idle_for(&self, timeout: Duration) {
+        let tick = timeout / IDLE_CHECKS;
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        let mut quiet = 0;
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.moved.load(Ordering::Relaxed);
+            if now != seen || self.busy.load(Ordering::Relaxed) > 0 {
+                seen = now;
+                quiet = 0;
+                continue;
+            }
+            quiet += 1;
+            if quiet >= IDLE_CHECKS {
+                return;
+            }
+        }
     }
 
     /// Resolves if the client has sent nothing at all `timeout` after connecting (before the
@@ -332,26 +382,6 @@ impl Activity {
             return;
         }
         std::future::pending::<()>().await;
-    }
-
-    fn busy(&self) -> Busy {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(self.clone())
-    }
-
-    /// Resolves once nothing has moved for `timeout` while no handler was running.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            if self.busy.load(Ordering::Relaxed) > 0 {
-                self.touch();
-            }
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let idle = self.started.elapsed().saturating_sub(last);
-            if idle >= timeout {
-                return;
-            }
-            tokio::time::sleep(timeout - idle).await;
-        }
     }
 }
 
@@ -368,12 +398,7 @@ impl<T> IdleIo<T> {
         IdleIo {
             inner,
             framing,
-            activity: Activity {
-                started: Instant::now(),
-                last_ms: Arc::new(AtomicU64::new(0)),
-                busy: Arc::new(AtomicU64::new(0)),
-                heard: Arc::new(AtomicBool::new(false)),
-            },
+            activity: Activity::new(),
         }
     }
 }

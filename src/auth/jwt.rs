@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -15,6 +16,7 @@ use super::Identity;
 use super::jwks::Jwks;
 use crate::config::{Config, Validator};
 use crate::metrics::Metrics;
+use crate::server::ConnectionLocal;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -135,6 +137,7 @@ pub struct Verifier {
     leeway: u64,
     verified: moka::sync::Cache<[u8; 32], Arc<Identity>>,
     metrics: Arc<Metrics>,
+    id: u64,
 }
 
 impl Verifier {
@@ -201,12 +204,45 @@ impl Verifier {
             leeway,
             verified,
             metrics,
+            id: VERIFIERS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// True when at least one key is loaded (for `/readyz`).
     pub fn has_keys(&self) -> bool {
         !self.static_keys.is_empty() || self.jwks.as_ref().is_some_and(|j| j.has_keys())
+    }
+
+    /// Verifies a token, remembering the result on the client connection: a browser sends the
+    /// same token again and again on one connection, and then nothing needs hashing or looking up.
+    pub async fn verify_on(
+        &self,
+        token: &str,
+        connection: Option<&ConnectionLocal>,
+    ) -> Result<Arc<Identity>, TokenError> {
+        if let Some(connection) = connection {
+            let remembered = connection.with(|local| {
+                local
+                    .get::<TokenMemo>()
+                    .filter(|m| m.verifier == self.id && &*m.token == token)
+                    .map(|m| m.identity.clone())
+            });
+            if let Some(identity) = remembered
+                && identity.exp + self.leeway > now()
+            {
+                return Ok(identity);
+            }
+        }
+        let identity = self.verify(token).await?;
+        if let Some(connection) = connection {
+            let memo = TokenMemo {
+                verifier: self.id,
+                token: token.into(),
+                identity: identity.clone(),
+            };
+            connection.with(|local| local.insert(memo));
+        }
+        Ok(identity)
     }
 
     /// Verifies a token: from the cache when it was verified before and is still unexpired.
@@ -278,6 +314,17 @@ impl Verifier {
         &self.algorithms
     }
 }
+
+/// The last token verified on a connection, by which verifier (a reload makes a new one).
+#[derive(Clone)]
+struct TokenMemo {
+    verifier: u64,
+    token: Box<str>,
+    identity: Arc<Identity>,
+}
+
+/// Tells verifiers apart, so a connection's memo never outlives a reload.
+static VERIFIERS: AtomicU64 = AtomicU64::new(0);
 
 /// Registered claims beyond what `jsonwebtoken` checks: `exp` must be an integer, and `sub`,
 /// when present, a string.

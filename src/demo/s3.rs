@@ -292,6 +292,17 @@ impl EmbeddedS3 {
         access_key: &str,
         secret_key: &str,
     ) -> std::io::Result<EmbeddedS3> {
+        Self::start_with(root, addr, Some((access_key, secret_key))).await
+    }
+
+    /// As `start`; with `credentials` of `None` it accepts unsigned requests (for a peer in the
+    /// benchmarks that cannot sign).
+    pub async fn start_with(
+        root: &Path,
+        addr: SocketAddr,
+        credentials: Option<(&str, &str)>,
+    ) -> std::io::Result<EmbeddedS3> {
+        let (access_key, secret_key) = credentials.unwrap_or(("", ""));
         let fs = FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let log = Arc::new(S3Log::default());
         let store = Store {
@@ -299,7 +310,9 @@ impl EmbeddedS3 {
             log: log.clone(),
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+        if credentials.is_some() {
+            builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+        }
         let service = builder.build();
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

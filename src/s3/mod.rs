@@ -90,8 +90,10 @@ pub struct ObjectMeta {
     pub last_modified: Option<SystemTime>,
     /// `Last-Modified` as S3 sent it.
     pub last_modified_header: Option<HeaderValue>,
-    /// `Content-Type` as stored in S3, if any.
-    pub content_type: Option<HeaderValue>,
+    /// `Content-Type` to serve: as stored in S3, or guessed from the key.
+    pub content_type: HeaderValue,
+    /// The type can run script in a browser (HTML, SVG, XML, JavaScript).
+    pub active: bool,
     /// `Content-Encoding`, `Content-Language`, `Content-Disposition` as stored.
     pub passthrough: Vec<(HeaderName, HeaderValue)>,
 }
@@ -237,7 +239,7 @@ impl S3Client {
             .send_idempotent(Method::GET, self.object_url(object), headers)
             .await?;
         let status = response.status();
-        let meta = meta_from(response.headers());
+        let meta = meta_from(response.headers(), &object.key);
         let answer = match status {
             StatusCode::NOT_MODIFIED => Answer::NotModified,
             StatusCode::PARTIAL_CONTENT => {
@@ -280,7 +282,7 @@ impl S3Client {
         let response = self
             .send_idempotent(Method::HEAD, url, HeaderMap::new())
             .await?;
-        Ok(meta_from(response.headers()))
+        Ok(meta_from(response.headers(), &permit.object().key))
     }
 
     /// HEAD a bucket: true when it exists and the credentials may use it.
@@ -419,7 +421,9 @@ async fn error_code(response: reqwest::Response, timeout: Duration) -> Option<St
 }
 
 /// Metadata from S3's response headers; only allow-listed headers are kept.
-fn meta_from(headers: &HeaderMap) -> ObjectMeta {
+fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
+    let content_type = crate::response::resolve_type(headers.get(header::CONTENT_TYPE), key);
+    let active = crate::response::is_active(&content_type);
     let size = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
@@ -450,7 +454,8 @@ fn meta_from(headers: &HeaderMap) -> ObjectMeta {
         etag: headers.get(header::ETAG).cloned(),
         last_modified,
         last_modified_header,
-        content_type: headers.get(header::CONTENT_TYPE).cloned(),
+        content_type,
+        active,
         passthrough,
     }
 }

@@ -849,3 +849,25 @@ async fn check_config_rejects_rules_that_can_never_match() {
         assert!(e.contains(needle), "{rule}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_forgets_what_connections_proved() {
+    let h = photo_harness().await;
+    let t = token("alice");
+    // Twice on the same keep-alive connection: the second is answered from its memo.
+    assert_eq!(status_with(&h, &t).await, StatusCode::OK);
+    assert_eq!(status_with(&h, &t).await, StatusCode::OK);
+    // A new HMAC secret: the old token must stop working on that same connection.
+    std::fs::write(
+        h.dir.path().join("hmac-secret"),
+        "a-completely-different-secret-0123456789",
+    )
+    .unwrap();
+    let env = s3warden::config::Environment::from_pairs([
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ]);
+    let config = s3warden::config::Config::from_toml(h.config_text(), h.dir.path(), &env).unwrap();
+    h.app.reload(config).await.unwrap();
+    assert_refused(&h, &t).await;
+}
