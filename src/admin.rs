@@ -60,6 +60,61 @@ pub async fn handle(app: &App, method: &Method, path: &str) -> Response<Body> {
     }
 }
 
+/// `s3warden purge`: drops objects (or everything) from the caches of running instances,
+/// through each one's admin listener. Returns one line per instance and object; `Err` when any
+/// instance could not be purged.
+pub async fn purge_fleet(
+    admins: &[String],
+    objects: &[String],
+    all: bool,
+) -> Result<Vec<String>, Vec<String>> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| vec![e.to_string()])?;
+    let mut report = Vec::new();
+    let mut failed = false;
+    let mut targets = Vec::new();
+    for object in objects {
+        let (alias, raw) = object
+            .split_once('/')
+            .ok_or_else(|| vec![format!("{object}: expected BUCKET/KEY")])?;
+        let key = crate::route::Key::parse(raw).map_err(|e| vec![format!("{object}: {e}")])?;
+        targets.push((
+            object,
+            format!("/cache/{alias}/{}", crate::sign::encode_key(&key)),
+        ));
+    }
+    for admin in admins {
+        let admin = admin.trim_end_matches('/');
+        let requests: Vec<(String, reqwest::RequestBuilder)> = if all {
+            vec![(
+                "everything".into(),
+                http.post(format!("{admin}/cache/purge")),
+            )]
+        } else {
+            targets
+                .iter()
+                .map(|(object, path)| ((*object).clone(), http.delete(format!("{admin}{path}"))))
+                .collect()
+        };
+        for (what, request) in requests {
+            match request.send().await {
+                Ok(r) if r.status().is_success() => report.push(format!("{admin}: purged {what}")),
+                Ok(r) => {
+                    failed = true;
+                    report.push(format!("{admin}: {what}: {}", r.status()));
+                }
+                Err(e) => {
+                    failed = true;
+                    report.push(format!("{admin}: {what}: {}", e.without_url()));
+                }
+            }
+        }
+    }
+    if failed { Err(report) } else { Ok(report) }
+}
+
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut response = text(status, value.to_string());
     response.headers_mut().insert(

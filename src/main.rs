@@ -58,6 +58,21 @@ enum Command {
         #[arg(required = true, value_name = "BUCKET/KEY")]
         objects: Vec<String>,
     },
+    /// Drop objects from the caches of running instances (through their admin listeners).
+    Purge {
+        /// Configuration file; its admin listener is purged when no --fleet is given.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Admin URL of an instance (repeat for every instance of a fleet).
+        #[arg(long = "fleet", value_name = "ADMIN_URL")]
+        fleet: Vec<String>,
+        /// Purge everything instead of the objects named.
+        #[arg(long)]
+        all: bool,
+        /// Objects as `BUCKET/KEY`.
+        #[arg(value_name = "BUCKET/KEY", required_unless_present = "all")]
+        objects: Vec<String>,
+    },
     /// Mint a development token with the configured HMAC secret.
     Token {
         /// Configuration file.
@@ -139,6 +154,32 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 println!("{url}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Purge {
+            config,
+            fleet,
+            all,
+            objects,
+        } => {
+            let admins = if fleet.is_empty() {
+                let text = std::fs::read_to_string(&config)
+                    .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+                let base = config.parent().unwrap_or(std::path::Path::new("."));
+                let parsed = Config::parse(&text, base, &Environment::from_process())?;
+                vec![format!("http://{}", parsed.admin.listen)]
+            } else {
+                fleet
+            };
+            match s3warden::admin::purge_fleet(&admins, &objects, all).await {
+                Ok(lines) => {
+                    lines.iter().for_each(|l| println!("{l}"));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(lines) => {
+                    lines.iter().for_each(|l| eprintln!("{l}"));
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Token {
             config,

@@ -302,7 +302,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
             _ => Err(ProxyError::NotFound),
         };
     }
-    let (alias, raw_key) = rest.split_once('/').unwrap_or((rest, ""));
+    // `/{alias}` alone (like `/favicon.ico`) names no object at all.
+    let Some((alias, raw_key)) = rest.split_once('/') else {
+        return Err(ProxyError::NotFound);
+    };
     if !is_valid_alias(alias) {
         return Err(ProxyError::NotFound);
     }
@@ -398,6 +401,10 @@ mod tests {
         ));
         assert!(matches!(
             route(&Method::GET, "/employees"),
+            Err(ProxyError::NotFound)
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/employees/"),
             Err(ProxyError::BadKey(_))
         ));
         assert!(matches!(

@@ -2,12 +2,14 @@
 //! (modules below) so the suite links once.
 
 mod auth;
+mod browser;
 mod cache;
 #[allow(dead_code)]
 mod common;
 mod config_files;
 mod daemon;
 mod demo;
+mod fleet;
 mod foundation;
 mod protection;
 mod signing;

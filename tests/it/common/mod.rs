@@ -76,6 +76,7 @@ pub struct Setup {
     rules: String,
     endpoint: Option<String>,
     clock: Option<s3warden::proxy::Clock>,
+    port: u16,
 }
 
 impl Default for Setup {
@@ -85,6 +86,7 @@ impl Default for Setup {
             rules: DEFAULT_RULES.to_owned(),
             endpoint: None,
             clock: None,
+            port: 0,
         };
         s = s
             .set("s3.region", "\"us-east-1\"")
@@ -198,6 +200,12 @@ impl Setup {
 
     /// Starts S3 and s3warden.
     pub async fn start(self) -> Harness {
+        self.start_on(0).await
+    }
+
+    /// Starts S3 and s3warden, s3warden on `port` (0: any free one).
+    pub async fn start_on(mut self, port: u16) -> Harness {
+        self.port = port;
         // Logs show up for failing tests only.
         let _ = tracing_subscriber::fmt()
             .with_env_filter("s3warden=debug,access=info")
@@ -236,7 +244,7 @@ pub struct Harness {
 impl Harness {
     async fn launch(setup: Setup, dir: tempfile::TempDir, s3: Arc<EmbeddedS3>) -> Harness {
         write_secrets(dir.path());
-        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = TcpListener::bind(("127.0.0.1", setup.port)).await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = public.local_addr().unwrap();
         let url = format!("http://{addr}");
