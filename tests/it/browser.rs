@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
+use crate::common::process::Process;
 use crate::common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -130,7 +131,7 @@ async fn serve_pages(api: String, tokens: Vec<(String, String)>) -> SocketAddr {
 
 /// chromedriver on a free port, killed when dropped.
 struct Driver {
-    child: Child,
+    _process: Process,
     url: String,
     profiles: Vec<tempfile::TempDir>,
 }
@@ -138,20 +139,12 @@ struct Driver {
 impl Driver {
     async fn start() -> Driver {
         let port = free_port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client().get(format!("{url}/status")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut command = Command::new(CHROMEDRIVER);
+        command.arg(format!("--port={port}"));
+        let process = Process::start(&mut command, &format!("{url}/status"), "chromedriver").await;
         Driver {
-            child,
+            _process: process,
             url,
             profiles: Vec::new(),
         }
@@ -185,13 +178,6 @@ impl Driver {
             .connect(&self.url)
             .await
             .expect("a browser session")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,11 +3,11 @@
 //! is not installed (CI installs it).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use http::StatusCode;
 
+use crate::common::process::Process;
 use crate::common::*;
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -15,7 +15,7 @@ const OBJECTS: usize = 200;
 
 /// nginx as a consistent-hash balancer in front of `ports`, from the shipped recipe's settings.
 struct Balancer {
-    child: Child,
+    _process: Process,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -45,33 +45,19 @@ impl Balancer {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
-        let child = Command::new(NGINX)
+        let url = format!("http://127.0.0.1:{port}");
+        let mut command = Command::new(NGINX);
+        command
             .args(["-e", "stderr", "-p"])
             .arg(dir.path())
             .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client().get(format!("{url}/_health")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .arg(&path);
+        let process = Process::start(&mut command, &format!("{url}/_health"), "nginx").await;
         Balancer {
-            child,
+            _process: process,
             url,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod jwks;
+pub mod process;
 pub mod raw;
 
 use std::collections::BTreeMap;

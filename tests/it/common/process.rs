@@ -1,0 +1,31 @@
+//! A helper process (chromedriver, nginx) that is killed when the test is done with it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Process(Child);
+
+impl Process {
+    /// Starts `command` (output discarded) and waits until `ready_url` answers.
+    pub async fn start(command: &mut Command, ready_url: &str, what: &str) -> Process {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let process = Process(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while super::client().get(ready_url).send().await.is_err() {
+            assert!(Instant::now() < deadline, "{what} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
