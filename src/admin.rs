@@ -15,7 +15,11 @@ use crate::server::{Handler, text};
 pub struct Admin(pub App);
 
 impl Handler for Admin {
-    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        _connection: crate::server::ConnectionLocal,
+    ) -> impl Future<Output = Response<Body>> + Send {
         let app = self.0.clone();
         async move { handle(&app, request.method(), request.uri().path()).await }
     }

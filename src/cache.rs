@@ -29,6 +29,8 @@ pub struct CachedObject {
     pub meta: ObjectMeta,
     /// The whole body; served as cheap `Bytes` clones and slices.
     pub body: Bytes,
+    /// The headers of a whole-object answer, built once.
+    pub headers: http::HeaderMap,
     fresh_until: Instant,
 }
 
@@ -312,6 +314,7 @@ impl ObjectCache {
             let refreshed = Arc::new(CachedObject {
                 meta: old.meta.clone(),
                 body: old.body.clone(),
+                headers: old.headers.clone(),
                 fresh_until: now + settings.ttl,
             });
             let entry = Arc::new(Entry::Object(refreshed.clone()));
@@ -368,6 +371,7 @@ async fn read_whole(
         )));
     }
     Ok(CachedObject {
+        headers: crate::response::whole_headers(&fetched.meta),
         meta: fetched.meta,
         body: body.freeze(),
         fresh_until: now + settings.ttl,

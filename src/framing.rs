@@ -188,6 +188,10 @@ fn framing_of(head: &[u8]) -> Framing {
     let mut chunked = false;
     let mut transfer_encoding = false;
     for line in head.split(|b| *b == b'\n').skip(1) {
+        // Only Content-Length and Transfer-Encoding matter.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            continue;
+        }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };

@@ -81,53 +81,95 @@ pub fn object(
     cache: CacheStatus,
     body: Body,
 ) -> Response<Body> {
-    let mut headers = HeaderMap::with_capacity(12);
+    let (status, headers) = match part {
+        Part::NotModified => {
+            let mut headers = HeaderMap::with_capacity(6);
+            if let Some(etag) = &meta.etag {
+                headers.insert(header::ETAG, etag.clone());
+            }
+            if let Some(modified) = &meta.last_modified_header {
+                headers.insert(header::LAST_MODIFIED, modified.clone());
+            }
+            (StatusCode::NOT_MODIFIED, headers)
+        }
+        Part::Whole => (StatusCode::OK, whole_headers(meta)),
+        Part::Range(first, last) => {
+            let mut headers = whole_headers(meta);
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {first}-{last}/{}", meta.size))
+                    .expect("digits"),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+            (StatusCode::PARTIAL_CONTENT, headers)
+        }
+    };
+    finish(settings, permit, meta, status, headers, cache, body)
+}
+
+/// A whole object's answer from headers prepared once per cached object (`whole_headers`).
+pub fn whole(
+    settings: &ResponseSettings,
+    permit: &Permit,
+    meta: &ObjectMeta,
+    prepared: &HeaderMap,
+    cache: CacheStatus,
+    body: Body,
+) -> Response<Body> {
+    finish(
+        settings,
+        permit,
+        meta,
+        StatusCode::OK,
+        prepared.clone(),
+        cache,
+        body,
+    )
+}
+
+/// The headers of a whole-object answer that depend only on the object.
+pub fn whole_headers(meta: &ObjectMeta) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(16);
     if let Some(etag) = &meta.etag {
         headers.insert(header::ETAG, etag.clone());
     }
     if let Some(modified) = &meta.last_modified_header {
         headers.insert(header::LAST_MODIFIED, modified.clone());
     }
+    for (name, value) in &meta.passthrough {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers.insert(header::CONTENT_TYPE, meta.content_type.clone());
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    headers
+}
+
+/// Adds what depends on the request: caching, `X-Cache`, and the sandbox for active content.
+fn finish(
+    settings: &ResponseSettings,
+    permit: &Permit,
+    meta: &ObjectMeta,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    cache: CacheStatus,
+    body: Body,
+) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, cache_control(settings, permit));
     headers.insert(X_CACHE.clone(), cache.header());
-    let status = match part {
-        Part::NotModified => StatusCode::NOT_MODIFIED,
-        Part::Whole => StatusCode::OK,
-        Part::Range(..) => StatusCode::PARTIAL_CONTENT,
-    };
-    if part != Part::NotModified {
-        let content_type = meta.content_type.clone();
-        for (name, value) in &meta.passthrough {
-            headers.insert(name.clone(), value.clone());
-        }
-        if meta.active && !permit.inline_active_content() {
-            headers.insert(
-                header::CONTENT_DISPOSITION,
-                HeaderValue::from_static("attachment"),
-            );
-            headers.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("sandbox"),
-            );
-        }
-        headers.insert(header::CONTENT_TYPE, content_type);
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status != StatusCode::NOT_MODIFIED && meta.active && !permit.inline_active_content() {
         headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
         );
-        let length = match part {
-            Part::Range(first, last) => {
-                headers.insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes {first}-{last}/{}", meta.size))
-                        .expect("digits"),
-                );
-                last - first + 1
-            }
-            _ => meta.size,
-        };
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
     }
     let mut response = Response::new(body);
     *response.status_mut() = status;

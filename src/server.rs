@@ -59,8 +59,8 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfi
     Ok(config)
 }
 
-/// Scratch space that lives as long as one client connection, put into every request's
-/// extensions: a handler may remember things there about the connection (what it proved).
+/// Scratch space that lives as long as one client connection, handed to the handler with each
+/// request: a handler may remember things there about the connection (what it proved).
 #[derive(Clone, Default)]
 pub struct ConnectionLocal(Arc<std::sync::Mutex<http::Extensions>>);
 
@@ -93,7 +93,11 @@ pub struct Limits {
 /// Something that answers requests.
 pub trait Handler: Clone + Send + Sync + 'static {
     /// Answers one request.
-    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send;
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        connection: ConnectionLocal,
+    ) -> impl Future<Output = Response<Body>> + Send;
     /// Called when a connection is opened (+1) or closed (-1), and when one is shed.
     fn connections(&self, _delta: i64) {}
     /// Called when a connection is refused at the limit.
@@ -238,8 +242,8 @@ async fn accept_loop<H: Handler>(
             let service = {
                 let handler = handler.clone();
                 let activity = activity.clone();
-                service_fn(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(local.clone());
+                service_fn(move |request: Request<Incoming>| {
+                    let local = local.clone();
                     let handler = handler.clone();
                     let busy = activity.busy();
                     let ambiguous = framing.lock().expect("lock").next_is_ambiguous();
@@ -247,7 +251,7 @@ async fn accept_loop<H: Handler>(
                         if ambiguous {
                             return Ok(smuggling_refused());
                         }
-                        let response = handler.call(request).await;
+                        let response = handler.call(request, local).await;
                         drop(busy);
                         Ok::<_, Infallible>(response)
                     }
@@ -463,9 +467,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
 /// A handler around an `App` and its admin counterpart.
 impl Handler for crate::App {
-    fn call(&self, request: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        connection: ConnectionLocal,
+    ) -> impl Future<Output = Response<Body>> + Send {
         let app = self.clone();
-        async move { app.handle(request).await }
+        async move { app.handle_on(request, Some(&connection)).await }
     }
     fn connections(&self, delta: i64) {
         self.metrics().connections().inc_by(delta);

@@ -25,6 +25,7 @@ use crate::policy::{Denied, Permit, Policy, Principal};
 use crate::response::ResponseSettings;
 use crate::route::{Key, Route, route};
 use crate::s3::S3Client;
+use crate::server::ConnectionLocal;
 use crate::sign::{UrlError, UrlSigner};
 use cors::Cors;
 
@@ -75,6 +76,7 @@ impl Live {
 struct Ctx<'a> {
     shared: &'a Inner,
     live: Arc<Live>,
+    connection: Option<&'a ConnectionLocal>,
 }
 
 /// The app could not be built from the config.
@@ -197,11 +199,26 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.handle_on(request, None).await
+    }
+
+    /// Answers one request that came over `connection` (what the connection already proved,
+    /// such as a verified token, need not be proved again).
+    pub async fn handle_on<B>(
+        &self,
+        request: Request<B>,
+        connection: Option<&ConnectionLocal>,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         // The access log is off in some deployments (and benchmarks): no clock read for it then.
         let started = tracing::enabled!(target: "access", tracing::Level::INFO).then(Instant::now);
         let ctx = Ctx {
             shared: &self.inner,
             live: self.inner.live.load_full(),
+            connection,
         };
         let metrics = &self.inner.metrics;
         metrics.in_flight().inc();
@@ -342,9 +359,8 @@ impl Ctx<'_> {
             signed: find_signature(parts.uri.query()).map_err(|_| ProxyError::BadSignature)?,
             ..Authenticated::default()
         };
-        let connection = parts.extensions.get::<crate::server::ConnectionLocal>();
         for (source, token) in found.tokens {
-            match self.live.verifier.verify_on(token, connection).await {
+            match self.live.verifier.verify_on(token, self.connection).await {
                 Ok(identity) => {
                     if result.identity.is_none() {
                         outcome.subject = identity.sub.clone();

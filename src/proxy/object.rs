@@ -102,7 +102,7 @@ impl Ctx<'_> {
         } else {
             Body::full(object.body.clone())
         };
-        response::object(settings, permit, meta, Part::Whole, status, body)
+        response::whole(settings, permit, meta, &object.headers, status, body)
     }
 
     /// Streams a response S3 is already sending (an object too large to cache).
