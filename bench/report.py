@@ -153,7 +153,7 @@ if os.path.exists(coalesce):
     c = json.load(open(coalesce))
     ok = "meets" if c["s3_gets"] == 1 else "**misses**"
     print()
-    print(f"1,000 concurrent requests for one cold 64 KiB key (`cargo run --release --example coalesce`): "
+    print(f"1,000 concurrent requests for one cold 64 KiB key (`bench/coalesce.rs`): "
           f"{c['ok']} answered 200 in {c['ms']:.0f} ms with **{c['s3_gets']} S3 GET** ({ok} the target of 1).")
 
 mem = os.path.join(out, "memory.json")
@@ -176,7 +176,7 @@ if sign:
     print()
     print("## Signing a 1,000-key batch (`POST /_sign`)")
     print()
-    print("In-process, through `App::handle` (`cargo run --release --example sign_batch`). The")
+    print("In-process, through `App::handle` (`bench/sign_batch.rs`, release profile). The")
     print("baseline is the same call with every key denied by the rules: JSON parsing, the token")
     print("check and 1,000 rule evaluations, without signing. Target: under 10 ms.")
     print()
