@@ -6,7 +6,7 @@
 #   bench/run.sh throughput misses    # some sections: throughput misses memory sign upload
 #
 # Installs wrk, nginx and libnginx-mod-http-js from apt when they are missing (needs root).
-# Servers run pinned to CPU 0 (taskset), wrk to CPU 1; each case runs three times, and the
+# Servers run pinned to CPU 0 (taskset), wrk to CPU 1; each hit case runs five times, and the
 # median is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ trap 'cleanup_processes; rm -rf "$out"' EXIT
 # the helpers (embedded S3, clients, token minting) in the ordinary release profile.
 cargo build --release --quiet --examples
 cargo build --profile lto --quiet --bin s3warden --example ceiling
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 
 if want sign; then
   echo "== signing: 1,000-key POST /_sign batches" >&2
@@ -68,14 +68,22 @@ if want throughput; then
     taskset -c 0 ./target/lto/examples/ceiling 127.0.0.1:19330 "${bytes[$size]}" >/dev/null &
     ceiling=$!
     wait_for_url "http://127.0.0.1:19330/"
-    for run in $(seq 1 "$RUNS"); do
-      bench_wrk ceiling "$size" "$ceiling" "http://127.0.0.1:19330$path"
-      bench_wrk nginx_static "$size" "$static_worker" "http://127.0.0.1:19320$path"
-      bench_wrk nginx_proxy_cache_njs "$size" "$cache_pid" "http://127.0.0.1:19321$path" "Authorization: Bearer ${tok[0]}"
-      bench_wrk s3warden_hs256 "$size" "$s3w" "http://127.0.0.1:19310$path" "Authorization: Bearer ${tok[0]}"
-      bench_wrk s3warden_rs256 "$size" "$s3w" "http://127.0.0.1:19310$path" "Authorization: Bearer ${tok[1]}"
-      bench_wrk s3warden_es256 "$size" "$s3w" "http://127.0.0.1:19310$path" "Authorization: Bearer ${tok[2]}"
-      bench_wrk s3warden_signed_url "$size" "$s3w" "$signed"
+    cases=(
+      "ceiling|$ceiling|http://127.0.0.1:19330$path|"
+      "nginx_static|$static_worker|http://127.0.0.1:19320$path|"
+      "nginx_proxy_cache_njs|$cache_pid|http://127.0.0.1:19321$path|Authorization: Bearer ${tok[0]}"
+      "s3warden_hs256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[0]}"
+      "s3warden_rs256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[1]}"
+      "s3warden_es256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[2]}"
+      "s3warden_signed_url|$s3w|$signed|"
+    )
+    # Each run starts one case later, so no system always follows the same one (the machine's
+    # speed drifts); the report takes the median per system.
+    for run in $(seq 0 $((RUNS - 1))); do
+      for i in $(seq 0 $((${#cases[@]} - 1))); do
+        IFS='|' read -r name pid url header <<<"${cases[$(( (i + run) % ${#cases[@]} ))]}"
+        bench_wrk "$name" "$size" "$pid" "$url" "$header"
+      done
     done >> "$out/throughput.jsonl"
     kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
   done
@@ -104,7 +112,7 @@ PY
   mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
   # Each run reads its own range of 20,000 keys, so every s3warden request is a miss (checked
   # from its metrics afterwards). The baseline is the same requests straight to the S3.
-  for run in $(seq 1 "$RUNS"); do
+  for run in 1 2 3; do
     export COLD_KEYS=60000 COLD_START=$(( (run - 1) * 20000 )) WRK_SCRIPT=bench/wrk_cold.lua WRK_SECONDS=2
     COLD_PREFIX="/$BENCH_BUCKET/bench/cold/" \
       bench_wrk s3_direct_unsigned 1k "$s3_anon" "http://127.0.0.1:19401/" >> "$out/misses.jsonl"
