@@ -3,6 +3,7 @@
 //! window start). Pure functions of (key, method, time); the batch endpoint lives in `proxy`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,7 +81,8 @@ pub enum UrlError {
 /// Signs and verifies URLs.
 #[derive(Clone)]
 pub struct UrlSigner {
-    secrets: Vec<Vec<u8>>,
+    /// One HMAC per signing secret, already keyed: the first signs, any verifies.
+    keys: Vec<Hmac<Sha256>>,
     public_url: String,
     window: Duration,
     grace: Duration,
@@ -111,7 +113,12 @@ impl UrlSigner {
             );
         }
         UrlSigner {
-            secrets: config.secrets.signing_secrets.clone(),
+            keys: config
+                .secrets
+                .signing_secrets
+                .iter()
+                .map(|secret| Hmac::new_from_slice(secret).expect("HMAC takes any key length"))
+                .collect(),
             public_url: config.public_url(),
             window: config.signing.window,
             grace: config.signing.grace,
@@ -126,7 +133,7 @@ impl UrlSigner {
 
     /// True when proxy URLs can be signed (a secret is configured).
     pub fn can_sign_proxy(&self) -> bool {
-        !self.secrets.is_empty()
+        !self.keys.is_empty()
     }
 
     /// The window `now` falls in.
@@ -134,13 +141,22 @@ impl UrlSigner {
         Window::at(now, self.window, self.grace)
     }
 
-    fn mac(secret: &[u8], method: Method, alias: &str, key: &Key, expires: u64) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    fn mac(
+        keyed: &Hmac<Sha256>,
+        method: Method,
+        alias: &str,
+        key: &Key,
+        expires: u64,
+    ) -> Hmac<Sha256> {
+        let mut mac = keyed.clone();
         for part in [DOMAIN, method.as_str(), alias, key.as_str()] {
             mac.update(part.as_bytes());
             mac.update(b"\n");
         }
-        mac.update(expires.to_string().as_bytes());
+        let mut digits = std::io::Cursor::new([0u8; 20]);
+        write!(digits, "{expires}").expect("a u64 has at most 20 digits");
+        let written = digits.position() as usize;
+        mac.update(&digits.get_ref()[..written]);
         mac
     }
 
@@ -152,8 +168,8 @@ impl UrlSigner {
         key: &Key,
         window: Window,
     ) -> Option<String> {
-        let secret = self.secrets.first()?;
-        let tag = Self::mac(secret, method, alias, key, window.expires)
+        let keyed = self.keys.first()?;
+        let tag = Self::mac(keyed, method, alias, key, window.expires)
             .finalize()
             .into_bytes();
         Some(format!(
@@ -175,12 +191,13 @@ impl UrlSigner {
         sig: &str,
         now: SystemTime,
     ) -> Result<(), UrlError> {
-        let tag = URL_SAFE_NO_PAD
-            .decode(sig)
+        let mut tag = [0u8; 32];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(sig, &mut tag)
             .map_err(|_| UrlError::BadSignature)?;
-        let valid = self.secrets.iter().any(|secret| {
-            Self::mac(secret, method, alias, key, expires)
-                .verify_slice(&tag)
+        let valid = self.keys.iter().any(|keyed| {
+            Self::mac(keyed, method, alias, key, expires)
+                .verify_slice(&tag[..len])
                 .is_ok()
         });
         if !valid {
