@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
-use crate::common::process::Process;
+use crate::common::process::{Process, tools_installed};
 use crate::common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -82,10 +82,6 @@ const COOKIE_PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>Cookie</title></head><body>
 <img id="photo" src="/files/photos/p03.png">
 </body></html>"#;
-
-fn installed() -> bool {
-    Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()
-}
 
 /// The test's own web server: the application pages, on a loopback origin of their own.
 async fn serve_pages(api: String, tokens: Vec<(String, String)>) -> SocketAddr {
@@ -246,8 +242,7 @@ fn output_dir() -> PathBuf {
 
 #[tokio::test]
 async fn a_browser_loads_caches_and_uploads_private_images() {
-    if !installed() {
-        eprintln!("skipped: {CHROMIUM} and {CHROMEDRIVER} are not installed");
+    if !tools_installed(&[CHROMIUM, CHROMEDRIVER]) {
         return;
     }
     // The page server first: its origin goes into s3warden's CORS list.

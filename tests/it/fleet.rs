@@ -2,12 +2,11 @@
 //! S3: each object is cached once fleet-wide and fetched from S3 once. Skipped only where nginx
 //! is not installed (CI installs it).
 
-use std::path::Path;
 use std::process::Command;
 
 use http::StatusCode;
 
-use crate::common::process::Process;
+use crate::common::process::{Process, tools_installed};
 use crate::common::*;
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -95,8 +94,7 @@ fn gets(h: &Harness) -> u64 {
 
 #[tokio::test]
 async fn a_fleet_behind_consistent_hashing_fetches_each_object_once() {
-    if !Path::new(NGINX).exists() {
-        eprintln!("skipped: {NGINX} is not installed");
+    if !tools_installed(&[NGINX]) {
         return;
     }
     let a = Setup::default().start().await;

@@ -5,6 +5,25 @@ use std::time::{Duration, Instant};
 
 pub struct Process(Child);
 
+/// True when every one of `paths` exists. When one is missing the test is skipped with a note,
+/// unless `S3WARDEN_TEST_REQUIRE_TOOLS` is set (as CI does), where it fails instead.
+pub fn tools_installed(paths: &[&str]) -> bool {
+    let missing: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| !std::path::Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("S3WARDEN_TEST_REQUIRE_TOOLS").is_none(),
+        "not installed: {missing:?}"
+    );
+    eprintln!("skipped: not installed: {missing:?}");
+    false
+}
+
 impl Process {
     /// Starts `command` (output discarded) and waits until `ready_url` answers.
     pub async fn start(command: &mut Command, ready_url: &str, what: &str) -> Process {
