@@ -2,7 +2,7 @@
 # Benchmarks, regenerating bench/RESULTS.md. Every figure is compared with a baseline measured
 # in the same run, because these machines are shared and noisy.
 #
-#   bench/run.sh                      # everything (about 20 minutes)
+#   bench/run.sh                      # everything (about 25 minutes)
 #   bench/run.sh throughput misses    # some sections: throughput misses memory sign upload
 #
 # Installs wrk, nginx and libnginx-mod-http-js from apt when they are missing (needs root).
