@@ -1,7 +1,9 @@
-//! Three s3warden instances behind nginx with consistent hashing on the path, against one real
-//! S3: each object is cached once fleet-wide and fetched from S3 once. Skipped only where nginx
-//! is not installed (CI installs it).
+//! Three s3warden instances behind a consistent-hash balancer (nginx, then HAProxy), each
+//! started from its shipped recipe in `deploy/`, against one real S3: each object is cached once
+//! fleet-wide and fetched from S3 once. Skipped only where the balancer is not installed (CI
+//! installs both).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use http::StatusCode;
@@ -10,54 +12,106 @@ use crate::common::process::{Process, tools_installed};
 use crate::common::*;
 
 const NGINX: &str = "/usr/sbin/nginx";
+const HAPROXY: &str = "/usr/sbin/haproxy";
 const OBJECTS: usize = 200;
 
-/// nginx as a consistent-hash balancer in front of `ports`, from the shipped recipe's settings.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Nginx,
+    Haproxy,
+}
+
+/// A balancer running a shipped recipe, pointed at local instances.
 struct Balancer {
     _process: Process,
     url: String,
     _dir: tempfile::TempDir,
 }
 
+/// The text of a recipe in `deploy/`.
+fn recipe(path: &str) -> String {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "deploy", path]
+        .iter()
+        .collect();
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `text` with `from` replaced by `to`; `from` must be there, so a changed recipe fails loudly.
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the recipe no longer has {from:?}");
+    text.replace(from, to)
+}
+
 impl Balancer {
-    async fn start(ports: &[u16]) -> Balancer {
+    /// The recipe of `kind`, listening on loopback, with its three example instances
+    /// (`10.0.0.11:8080` …) replaced by the local ones on `ports`.
+    async fn start(kind: Kind, ports: &[u16; 3]) -> Balancer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let d = dir.path().display();
-        let servers: String = ports
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;\n"))
-            .collect();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n    access_log off;\n\
-             client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
-             upstream s3warden_fleet {{\n        hash $uri consistent;\n{servers}        keepalive 16;\n    }}\n\
-             server {{\n        listen 127.0.0.1:{port};\n        client_max_body_size 0;\n\
-             proxy_request_buffering off;\n        proxy_buffering off;\n\
-             location / {{\n            proxy_pass http://s3warden_fleet;\n\
-             proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n\
-             proxy_set_header Host $host;\n            proxy_next_upstream error timeout http_502 http_503;\n\
-             proxy_next_upstream_tries 2;\n            proxy_connect_timeout 2s;\n        }}\n    }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
+        let (mut text, listen) = match kind {
+            Kind::Nginx => (
+                recipe("nginx/s3warden-fleet.conf"),
+                (
+                    "listen 80;".to_string(),
+                    format!("listen 127.0.0.1:{port};"),
+                ),
+            ),
+            Kind::Haproxy => (
+                recipe("haproxy/haproxy.cfg"),
+                ("bind :80".to_string(), format!("bind 127.0.0.1:{port}")),
+            ),
+        };
+        text = substitute(&text, &listen.0, &listen.1);
+        for (i, p) in ports.iter().enumerate() {
+            text = substitute(
+                &text,
+                &format!("10.0.0.1{}:8080", i + 1),
+                &format!("127.0.0.1:{p}"),
+            );
+        }
+        let mut command = match kind {
+            Kind::Nginx => nginx_command(dir.path(), &text),
+            Kind::Haproxy => {
+                let path = dir.path().join("haproxy.cfg");
+                std::fs::write(&path, text).unwrap();
+                let mut command = Command::new(HAPROXY);
+                command.arg("-db").arg("-f").arg(path);
+                command
+            }
+        };
         let url = format!("http://127.0.0.1:{port}");
-        let mut command = Command::new(NGINX);
-        command
-            .args(["-e", "stderr", "-p"])
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path);
-        let process = Process::start(&mut command, &format!("{url}/_health"), "nginx").await;
+        let what = format!("{kind:?}");
+        let process = Process::start(&mut command, &format!("{url}/_health"), &what).await;
         Balancer {
             _process: process,
             url,
             _dir: dir,
         }
     }
+}
+
+/// nginx in the foreground with the recipe included in a minimal `http` block, all its files in
+/// `dir`.
+fn nginx_command(dir: &Path, recipe: &str) -> Command {
+    let d = dir.display();
+    std::fs::write(dir.join("s3warden-fleet.conf"), recipe).unwrap();
+    let main = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n    access_log off;\n\
+         client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+         include {d}/s3warden-fleet.conf;\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, main).unwrap();
+    let mut command = Command::new(NGINX);
+    command
+        .args(["-e", "stderr", "-p"])
+        .arg(dir)
+        .arg("-c")
+        .arg(path);
+    command
 }
 
 fn key(i: usize) -> String {
@@ -93,17 +147,27 @@ fn gets(h: &Harness) -> u64 {
 }
 
 #[tokio::test]
-async fn a_fleet_behind_consistent_hashing_fetches_each_object_once() {
-    if !tools_installed(&[NGINX]) {
-        return;
+async fn a_fleet_behind_nginx_fetches_each_object_once() {
+    if tools_installed(&[NGINX]) {
+        fleet_behind(Kind::Nginx).await;
     }
+}
+
+#[tokio::test]
+async fn a_fleet_behind_haproxy_fetches_each_object_once() {
+    if tools_installed(&[HAPROXY]) {
+        fleet_behind(Kind::Haproxy).await;
+    }
+}
+
+async fn fleet_behind(kind: Kind) {
     let a = Setup::default().start().await;
     let mut b = Setup::default().start_with(a.s3.clone()).await;
     let c = Setup::default().start_with(a.s3.clone()).await;
     for i in 0..OBJECTS {
         a.put(&key(i), format!("object {i}").as_bytes());
     }
-    let lb = Balancer::start(&[a.addr.port(), b.addr.port(), c.addr.port()]).await;
+    let lb = Balancer::start(kind, &[a.addr.port(), b.addr.port(), c.addr.port()]).await;
     let t = token("alice");
 
     // Twice through the balancer: 200 objects, 200 S3 GETs in all.
@@ -134,7 +198,7 @@ async fn a_fleet_behind_consistent_hashing_fetches_each_object_once() {
         "the ring spreads objects: {ma} {mb} {mc} ({owned:?})"
     );
     eprintln!(
-        "fleet: 400 reads of {OBJECTS} objects, {} S3 GETs; instances own {ma}, {mb}, {mc}",
+        "fleet behind {kind:?}: 400 reads of {OBJECTS} objects, {} S3 GETs; instances own {ma}, {mb}, {mc}",
         gets(&a)
     );
 
@@ -202,5 +266,7 @@ async fn a_fleet_behind_consistent_hashing_fetches_each_object_once() {
     let settled = gets(&a);
     read_all(&lb, &t).await;
     assert_eq!(gets(&a), settled);
-    eprintln!("fleet: after stopping one instance, {moved} extra S3 GETs for its {mb} objects");
+    eprintln!(
+        "fleet behind {kind:?}: after stopping one instance, {moved} extra S3 GETs for its {mb} objects"
+    );
 }
