@@ -14,6 +14,7 @@ pub struct FramingWatch {
     head: Vec<u8>,
     max_head: usize,
     verdicts: VecDeque<bool>,
+    heads: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +43,23 @@ impl FramingWatch {
             head: Vec::new(),
             max_head,
             verdicts: VecDeque::new(),
+            heads: 0,
         }
     }
 
     /// Whether the next request handed to the service had an ambiguous head.
     pub fn next_is_ambiguous(&mut self) -> bool {
         self.verdicts.pop_front().unwrap_or(false)
+    }
+
+    /// Whether the connection is between requests or inside a request head (HTTP/1 only).
+    pub fn awaiting_head(&self) -> bool {
+        self.state == State::Head
+    }
+
+    /// Request heads completed so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
     }
 
     /// Follows bytes read from the client.
@@ -146,6 +158,7 @@ impl FramingWatch {
             self.state = State::Off;
             return;
         }
+        self.heads += 1;
         let framing = framing_of(head);
         self.verdicts.push_back(framing == Framing::Ambiguous);
         self.state = match framing {

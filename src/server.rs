@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -175,10 +175,10 @@ async fn accept_loop<H: Handler>(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper timer for HTTP/1: the header timeout is enforced by `Activity::head_overdue`,
+    // a few checks per timeout instead of a timer armed and cancelled on every request.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
         // The read buffer bounds the request head: a larger head is answered 431.
         .max_buf_size(limits.max_header_size.max(8192))
         .keep_alive(true);
@@ -212,7 +212,7 @@ async fn accept_loop<H: Handler>(
         };
         let watcher = graceful.watcher();
         let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.load_full());
-        let (idle_timeout, handshake_timeout) = (limits.idle_timeout, limits.header_read_timeout);
+        let (idle_timeout, head_timeout) = (limits.idle_timeout, limits.header_read_timeout);
         let max_head = limits.max_header_size.max(8192);
         tokio::spawn(async move {
             handler.connections(1);
@@ -220,7 +220,7 @@ async fn accept_loop<H: Handler>(
                 None => Box::new(stream),
                 Some(config) => {
                     let handshake = TlsAcceptor::from(config).accept(stream);
-                    match tokio::time::timeout(handshake_timeout, handshake).await {
+                    match tokio::time::timeout(head_timeout, handshake).await {
                         Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
@@ -236,6 +236,7 @@ async fn accept_loop<H: Handler>(
                 }
             };
             let framing = Arc::new(std::sync::Mutex::new(FramingWatch::new(max_head)));
+            let head_watch = framing.clone();
             let io = IdleIo::new(stream, framing.clone());
             let activity = io.activity.clone();
             let local = ConnectionLocal::default();
@@ -267,8 +268,8 @@ async fn accept_loop<H: Handler>(
                 _ = activity.idle_for(idle_timeout) => {
                     tracing::debug!("closing idle connection");
                 }
-                _ = activity.silent_for(handshake_timeout) => {
-                    tracing::debug!("closing a connection that sent nothing");
+                _ = activity.head_overdue(&head_watch, head_timeout) => {
+                    tracing::debug!("closing a connection whose request head is overdue");
                 }
             }
             handler.connections(-1);
@@ -319,11 +320,17 @@ async fn refuse(mut stream: TcpStream) {
 /// Whether bytes move on a connection, and whether a handler is working on a request (a
 /// connection waiting for its answer is not idle). Counting, not timestamps: no clock is read
 /// on the I/O path.
-#[derive(Clone)]
-struct Activity {
-    moved: Arc<AtomicU64>,
-    busy: Arc<AtomicU64>,
-    heard: Arc<AtomicBool>,
+#[derive(Clone, Default)]
+struct Activity(Arc<Counters>);
+
+#[derive(Default)]
+struct Counters {
+    /// Reads and writes that moved bytes.
+    moved: AtomicU64,
+    /// Writes that sent bytes to the client.
+    sent: AtomicU64,
+    /// Handlers running.
+    busy: AtomicU64,
 }
 
 /// Marks a connection busy while a handler runs.
@@ -331,66 +338,77 @@ struct Busy(Activity);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.0.busy.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
     }
 }
 
-/// The idle check looks this many times per timeout; a connection is closed after between
-/// `timeout` and `timeout * (1 + 1/IDLE_CHECKS)` of silence.
-const IDLE_CHECKS: u32 = 4;
+/// The idle and head checks look this many times per timeout; a connection is closed after
+/// between `timeout` and `timeout * (1 + 1/QUIET_CHECKS)`.
+const QUIET_CHECKS: u32 = 4;
 
 impl Activity {
-    fn new() -> Activity {
-        Activity {
-            moved: Arc::new(AtomicU64::new(0)),
-            busy: Arc::new(AtomicU64::new(0)),
-            heard: Arc::new(AtomicBool::new(false)),
-        }
+    fn touch(&self) {
+        self.0.moved.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn touch(&self) {
-        self.moved.fetch_add(1, Ordering::Relaxed);
+    fn sent(&self) {
+        self.0.sent.fetch_add(1, Ordering::Relaxed);
+        self.touch();
     }
 
     fn busy(&self) -> Busy {
-        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.0.busy.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    fn answering(&self) -> bool {
+        self.0.busy.load(Ordering::Relaxed) > 0
     }
 
     /// Resolves once nothing has moved for `timeout` while no handler was running.
     async fn idle_for(&self, timeout: Duration) {
-        let tick = timeout / IDLE_CHECKS;
-        let mut seen = self.moved.load(Ordering::Relaxed);
-        let mut quiet = 0;
-        loop {
-            tokio::time::sleep(tick).await;
-            let now = self.moved.load(Ordering::Relaxed);
-            if now != seen || self.busy.load(Ordering::Relaxed) > 0 {
-                seen = now;
-                quiet = 0;
-                continue;
-            }
-            quiet += 1;
-            if quiet >= IDLE_CHECKS {
-                return;
-            }
-        }
+        unchanged_for(timeout, || {
+            (!self.answering()).then(|| self.0.moved.load(Ordering::Relaxed))
+        })
+        .await
     }
 
-    /// Resolves if the client has sent nothing at all `timeout` after connecting (before the
-    /// HTTP layer starts its own header timer, the protocol sniffing waits for a first byte).
-    async fn silent_for(&self, timeout: Duration) {
-        tokio::time::sleep(timeout).await;
-        if !self.heard.load(Ordering::Relaxed) {
-            return;
-        }
-        std::future::pending::<()>().await;
+    /// Resolves once the connection has waited `timeout` for an HTTP/1 request head — its
+    /// first, the next one on a kept-alive connection, or one trickling in (slowloris) — with no
+    /// handler running and no answer going out.
+    async fn head_overdue(&self, framing: &std::sync::Mutex<FramingWatch>, timeout: Duration) {
+        unchanged_for(timeout, || {
+            let framing = framing.lock().expect("lock");
+            (!self.answering() && framing.awaiting_head())
+                .then(|| (framing.heads(), self.0.sent.load(Ordering::Relaxed)))
+        })
+        .await
     }
 }
 
-/// A stream that records when bytes move (for the idle timeout) and follows request framing
-/// (for the smuggling check).
+/// Resolves once `probe` has given the same `Some` for `timeout`; `None` restarts the wait.
+async fn unchanged_for<T: PartialEq>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) {
+    let tick = timeout / QUIET_CHECKS;
+    let mut seen = probe();
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = probe();
+        if now.is_none() || now != seen {
+            seen = now;
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        if quiet >= QUIET_CHECKS {
+            return;
+        }
+    }
+}
+
+/// A stream that records when bytes move (for the idle and header timeouts) and follows request
+/// framing (for the smuggling check and the header timeout).
 struct IdleIo<T> {
     inner: T,
     activity: Activity,
@@ -402,7 +420,7 @@ impl<T> IdleIo<T> {
         IdleIo {
             inner,
             framing,
-            activity: Activity::new(),
+            activity: Activity::default(),
         }
     }
 }
@@ -416,7 +434,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.heard.store(true, Ordering::Relaxed);
             self.activity.touch();
             self.framing
                 .lock()
@@ -435,7 +452,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.sent();
         }
         result
     }
@@ -447,7 +464,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.sent();
         }
         result
     }

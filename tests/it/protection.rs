@@ -59,6 +59,47 @@ async fn slowloris_heads_are_cut_off_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_reader_gets_a_whole_answer_that_outlasts_the_header_timeout() {
+    let h = Setup::default()
+        .set("server.header_read_timeout", "\"1s\"")
+        .start()
+        .await;
+    let object: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    h.put("photos/big.bin", &object);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(h.addr).await.unwrap();
+    let head = format!(
+        "GET /files/photos/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("alice")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // About 3 s to read 8 MiB: the answer is still being written after the header timeout.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while answer.len() < object.len() {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {} bytes", answer.len());
+        answer.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    while answer.len() < head_end + object.len() {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {} bytes", answer.len());
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert!(answer[head_end..] == object[..], "the whole object");
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed() {
     let h = Setup::default()
         .set("server.header_read_timeout", "\"1s\"")
