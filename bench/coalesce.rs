@@ -12,28 +12,13 @@ async fn main() {
         eprintln!("usage: coalesce URL TOKEN ADMIN_URL");
         std::process::exit(2);
     };
-    let s3_gets = |text: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with("s3warden_s3_requests_total{method=\"GET\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(1000)
         .build()
         .unwrap();
     let metrics = format!("{admin}/metrics");
-    let before = s3_gets(
-        &client
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let before = s3_gets(&client, &metrics).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -52,19 +37,26 @@ async fn main() {
         bytes = len;
     }
     let took = started.elapsed();
-    let after = s3_gets(
-        &client
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let after = s3_gets(&client, &metrics).await;
     println!(
         "{{\"requests\": 1000, \"ok\": {ok}, \"body_bytes\": {bytes}, \"s3_gets\": {}, \"ms\": {:.1}}}",
         after - before,
         took.as_secs_f64() * 1e3
     );
+}
+
+/// GETs s3warden has sent to S3 so far, from its admin `/metrics`.
+async fn s3_gets(client: &reqwest::Client, metrics: &str) -> u64 {
+    let text = client
+        .get(metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("s3warden_s3_requests_total{method=\"GET\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

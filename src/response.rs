@@ -82,16 +82,7 @@ pub fn object(
     body: Body,
 ) -> Response<Body> {
     let (status, headers) = match part {
-        Part::NotModified => {
-            let mut headers = HeaderMap::with_capacity(6);
-            if let Some(etag) = &meta.etag {
-                headers.insert(header::ETAG, etag.clone());
-            }
-            if let Some(modified) = &meta.last_modified_header {
-                headers.insert(header::LAST_MODIFIED, modified.clone());
-            }
-            (StatusCode::NOT_MODIFIED, headers)
-        }
+        Part::NotModified => (StatusCode::NOT_MODIFIED, validators(meta, 6)),
         Part::Whole => (StatusCode::OK, whole_headers(meta)),
         Part::Range(first, last) => {
             let mut headers = whole_headers(meta);
@@ -129,13 +120,7 @@ pub fn whole(
 
 /// The headers of a whole-object answer that depend only on the object.
 pub fn whole_headers(meta: &ObjectMeta) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(16);
-    if let Some(etag) = &meta.etag {
-        headers.insert(header::ETAG, etag.clone());
-    }
-    if let Some(modified) = &meta.last_modified_header {
-        headers.insert(header::LAST_MODIFIED, modified.clone());
-    }
+    let mut headers = validators(meta, 16);
     for (name, value) in &meta.passthrough {
         headers.insert(name.clone(), value.clone());
     }
@@ -146,6 +131,18 @@ pub fn whole_headers(meta: &ObjectMeta) -> HeaderMap {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    headers
+}
+
+/// `ETag` and `Last-Modified`, in a map with room for `capacity` headers.
+fn validators(meta: &ObjectMeta, capacity: usize) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(capacity);
+    if let Some(etag) = &meta.etag {
+        headers.insert(header::ETAG, etag.clone());
+    }
+    if let Some(modified) = &meta.last_modified_header {
+        headers.insert(header::LAST_MODIFIED, modified.clone());
+    }
     headers
 }
 

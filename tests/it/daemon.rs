@@ -407,42 +407,22 @@ async fn logs_never_hold_tokens_signatures_or_secrets() {
         "alice",
         serde_json::json!({"exp": now() - 3600}),
     ));
-    let _ = http
-        .get(daemon.object_url("photos/a.png"))
-        .bearer_auth(&good)
-        .send()
-        .await
-        .unwrap();
-    let _ = http
-        .get(daemon.object_url("photos/a.png"))
-        .bearer_auth(&expired)
-        .send()
-        .await
-        .unwrap();
-    let _ = http
-        .get(daemon.object_url("photos/a.png"))
-        .header("cookie", format!("session={good}"))
-        .send()
-        .await
-        .unwrap();
-    let _ = http
-        .get(format!(
-            "{}?access_token={good}",
-            daemon.object_url("photos/a.png")
-        ))
-        .send()
-        .await
-        .unwrap();
-    let signed: serde_json::Value = http
-        .post(format!("{}/_sign", daemon.url))
-        .bearer_auth(&good)
-        .json(&serde_json::json!({"bucket": "files", "keys": ["photos/a.png"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let object = daemon.object_url("photos/a.png");
+    for request in [
+        http.get(&object).bearer_auth(&good),
+        http.get(&object).bearer_auth(&expired),
+        http.get(&object)
+            .header("cookie", format!("session={good}")),
+        http.get(format!("{object}?access_token={good}")),
+    ] {
+        let _ = request.send().await.unwrap();
+    }
+    let signed = sign_urls(
+        &daemon.url,
+        &good,
+        serde_json::json!({"bucket": "files", "keys": ["photos/a.png"]}),
+    )
+    .await;
     let url = signed["items"][0]["url"].as_str().unwrap().to_owned();
     let sig = url.split("sig=").nth(1).unwrap().to_owned();
     assert_eq!(

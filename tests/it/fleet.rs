@@ -182,16 +182,11 @@ async fn fleet_behind(kind: Kind) {
         .iter()
         .map(|h| h.app.cache().size_now().1)
         .collect();
-    let misses = |h: &Harness| {
-        h.app
-            .metrics()
-            .render()
-            .lines()
-            .find(|l| l.starts_with("s3warden_cache_misses_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let (ma, mb, mc) = (misses(&a), misses(&b), misses(&c));
+    let mut misses = Vec::new();
+    for h in [&a, &b, &c] {
+        misses.push(h.metric("s3warden_cache_misses_total").await.unwrap_or(0));
+    }
+    let (ma, mb, mc) = (misses[0], misses[1], misses[2]);
     assert_eq!(ma + mb + mc, OBJECTS as u64);
     assert!(
         ma > 0 && mb > 0 && mc > 0,
@@ -203,17 +198,12 @@ async fn fleet_behind(kind: Kind) {
     );
 
     // A URL signed by instance A is served through the balancer, whichever instance owns it.
-    let signed: serde_json::Value = a
-        .http
-        .post(format!("{}/_sign", a.url))
-        .bearer_auth(&t)
-        .json(&serde_json::json!({"bucket": "files", "keys": [key(7), key(8), key(9)]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signed = sign_urls(
+        &a.url,
+        &t,
+        serde_json::json!({"bucket": "files", "keys": [key(7), key(8), key(9)]}),
+    )
+    .await;
     for item in signed["items"].as_array().unwrap() {
         let url = item["url"].as_str().unwrap().replace(&a.url, &lb.url);
         let r = client().get(&url).send().await.unwrap();

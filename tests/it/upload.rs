@@ -503,15 +503,12 @@ async fn cookie_uploads_need_an_allowed_origin() {
 #[tokio::test]
 async fn uploads_through_a_proxy_signed_put_url() {
     let h = Setup::default().start().await;
-    let r = h
-        .http
-        .post(format!("{}/_sign", h.url))
-        .bearer_auth(token("alice"))
-        .json(&serde_json::json!({"bucket": "files", "keys": ["users/alice/signed.txt"], "method": "PUT"}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
+    let v = sign_urls(
+        &h.url,
+        &token("alice"),
+        serde_json::json!({"bucket": "files", "keys": ["users/alice/signed.txt"], "method": "PUT"}),
+    )
+    .await;
     let url = v["items"][0]["url"].as_str().unwrap();
     let r = h
         .http

@@ -394,6 +394,19 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// `POST {base}/_sign` with `body` as `token`'s holder; the answer must be 200.
+pub async fn sign_urls(base: &str, token: &str, body: Value) -> Value {
+    let r = client()
+        .post(format!("{base}/_sign"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    r.json().await.unwrap()
+}
+
 /// Standard claims for `sub`, valid for an hour, with the test issuer and audience.
 pub fn claims(sub: &str) -> Value {
     json!({ "sub": sub, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 3600, "iat": now() })
