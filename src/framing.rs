@@ -181,18 +181,15 @@ enum Framing {
 /// The end (exclusive) of a head ending in an empty line (`\r\n\r\n` or `\n\n`), looking from
 /// `from` on.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(offset) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
-        let nl = i + offset;
-        match buf.get(nl + 1..nl + 3) {
-            Some([b'\n', _]) | Some([b'\n']) => return Some(nl + 2),
-            Some([b'\r', b'\n']) => return Some(nl + 3),
-            None if buf.get(nl + 1) == Some(&b'\n') => return Some(nl + 2),
-            _ => {}
+    let rest = buf.get(from..)?;
+    memchr::memchr_iter(b'\n', rest).find_map(|offset| {
+        let nl = from + offset;
+        match buf.get(nl + 1..) {
+            Some([b'\n', ..]) => Some(nl + 2),
+            Some([b'\r', b'\n', ..]) => Some(nl + 3),
+            _ => None,
         }
-        i = nl + 1;
-    }
-    None
+    })
 }
 
 fn framing_of(head: &[u8]) -> Framing {
@@ -200,12 +197,15 @@ fn framing_of(head: &[u8]) -> Framing {
     let mut length = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    for line in head.split(|b| *b == b'\n').skip(1) {
-        // Only Content-Length and Transfer-Encoding matter.
+    // Header lines start after each newline; only Content-Length and Transfer-Encoding matter,
+    // so a line is looked at only when it starts with their first letter.
+    for nl in memchr::memchr_iter(b'\n', head) {
+        let line = &head[nl + 1..];
         if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
             continue;
         }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
@@ -241,7 +241,7 @@ enum Line<'a> {
 
 /// Appends bytes to `line` up to and including a `\n`; returns what follows it.
 fn take_line<'a>(line: &mut Vec<u8>, bytes: &'a [u8], max: usize) -> Line<'a> {
-    match bytes.iter().position(|b| *b == b'\n') {
+    match memchr::memchr(b'\n', bytes) {
         Some(i) => {
             line.extend_from_slice(&bytes[..i]);
             Line::Done(&bytes[i + 1..])
@@ -309,6 +309,21 @@ mod tests {
         chunked.extend_from_slice(get);
         let bytes: Vec<&[u8]> = chunked.chunks(1).collect();
         assert_eq!(verdicts(&bytes), vec![false, false]);
+    }
+
+    #[test]
+    fn heads_split_anywhere_or_ending_in_bare_newlines_are_followed() {
+        let ambiguous: &[u8] =
+            b"POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for at in 0..=ambiguous.len() {
+            let (a, b) = ambiguous.split_at(at);
+            assert_eq!(verdicts(&[a, b]), vec![true], "split at {at}");
+        }
+        let bare: &[u8] =
+            b"GET /a HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\ncontent-length: 1\ncontent-length: 2\n\n";
+        assert_eq!(verdicts(&[bare]), vec![false, true]);
+        let bytes: Vec<&[u8]> = bare.chunks(1).collect();
+        assert_eq!(verdicts(&bytes), vec![false, true]);
     }
 
     #[test]

@@ -379,7 +379,11 @@ impl Bucket {
         let mut permit = Permit {
             object: S3Object {
                 bucket: self.bucket.clone(),
-                key: format!("{}{}", self.prefix, key.as_str()).into(),
+                key: if self.prefix.is_empty() {
+                    Arc::from(key.as_str())
+                } else {
+                    Arc::from([&*self.prefix, key.as_str()].concat())
+                },
             },
             alias: self.alias.clone(),
             key: key.clone(),

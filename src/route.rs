@@ -3,6 +3,7 @@
 //! token is looked at or any S3 request is made.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, Method, header};
@@ -16,8 +17,9 @@ pub const MAX_KEY_LEN: usize = 1024;
 
 /// An object key: percent-decoded once, valid UTF-8, 1–1024 bytes, no control characters and
 /// no empty, `.` or `..` segments. The key that is authorized is exactly the key that is signed.
+/// Shared, so the copies a request makes (its permit, the cache) cost no allocation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+pub struct Key(Arc<str>);
 
 /// Why a key was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +56,7 @@ impl Key {
         {
             return Err(KeyError::Segment);
         }
-        Ok(Key(decoded.to_owned()))
+        Ok(Key(Arc::from(decoded)))
     }
 
     /// Decodes the raw (still percent-encoded) path after the bucket segment, exactly once.

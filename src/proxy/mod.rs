@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, header};
 
-use crate::auth::{Authenticated, Verifier, find_signature, find_tokens};
+use crate::auth::{Authenticated, Identity, Verifier, find_signature, find_tokens};
 use crate::body::{Body, BoxError};
 use crate::cache::ObjectCache;
 use crate::config::{Config, Method};
@@ -91,7 +91,8 @@ pub enum AppError {
 #[derive(Debug, Default)]
 struct Outcome {
     route: &'static str,
-    subject: Option<String>,
+    /// Who the request's token names (`sub`).
+    identity: Option<Arc<Identity>>,
 }
 
 impl App {
@@ -258,7 +259,11 @@ impl App {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
             ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
-            sub = outcome.subject.as_deref().unwrap_or("-"),
+            sub = outcome
+                .identity
+                .as_ref()
+                .and_then(|i| i.sub.as_deref())
+                .unwrap_or("-"),
         );
         response
     }
@@ -363,7 +368,7 @@ impl Ctx<'_> {
             match self.live.verifier.verify_on(token, self.connection).await {
                 Ok(identity) => {
                     if result.identity.is_none() {
-                        outcome.subject = identity.sub.clone();
+                        outcome.identity = Some(identity.clone());
                         result.identity = Some(identity);
                         result.source = Some(source);
                     }
