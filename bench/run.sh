@@ -2,7 +2,7 @@
 # Benchmarks, regenerating bench/RESULTS.md. Every figure is compared with a baseline measured
 # in the same run, because these machines are shared and noisy.
 #
-#   bench/run.sh                      # everything (about 25 minutes)
+#   bench/run.sh                      # everything (about 30 minutes)
 #   bench/run.sh throughput misses    # some sections: throughput misses memory sign upload
 #
 # Installs wrk, nginx and libnginx-mod-http-js from apt when they are missing (needs root).
@@ -35,7 +35,7 @@ if want throughput || want misses || want memory; then
 fi
 
 if want throughput; then
-  echo "== throughput: cache hits vs the ceiling, nginx static and nginx proxy_cache" >&2
+  echo "== throughput: cache hits vs the ceiling, nginx static, nginx proxy_cache and an nginx S3 gateway" >&2
   work=$(mktemp -d -p "$out")
   data="$work/s3/$BENCH_BUCKET"
   mkdir -p "$data/bench"
@@ -52,18 +52,22 @@ if want throughput; then
   mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
   nginx_conf bench/nginx/static.conf "$work/static.conf" "$work" 19320 "$data" 0
   nginx_conf bench/nginx/proxy_cache.conf "$work/cache.conf" "$work" 19321 "$data" 19301
+  nginx_conf bench/nginx/s3_gateway.conf "$work/gateway.conf" "$work" 19322 "$data" 19300
   taskset -c 0 nginx -c "$work/static.conf" -p "$work" & PIDS+=($!); static_pid=$!
   taskset -c 0 nginx -c "$work/cache.conf" -p "$work" & PIDS+=($!); cache_master=$!
+  AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY \
+    taskset -c 0 nginx -c "$work/gateway.conf" -p "$work" & PIDS+=($!); gateway_master=$!
   wait_for_url "http://127.0.0.1:19320/files/bench/obj-1k.bin"
   sleep 0.5
   cache_pid=$(pgrep -P "$cache_master" | head -1)
+  gateway_pid=$(pgrep -P "$gateway_master" | head -1)
   static_worker=$(pgrep -P "$static_pid" | head -1)
   for size in 1k 64k 1m; do
     path="/files/bench/obj-$size.bin"
-    # Warm both caches.
-    curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:19310$path"
-    curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:19321$path"
-    curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:19321$path"
+    # Warm the caches.
+    for port in 19310 19321 19321 19322 19322; do
+      curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:$port$path"
+    done
     signed=$(s3warden_cmd sign --config "$work/s3warden.toml" "files/bench/obj-$size.bin")
     taskset -c 0 ./target/lto/examples/ceiling 127.0.0.1:19330 "${bytes[$size]}" >/dev/null &
     ceiling=$!
@@ -72,6 +76,7 @@ if want throughput; then
       "ceiling|$ceiling|http://127.0.0.1:19330$path|"
       "nginx_static|$static_worker|http://127.0.0.1:19320$path|"
       "nginx_proxy_cache_njs|$cache_pid|http://127.0.0.1:19321$path|Authorization: Bearer ${tok[0]}"
+      "nginx_s3_gateway_njs|$gateway_pid|http://127.0.0.1:19322$path|Authorization: Bearer ${tok[0]}"
       "s3warden_hs256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[0]}"
       "s3warden_rs256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[1]}"
       "s3warden_es256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[2]}"
