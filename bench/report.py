@@ -46,6 +46,11 @@ def median(values):
 
 
 
+def tail_factor(r):
+    """p99 over the mean latency, which is 64 connections / req/s (Little's law)."""
+    return r["p99"] / (64 / r["rps"] * 1000) if r and r["rps"] else float("nan")
+
+
 def table_medians(rows):
     """(system, size) -> median of rps, p99 and cores over the runs."""
     grouped = {}
@@ -96,8 +101,7 @@ if tp:
             r = tp.get((system, size))
             if r:
                 cpu_us = r["cores"] / r["rps"] * 1e6 if r["rps"] else 0
-                tail = r["p99"] / (64 / r["rps"] * 1000) if r["rps"] else 0
-                print(f"| {label} | {r['rps']:,.0f} | {r['p99']:.2f} | {tail:.1f} | {r['cores']:.2f} | {cpu_us:.1f} |")
+                print(f"| {label} | {r['rps']:,.0f} | {r['p99']:.2f} | {tail_factor(r):.1f} | {r['cores']:.2f} | {cpu_us:.1f} |")
     print()
     print("### Ratios and targets (same run)")
     print()
@@ -170,7 +174,7 @@ if tp:
           "measured against it. The lighter peer (`proxy_cache.conf`) only checks the token and "
           "reads from an S3 that accepts anonymous requests, which a private bucket does not; its "
           "ratios are shown for reference.")
-    tail = lambda system, size: (tp[(system, size)]["p99"] / (64 / tp[(system, size)]["rps"] * 1000)) if (system, size) in tp and tp[(system, size)]["rps"] else float("nan")
+    tail = lambda system, size: tail_factor(tp.get((system, size)))
     print(f"- **p99 at 64 connections.** Where s3warden's req/s match nginx static's, so do their "
           f"mean latencies; the slowest answers trail further behind (p99 / mean at 1 KiB and "
           f"64 KiB: s3warden {tail('s3warden_hs256', '1k'):.1f} and {tail('s3warden_hs256', '64k'):.1f}, "
