@@ -96,6 +96,14 @@ start_s3warden() {
 # kib PID FIELD: VmRSS or VmHWM of a process, in KiB.
 kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
+# held_kib PID: VmRSS plus the memory files (memfd) the process holds open, in KiB — large
+# cached bodies live in memory files, which VmRSS does not count.
+held_kib() {
+  local files
+  files=$(find "/proc/$1/fd" -lname '/memfd:*' -exec stat -L -c %s {} + 2>/dev/null | awk '{ s += $1 } END { print int(s / 1024) }')
+  echo $(($(kib "$1" VmRSS) + ${files:-0}))
+}
+
 # s3warden_cmd ARGS...: the CLI with the bench credentials.
 s3warden_cmd() {
   AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY ./target/lto/s3warden "$@"

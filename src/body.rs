@@ -1,4 +1,5 @@
-//! The response body: empty, one buffer (cache hits: a `Bytes` clone, no copy), or a stream
+//! The response body: empty, one buffer (cache hits: a `Bytes` clone, no copy), a range of a
+//! cached object's memory file, or a stream
 //! (pass-through from S3) that fails loudly instead of ending short.
 
 use std::pin::Pin;
@@ -20,6 +21,8 @@ pub enum Body {
     Empty,
     /// One buffer, sent as one frame.
     Full(Option<Bytes>),
+    /// A range of a cached object's memory file.
+    File(crate::sendfile::FileBody),
     /// Chunks from elsewhere; `len` is the exact length when known.
     Stream {
         /// The chunks.
@@ -71,6 +74,10 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::File(file) => Poll::Ready(
+                file.next_frame()
+                    .map(|frame| frame.map(Frame::data).map_err(Into::into)),
+            ),
             Body::Stream { stream, remaining } => match stream.as_mut().poll_next(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -100,6 +107,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
+            Body::File(file) => file.remaining() == 0,
             Body::Stream { .. } => false,
         }
     }
@@ -108,6 +116,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::File(file) => SizeHint::with_exact(file.remaining()),
             Body::Stream {
                 remaining: Some(n), ..
             } => SizeHint::with_exact(*n),

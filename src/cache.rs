@@ -18,6 +18,7 @@ use crate::metrics::{CacheEvent, Metrics};
 use crate::policy::Permit;
 use crate::response::CacheStatus;
 use crate::s3::{Answer, Fetched, GetOptions, ObjectMeta, S3Client, S3Error, S3Object};
+use crate::sendfile::{FileWriter, MIN_FILE_SIZE, StoredFile};
 
 /// Bytes an entry costs beyond its body (key, metadata, bookkeeping), for weighing.
 const ENTRY_OVERHEAD: u64 = 512;
@@ -27,11 +28,35 @@ const ENTRY_OVERHEAD: u64 = 512;
 pub struct CachedObject {
     /// Validators and headers.
     pub meta: ObjectMeta,
-    /// The whole body; served as cheap `Bytes` clones and slices.
-    pub body: Bytes,
+    /// The whole body.
+    pub body: Stored,
     /// The headers of a whole-object answer, built once.
     pub headers: http::HeaderMap,
     fresh_until: Instant,
+}
+
+/// Where a cached body lives.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// On the heap; served as cheap `Bytes` clones and slices.
+    Memory(Bytes),
+    /// In a sealed memory file (large objects): sent with `sendfile` where the connection allows.
+    File(Arc<StoredFile>),
+}
+
+impl Stored {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Stored::Memory(bytes) => bytes.len() as u64,
+            Stored::File(file) => file.len(),
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Debug)]
@@ -57,7 +82,7 @@ impl Entry {
 
     fn weight(&self, key: &S3Object) -> u32 {
         let body = match self {
-            Entry::Object(o) => o.body.len() as u64,
+            Entry::Object(o) => o.body.len(),
             _ => 0,
         };
         (body + ENTRY_OVERHEAD + key.key.len() as u64).min(u32::MAX as u64) as u32
@@ -346,25 +371,26 @@ impl ObjectCache {
     }
 }
 
-/// Reads a whole body; only a body of exactly the announced length becomes an entry.
+/// Reads a whole body; only a body of exactly the announced length becomes an entry. Large
+/// bodies go to a memory file (the heap when one cannot be made).
 async fn read_whole(
     fetched: Fetched,
     settings: &CacheSettings,
     now: Instant,
 ) -> Result<CachedObject, S3Error> {
     let expected = fetched.body_len;
-    let mut body = BytesMut::with_capacity(expected as usize);
+    let mut body = Collect::new(expected);
     let mut chunks = fetched.body;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
-        if body.len() as u64 + chunk.len() as u64 > expected {
+        if body.len() + chunk.len() as u64 > expected {
             return Err(S3Error::Unreachable(
                 "body longer than Content-Length".into(),
             ));
         }
-        body.extend_from_slice(&chunk);
+        body.push(&chunk)?;
     }
-    if body.len() as u64 != expected {
+    if body.len() != expected {
         return Err(S3Error::Unreachable(format!(
             "body ended at {} of {expected} bytes",
             body.len()
@@ -373,9 +399,53 @@ async fn read_whole(
     Ok(CachedObject {
         headers: crate::response::whole_headers(&fetched.meta),
         meta: fetched.meta,
-        body: body.freeze(),
+        body: body.finish()?,
         fresh_until: now + settings.ttl,
     })
+}
+
+/// A body being collected, in memory or in a memory file.
+enum Collect {
+    Memory(BytesMut),
+    File(FileWriter),
+}
+
+impl Collect {
+    fn new(expected: u64) -> Collect {
+        if expected >= MIN_FILE_SIZE {
+            match FileWriter::new() {
+                Ok(writer) => return Collect::File(writer),
+                Err(e) => tracing::warn!(error = %e, "no memory file; caching on the heap"),
+            }
+        }
+        Collect::Memory(BytesMut::with_capacity(expected as usize))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Collect::Memory(bytes) => bytes.len() as u64,
+            Collect::File(writer) => writer.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), S3Error> {
+        match self {
+            Collect::Memory(bytes) => bytes.extend_from_slice(chunk),
+            Collect::File(writer) => writer.write(chunk).map_err(memory_file)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Stored, S3Error> {
+        Ok(match self {
+            Collect::Memory(bytes) => Stored::Memory(bytes.freeze()),
+            Collect::File(writer) => Stored::File(Arc::new(writer.finish().map_err(memory_file)?)),
+        })
+    }
+}
+
+fn memory_file(e: std::io::Error) -> S3Error {
+    S3Error::Unreachable(format!("memory file: {e}"))
 }
 
 /// Markers (missing, too large) expire on their own; objects stay until evicted, because even a

@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod response;
 pub mod route;
 pub mod s3;
+pub mod sendfile;
 pub mod server;
 pub mod sign;
 

@@ -67,6 +67,7 @@ pub struct Metrics {
     coalesced: Counter,
     negative_hits: Counter,
     bytes_sent: Counter,
+    sendfile_bytes: Counter,
     s3_body_bytes: Counter,
     in_flight: Gauge,
     connections: Gauge,
@@ -107,6 +108,7 @@ impl Metrics {
             coalesced: Counter::default(),
             negative_hits: Counter::default(),
             bytes_sent: Counter::default(),
+            sendfile_bytes: Counter::default(),
             s3_body_bytes: Counter::default(),
             in_flight: Gauge::default(),
             connections: Gauge::default(),
@@ -193,6 +195,11 @@ impl Metrics {
             m.bytes_sent.clone(),
         );
         r.register(
+            "client_bytes_sendfile",
+            "Body bytes sent from the cache's memory files by sendfile (plain HTTP/1, no copy)",
+            m.sendfile_bytes.clone(),
+        );
+        r.register(
             "s3_bytes_fetched",
             "Body bytes received from S3",
             m.s3_body_bytes.clone(),
@@ -274,6 +281,11 @@ impl Metrics {
     /// Counts body bytes sent to a client.
     pub fn bytes_sent(&self, n: u64) {
         self.bytes_sent.inc_by(n);
+    }
+
+    /// Counts body bytes sent from cached memory files by `sendfile` (a clone shares the count).
+    pub fn sendfile_bytes(&self) -> &Counter {
+        &self.sendfile_bytes
     }
 
     /// Counts a cache event.

@@ -29,6 +29,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::body::Body;
 use crate::framing::FramingWatch;
+use crate::sendfile::{self, Sink};
 
 /// The TLS settings of a listener; a reload swaps them for new connections.
 pub type Tls = Arc<ArcSwapOption<rustls::ServerConfig>>;
@@ -71,9 +72,12 @@ impl ConnectionLocal {
     }
 }
 
-/// A byte stream a connection can run on: plain TCP or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// What a connection runs on.
+enum Transport {
+    /// Plain TCP: large cached bodies go out with `sendfile`.
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
 
 /// Connection limits and timeouts.
 #[derive(Debug, Clone)]
@@ -216,12 +220,12 @@ async fn accept_loop<H: Handler>(
         let max_head = limits.max_header_size.max(8192);
         tokio::spawn(async move {
             handler.connections(1);
-            let stream: Box<dyn Io> = match tls {
-                None => Box::new(stream),
+            let stream = match tls {
+                None => Transport::Plain(stream),
                 Some(config) => {
                     let handshake = TlsAcceptor::from(config).accept(stream);
                     match tokio::time::timeout(head_timeout, handshake).await {
-                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
                             handler.connections(-1);
@@ -239,11 +243,17 @@ async fn accept_loop<H: Handler>(
             let head_watch = framing.clone();
             let io = IdleIo::new(stream, framing.clone());
             let activity = io.activity.clone();
+            let sink = io.sink.clone();
             let local = ConnectionLocal::default();
             let service = {
                 let handler = handler.clone();
                 let activity = activity.clone();
-                service_fn(move |request: Request<Incoming>| {
+                service_fn(move |mut request: Request<Incoming>| {
+                    if let Some(sink) = &sink
+                        && request.version() < http::Version::HTTP_2
+                    {
+                        request.extensions_mut().insert(sink.clone());
+                    }
                     let local = local.clone();
                     let handler = handler.clone();
                     let busy = activity.busy();
@@ -409,15 +419,18 @@ async fn unchanged_for<T: PartialEq>(timeout: Duration, mut probe: impl FnMut() 
 
 /// A stream that records when bytes move (for the idle and header timeouts) and follows request
 /// framing (for the smuggling check and the header timeout).
-struct IdleIo<T> {
-    inner: T,
+struct IdleIo {
+    inner: Transport,
     activity: Activity,
     framing: Arc<std::sync::Mutex<FramingWatch>>,
+    /// File ranges waiting to be sent with `sendfile` (plain TCP only).
+    sink: Option<Sink>,
 }
 
-impl<T> IdleIo<T> {
-    fn new(inner: T, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
+impl IdleIo {
+    fn new(inner: Transport, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
         IdleIo {
+            sink: matches!(inner, Transport::Plain(_)).then(Sink::default),
             inner,
             framing,
             activity: Activity::default(),
@@ -425,7 +438,114 @@ impl<T> IdleIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Transport::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Writes the first non-empty slice of `bufs` when a placeholder is among them: bytes before a
+/// placeholder go out with `MSG_MORE` (so the head and the body share packets), a placeholder's
+/// file range with `sendfile`.
+fn poll_write_files(
+    tcp: &TcpStream,
+    sink: &Sink,
+    cx: &mut Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    use rustix::net::SendFlags;
+    let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+        return Poll::Ready(Ok(0));
+    };
+    let slice: &[u8] = &bufs[first];
+    let file = if sendfile::is_placeholder(slice) {
+        Some(sink.locate(slice)?)
+    } else {
+        None
+    };
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        let written = tcp.try_io(tokio::io::Interest::WRITABLE, || match &file {
+            Some((file, offset)) => {
+                let mut offset = *offset;
+                let n = rustix::fs::sendfile(tcp, &**file, Some(&mut offset), slice.len())?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                Ok(n)
+            }
+            None => Ok(rustix::net::send(
+                tcp,
+                slice,
+                SendFlags::MORE | SendFlags::NOSIGNAL,
+            )?),
+        });
+        match written {
+            Ok(n) => {
+                if file.is_some() {
+                    sink.advance(n);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncRead for IdleIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -444,12 +564,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+impl AsyncWrite for IdleIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if sendfile::is_placeholder(data) {
+            return self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)]);
+        }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.sent();
@@ -462,7 +585,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        let result = match (&this.inner, &this.sink) {
+            (Transport::Plain(tcp), Some(sink))
+                if bufs.iter().any(|b| sendfile::is_placeholder(b)) =>
+            {
+                poll_write_files(tcp, sink, cx, bufs)
+            }
+            _ => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        };
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.sent();
         }

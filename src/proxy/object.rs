@@ -1,20 +1,25 @@
 //! Reading objects: GET and HEAD through the cache, with Range and conditional requests.
 
+use std::ops::Range;
+
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::Ctx;
 use crate::body::Body;
-use crate::cache::{CachedObject, Lookup, OnMiss};
+use crate::cache::{CachedObject, Lookup, OnMiss, Stored};
 use crate::error::ProxyError;
 use crate::policy::Permit;
 use crate::response::{self, CacheStatus, Part};
 use crate::route::{ByteRange, Conditionals, IfNoneMatch, parse_range};
 use crate::s3::{Answer, Fetched, GetOptions, S3Error};
+use crate::sendfile::{FileBody, Sink};
 
 /// What the client asked for besides the object.
 struct Wanted {
     head: bool,
+    /// The connection's `sendfile` queue (plain HTTP/1 only).
+    sink: Option<Sink>,
     range: Option<ByteRange>,
     conditionals: Conditionals,
 }
@@ -29,6 +34,7 @@ impl Ctx<'_> {
         let head = parts.method == http::Method::HEAD;
         let wanted = Wanted {
             head,
+            sink: parts.extensions.get::<Sink>().cloned(),
             // HEAD describes the whole object.
             range: (!head)
                 .then(|| parts.headers.get(header::RANGE))
@@ -83,26 +89,39 @@ impl Ctx<'_> {
             && wanted.conditionals.range_applies(etag, modified)
         {
             return match range.resolve(meta.size) {
-                Some((first, last)) => {
-                    let body = object.body.slice(first as usize..=last as usize);
-                    response::object(
-                        settings,
-                        permit,
-                        meta,
-                        Part::Range(first, last),
-                        status,
-                        Body::full(body),
-                    )
-                }
+                Some((first, last)) => response::object(
+                    settings,
+                    permit,
+                    meta,
+                    Part::Range(first, last),
+                    status,
+                    self.cached_body(&object.body, first..last + 1, wanted),
+                ),
                 None => ProxyError::RangeNotSatisfiable(Some(meta.size)).into_response(),
             };
         }
         let body = if wanted.head {
             Body::Empty
         } else {
-            Body::full(object.body.clone())
+            self.cached_body(&object.body, 0..object.body.len(), wanted)
         };
         response::whole(settings, permit, meta, &object.headers, status, body)
+    }
+
+    /// The bytes `range` of a cached body: a `Bytes` slice, or a memory file range that a plain
+    /// HTTP/1 connection sends with `sendfile`.
+    fn cached_body(&self, stored: &Stored, range: Range<u64>, wanted: &Wanted) -> Body {
+        match stored {
+            Stored::Memory(bytes) => {
+                Body::full(bytes.slice(range.start as usize..range.end as usize))
+            }
+            Stored::File(file) => Body::File(FileBody::new(
+                file.clone(),
+                range,
+                wanted.sink.clone(),
+                self.shared.metrics.sendfile_bytes().clone(),
+            )),
+        }
     }
 
     /// Streams a response S3 is already sending (an object too large to cache).

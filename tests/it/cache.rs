@@ -459,3 +459,141 @@ async fn transfer_accounting_in_metrics() {
     let text = h.metrics_text().await;
     assert!(text.contains("s3warden_s3_request_duration_seconds_bucket"));
 }
+
+/// `len` bytes that differ from object to object (`seed`) and from place to place.
+fn patterned(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(7).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn large_objects_go_out_with_sendfile_whole_and_in_ranges() {
+    let h = Setup::default().start().await;
+    let big = patterned((3 << 20) + 123, 1);
+    let medium = patterned(100_000, 2);
+    let small = patterned(1_000, 3);
+    h.put("photos/big.bin", &big);
+    h.put("photos/medium.bin", &medium);
+    h.put("photos/small.bin", &small);
+    let t = token("alice");
+    // One kept-alive HTTP/1.1 connection, answers of both kinds one after another.
+    let mut expected_sendfile = 0;
+    for (key, body) in [
+        ("photos/big.bin", &big),
+        ("photos/small.bin", &small),
+        ("photos/big.bin", &big),
+        ("photos/medium.bin", &medium),
+        ("photos/medium.bin", &medium),
+        ("photos/small.bin", &small),
+        ("photos/big.bin", &big),
+    ] {
+        let r = h.get(key, Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.version(), http::Version::HTTP_11);
+        assert!(r.bytes().await.unwrap() == body[..], "{key}");
+        if body.len() > 32 * 1024 {
+            expected_sendfile += body.len() as u64;
+        }
+    }
+    let r = h
+        .http
+        .get(h.object_url("photos/big.bin"))
+        .bearer_auth(&t)
+        .header("range", "bytes=1000001-2500000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(r.bytes().await.unwrap() == big[1_000_001..=2_500_000]);
+    expected_sendfile += 1_500_000;
+    let r = h
+        .http
+        .head(h.object_url("photos/big.bin"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
+    assert_eq!(h.s3_log().all(), 3);
+    assert_eq!(
+        h.metric("s3warden_client_bytes_sendfile_total").await,
+        Some(expected_sendfile)
+    );
+}
+
+#[tokio::test]
+async fn pipelined_answers_from_memory_files_keep_their_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Setup::default().start().await;
+    let (a, b) = (patterned(1_500_000, 4), patterned(70_000, 5));
+    h.put("photos/a.bin", &a);
+    h.put("photos/b.bin", &b);
+    let t = token("alice");
+    for key in ["photos/a.bin", "photos/b.bin"] {
+        h.get(key, Some(&t)).await.bytes().await.unwrap();
+    }
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let order = ["a", "b", "b", "a", "b"];
+    let heads: String = order
+        .iter()
+        .map(|k| {
+            format!(
+                "GET /files/photos/{k}.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n"
+            )
+        })
+        .collect();
+    stream.write_all(heads.as_bytes()).await.unwrap();
+    // Each answer: a head with its Content-Length, then that many bytes.
+    let split = |mut rest: &[u8]| {
+        let mut bodies = Vec::new();
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let Some(body) = rest.get(end + 4..end + 4 + len) else {
+                break;
+            };
+            bodies.push(body.to_vec());
+            rest = &rest[end + 4 + len..];
+        }
+        bodies
+    };
+    let mut answers = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    while split(&answers).len() < order.len() {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {} bytes", answers.len());
+        answers.extend_from_slice(&chunk[..n]);
+    }
+    for (k, body) in order.iter().zip(split(&answers)) {
+        let expected = if *k == "a" { &a } else { &b };
+        assert!(body == expected[..], "answer for {k}");
+    }
+}
+
+#[tokio::test]
+async fn large_objects_over_tls_and_http2_are_copied_from_the_memory_file() {
+    let h = Setup::default().tls().start().await;
+    let big = patterned((2 << 20) + 5, 6);
+    h.put("photos/big.bin", &big);
+    let client = tls_client(reqwest::Client::builder());
+    let url = format!("https://localhost:{}/files/photos/big.bin", h.addr.port());
+    for _ in 0..2 {
+        let r = get_as_alice(&client, &url).await;
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert!(r.bytes().await.unwrap() == big[..]);
+    }
+    assert_eq!(
+        h.metric("s3warden_client_bytes_sendfile_total").await,
+        Some(0)
+    );
+}

@@ -204,37 +204,15 @@ async fn connections_over_the_cap_get_503() {
 async fn tls_with_http2() {
     let h = Setup::default().tls().start().await;
     h.put("photos/a.png", b"over TLS");
-    let cert = reqwest::Certificate::from_pem(&fixture_bytes("tls_cert.pem")).unwrap();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(cert)
-        .build()
-        .unwrap();
+    let client = tls_client(reqwest::Client::builder());
     let url = format!("https://localhost:{}/files/photos/a.png", h.addr.port());
-    let r = client
-        .get(&url)
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_as_alice(&client, &url).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.version(), http::Version::HTTP_2);
     assert_eq!(r.text().await.unwrap(), "over TLS");
     // HTTP/1.1 clients are served too.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&fixture_bytes("tls_cert.pem")).unwrap(),
-        )
-        .http1_only()
-        .build()
-        .unwrap();
-    let r = client
-        .get(&url)
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let client = tls_client(reqwest::Client::builder().http1_only());
+    let r = get_as_alice(&client, &url).await;
     assert_eq!(r.version(), http::Version::HTTP_11);
     assert_eq!(r.status(), StatusCode::OK);
     // Plain HTTP on the TLS port gets nowhere.

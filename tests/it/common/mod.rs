@@ -376,6 +376,27 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client that trusts the test certificate (HTTP/2 by ALPN unless told otherwise).
+pub fn tls_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
+        .no_proxy()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&fixture_bytes("tls_cert.pem")).unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with alice's token, over `client`.
+pub async fn get_as_alice(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Percent-encodes a key for a URL path (keeping `/`).
 pub fn encode_key(key: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

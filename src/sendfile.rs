@@ -1,0 +1,297 @@
+//! Zero-copy answers for large cached objects. Their bodies live in sealed memory files
+//! (`memfd`) instead of the heap, and on a plain-TCP HTTP/1 connection the kernel copies them
+//! straight from those pages to the socket (`sendfile`), as nginx does for files on disk — at
+//! 64 KiB and above, copying the body through user space is most of a hit's cost.
+//!
+//! hyper owns the connection and writes `Bytes`, so the body hands hyper a *placeholder* of the
+//! right length and tells the connection's [`Sink`] which file range it stands for; the
+//! connection's stream recognizes placeholder slices by address and sends the file range
+//! instead. Every placeholder slice must match the segment at the head of the queue (its window
+//! and how far it has been written), or the write fails and the connection closes: a mix-up can
+//! cost a connection, never send the wrong bytes. Placeholders are never read: they are pages
+//! of a zeroed allocation that are never touched.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use bytes::{Bytes, BytesMut};
+
+/// Objects at least this large are kept in memory files; below it one copy costs less than the
+/// extra system call.
+pub const MIN_FILE_SIZE: u64 = 32 * 1024;
+
+/// The most a body frame covers, and so the size of a placeholder window.
+const FRAME: usize = 1 << 20;
+
+/// Placeholder windows; consecutive frames use different ones, so a stale segment cannot match.
+const WINDOWS: usize = 16;
+
+/// Zeroed, never written, never read: the pages are never touched and cost no memory.
+static PLACEHOLDER: LazyLock<Bytes> = LazyLock::new(|| Bytes::from(vec![0u8; FRAME * WINDOWS]));
+
+/// An object body in a sealed memory file.
+#[derive(Debug)]
+pub struct StoredFile {
+    file: File,
+    len: u64,
+}
+
+impl StoredFile {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `len` bytes from `offset` into memory (for connections that cannot use
+    /// `sendfile`: TLS, HTTP/2).
+    pub fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf.freeze())
+    }
+}
+
+impl std::os::fd::AsFd for StoredFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Writes a body into a new memory file.
+pub struct FileWriter {
+    file: File,
+    len: u64,
+}
+
+impl FileWriter {
+    /// A new, empty memory file; fails where `memfd_create` is not allowed.
+    pub fn new() -> io::Result<FileWriter> {
+        use rustix::fs::{MemfdFlags, memfd_create};
+        let fd = memfd_create(
+            "s3warden-object",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        Ok(FileWriter {
+            file: File::from(fd),
+            len: 0,
+        })
+    }
+
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Seals the file: from now on nobody can change, grow or shrink it.
+    pub fn finish(self) -> io::Result<StoredFile> {
+        use rustix::fs::{SealFlags, fcntl_add_seals};
+        fcntl_add_seals(
+            &self.file,
+            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+        )?;
+        Ok(StoredFile {
+            file: self.file,
+            len: self.len,
+        })
+    }
+}
+
+/// One body frame's file range, waiting to be sent.
+struct Segment {
+    file: Arc<StoredFile>,
+    offset: u64,
+    len: usize,
+    window: usize,
+    sent: usize,
+}
+
+/// A connection's queue of file ranges that placeholders stand for. Only plain-TCP HTTP/1
+/// connections have one.
+#[derive(Clone, Default)]
+pub struct Sink(Arc<Mutex<Queue>>);
+
+#[derive(Default)]
+struct Queue {
+    segments: VecDeque<Segment>,
+    frames: usize,
+}
+
+/// A placeholder slice that does not match the queue.
+fn mismatch() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "body placeholder does not match its file range",
+    )
+}
+
+impl Sink {
+    /// Queues `len` (at most one frame) bytes of `file` from `offset`; returns the placeholder
+    /// to hand to hyper.
+    fn push(&self, file: Arc<StoredFile>, offset: u64, len: usize) -> Bytes {
+        debug_assert!(len <= FRAME);
+        let mut queue = self.0.lock().expect("lock");
+        let window = queue.frames % WINDOWS;
+        queue.frames = queue.frames.wrapping_add(1);
+        queue.segments.push_back(Segment {
+            file,
+            offset,
+            len,
+            window,
+            sent: 0,
+        });
+        let start = window * FRAME;
+        PLACEHOLDER.slice(start..start + len)
+    }
+
+    /// The file and offset a placeholder slice stands for, when it matches the head of the
+    /// queue exactly.
+    pub fn locate(&self, slice: &[u8]) -> io::Result<(Arc<StoredFile>, u64)> {
+        let at = (slice.as_ptr() as usize)
+            .checked_sub(PLACEHOLDER.as_ptr() as usize)
+            .ok_or_else(mismatch)?;
+        let (window, pos) = (at / FRAME, at % FRAME);
+        let queue = self.0.lock().expect("lock");
+        match queue.segments.front() {
+            Some(s) if s.window == window && s.sent == pos && pos + slice.len() <= s.len => {
+                Ok((s.file.clone(), s.offset + pos as u64))
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Records that `n` bytes of the head segment went out.
+    pub fn advance(&self, n: usize) {
+        let mut queue = self.0.lock().expect("lock");
+        if let Some(s) = queue.segments.front_mut() {
+            s.sent += n;
+            if s.sent >= s.len {
+                queue.segments.pop_front();
+            }
+        }
+    }
+}
+
+/// Whether `slice` lies in the placeholder allocation.
+pub fn is_placeholder(slice: &[u8]) -> bool {
+    if slice.is_empty() {
+        return false;
+    }
+    let base = PLACEHOLDER.as_ptr() as usize;
+    let at = slice.as_ptr() as usize;
+    at >= base && at < base + FRAME * WINDOWS
+}
+
+/// A range of a memory file as a response body: placeholders through the connection's sink when
+/// it has one, copied frames otherwise.
+pub struct FileBody {
+    file: Arc<StoredFile>,
+    offset: u64,
+    end: u64,
+    sink: Option<Sink>,
+    sent: prometheus_client::metrics::counter::Counter,
+}
+
+impl FileBody {
+    /// The bytes `offset..end` of `file`; `sent` counts the bytes handed to `sendfile`.
+    pub fn new(
+        file: Arc<StoredFile>,
+        range: std::ops::Range<u64>,
+        sink: Option<Sink>,
+        sent: prometheus_client::metrics::counter::Counter,
+    ) -> FileBody {
+        FileBody {
+            file,
+            offset: range.start,
+            end: range.end,
+            sink,
+            sent,
+        }
+    }
+
+    /// Bytes not yet handed out.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.offset
+    }
+
+    /// The next frame, or `None` at the end.
+    pub fn next_frame(&mut self) -> Option<io::Result<Bytes>> {
+        let len = self.remaining().min(FRAME as u64) as usize;
+        if len == 0 {
+            return None;
+        }
+        let offset = self.offset;
+        self.offset += len as u64;
+        Some(match &self.sink {
+            Some(sink) => {
+                self.sent.inc_by(len as u64);
+                Ok(sink.push(self.file.clone(), offset, len))
+            }
+            None => self.file.read(offset, len),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(bytes: &[u8]) -> Arc<StoredFile> {
+        let mut writer = FileWriter::new().unwrap();
+        writer.write(bytes).unwrap();
+        Arc::new(writer.finish().unwrap())
+    }
+
+    #[test]
+    fn a_sealed_file_cannot_change() {
+        let file = stored(b"hello");
+        assert!((&file.file).write_all(b"x").is_err());
+        assert!(file.file.set_len(1).is_err());
+        assert_eq!(file.read(1, 3).unwrap(), "ell");
+    }
+
+    #[test]
+    fn placeholders_match_only_the_head_of_the_queue_where_it_was_left() {
+        let sink = Sink::default();
+        let (a, b) = (stored(&[1; 100]), stored(&[2; 100]));
+        let first = sink.push(a, 10, 50);
+        let second = sink.push(b, 0, 100);
+        assert!(is_placeholder(&first) && is_placeholder(&second));
+        assert!(!is_placeholder(b"elsewhere"));
+        // The second frame cannot go before the first.
+        assert!(sink.locate(&second).is_err());
+        let (file, offset) = sink.locate(&first).unwrap();
+        assert_eq!((file.read(offset, 1).unwrap()[0], offset), (1, 10));
+        sink.advance(20);
+        // Resuming anywhere but where it was left fails.
+        assert!(sink.locate(&first).is_err());
+        assert_eq!(sink.locate(&first[20..]).unwrap().1, 30);
+        assert!(sink.locate(&second).is_err());
+        sink.advance(30);
+        assert_eq!(sink.locate(&second).unwrap().1, 0);
+        sink.advance(100);
+        assert!(
+            sink.locate(&second).is_err(),
+            "an empty queue matches nothing"
+        );
+    }
+}
