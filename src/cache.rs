@@ -415,7 +415,7 @@ impl Collect {
         if expected >= MIN_FILE_SIZE {
             match FileWriter::new() {
                 Ok(writer) => return Collect::File(writer),
-                Err(e) => tracing::warn!(error = %e, "no memory file; caching on the heap"),
+                Err(e) => tracing::debug!(error = %e, "no memory file; caching on the heap"),
             }
         }
         Collect::Memory(BytesMut::with_capacity(expected as usize))

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -32,11 +33,62 @@ const WINDOWS: usize = 16;
 /// Zeroed, never written, never read: the pages are never touched and cost no memory.
 static PLACEHOLDER: LazyLock<Bytes> = LazyLock::new(|| Bytes::from(vec![0u8; FRAME * WINDOWS]));
 
+/// Memory files open now; each holds a file descriptor.
+static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
+
+/// At most this many memory files: half the descriptor limit, so that connections and S3
+/// requests always have the other half. Beyond it, large bodies stay on the heap.
+fn file_budget() -> usize {
+    static BUDGET: LazyLock<usize> = LazyLock::new(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+    });
+    *BUDGET
+}
+
+/// Raises the soft descriptor limit to the hard one (a cache of memory files and many
+/// connections both need descriptors; systemd's `LimitNOFILE=` sets both).
+pub fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "could not raise the descriptor limit");
+        }
+    }
+}
+
+/// One memory file's place in the budget, given back when the file closes.
+#[derive(Debug)]
+struct Slot;
+
+impl Slot {
+    fn take() -> io::Result<Slot> {
+        if OPEN_FILES.fetch_add(1, Ordering::Relaxed) >= file_budget() {
+            OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::other(
+                "memory files would use half the descriptor limit",
+            ));
+        }
+        Ok(Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An object body in a sealed memory file.
 #[derive(Debug)]
 pub struct StoredFile {
     file: File,
     len: u64,
+    _slot: Slot,
 }
 
 impl StoredFile {
@@ -69,12 +121,15 @@ impl std::os::fd::AsFd for StoredFile {
 pub struct FileWriter {
     file: File,
     len: u64,
+    slot: Slot,
 }
 
 impl FileWriter {
-    /// A new, empty memory file; fails where `memfd_create` is not allowed.
+    /// A new, empty memory file; fails where `memfd_create` is not allowed, or when memory files
+    /// already hold half the descriptor limit.
     pub fn new() -> io::Result<FileWriter> {
         use rustix::fs::{MemfdFlags, memfd_create};
+        let slot = Slot::take()?;
         let fd = memfd_create(
             "s3warden-object",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -82,6 +137,7 @@ impl FileWriter {
         Ok(FileWriter {
             file: File::from(fd),
             len: 0,
+            slot,
         })
     }
 
@@ -112,6 +168,7 @@ impl FileWriter {
         Ok(StoredFile {
             file: self.file,
             len: self.len,
+            _slot: self.slot,
         })
     }
 }

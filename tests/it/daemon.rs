@@ -16,6 +16,8 @@ use crate::common::*;
 
 /// From Debian's `systemd` package.
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
+/// From Debian's `util-linux` package.
+const PRLIMIT: &str = "/usr/bin/prlimit";
 
 /// A running `s3warden serve` and the S3 it talks to.
 struct Daemon {
@@ -32,6 +34,8 @@ struct Launch {
     env: Vec<(String, String)>,
     /// Run under `systemd-socket-activate -l 127.0.0.1:PORT`.
     socket_activated: bool,
+    /// Run under `prlimit --nofile=SOFT:HARD`.
+    descriptor_limit: Option<(u64, u64)>,
 }
 
 impl Launch {
@@ -43,6 +47,7 @@ impl Launch {
                 ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
             ],
             socket_activated: false,
+            descriptor_limit: None,
         }
     }
 
@@ -102,6 +107,10 @@ impl Launch {
                 c.arg("-E").arg(format!("{k}={v}"));
             }
             c.arg(bin);
+            c
+        } else if let Some((soft, hard)) = self.descriptor_limit {
+            let mut c = Command::new(PRLIMIT);
+            c.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(bin);
             c
         } else {
             Command::new(bin)
@@ -264,6 +273,67 @@ async fn socket_activation_serves_the_passed_socket() {
         "{}",
         daemon.logs()
     );
+}
+
+#[tokio::test]
+async fn memory_files_leave_descriptors_for_connections() {
+    if !tools_installed(&[PRLIMIT]) {
+        return;
+    }
+    // The soft limit is raised to the hard one at start; memory files then take at most half.
+    let (soft, hard) = (64, 256);
+    let mut launch = Launch::new(Setup::default());
+    launch.descriptor_limit = Some((soft, hard));
+    let daemon = launch.start().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["256", "256"], "{open_files}");
+
+    // More large objects than the descriptor limit, each read until cached.
+    let objects = 300;
+    let body = |i: usize| vec![(i % 251) as u8; 40 * 1024];
+    for i in 0..objects {
+        daemon
+            .s3
+            .put(BUCKET, &format!("photos/{i}.bin"), &body(i))
+            .unwrap();
+    }
+    let http = client();
+    let get = |http: &reqwest::Client, i: usize| {
+        let req = http
+            .get(daemon.object_url(&format!("photos/{i}.bin")))
+            .bearer_auth(token("alice"));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "object {i}");
+            let cache = r.headers()["x-cache"].to_str().unwrap().to_owned();
+            (cache, r.bytes().await.unwrap())
+        }
+    };
+    for i in 0..objects {
+        let (_, bytes) = get(&http, i).await;
+        assert!(bytes == body(i), "object {i}");
+    }
+    // All cached, all intact, and there are still descriptors for a crowd of new connections.
+    let crowd = 64;
+    let answers = futures_util::future::join_all((0..crowd).map(|i| {
+        let http = client();
+        async move { get(&http, i * objects / crowd).await }
+    }))
+    .await;
+    for (n, (cache, bytes)) in answers.into_iter().enumerate() {
+        let i = n * objects / crowd;
+        assert_eq!(cache, "HIT", "object {i}");
+        assert!(bytes == body(i), "object {i}");
+    }
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+        .unwrap()
+        .count();
+    assert!(fds < hard as usize, "{fds} descriptors open");
 }
 
 fn rewrite_config(daemon: &Daemon, from: &str, to: &str) {
