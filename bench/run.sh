@@ -54,6 +54,10 @@ if want throughput; then
   nginx_conf bench/nginx/proxy_cache.conf "$work/cache.conf" "$work" 19321 "$data" 19301
   nginx_conf bench/nginx/s3_gateway.conf "$work/gateway.conf" "$work" 19322 "$data" 19300
   taskset -c 0 nginx -c "$work/static.conf" -p "$work" & PIDS+=($!); static_pid=$!
+  # A second, identical nginx static: how far two equal servers differ in one run.
+  mkdir -p "$work/control"
+  nginx_conf bench/nginx/static.conf "$work/control/static.conf" "$work/control" 19323 "$data" 0
+  taskset -c 0 nginx -c "$work/control/static.conf" -p "$work/control" & PIDS+=($!); control_pid=$!
   taskset -c 0 nginx -c "$work/cache.conf" -p "$work" & PIDS+=($!); cache_master=$!
   AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY \
     taskset -c 0 nginx -c "$work/gateway.conf" -p "$work" & PIDS+=($!); gateway_master=$!
@@ -62,6 +66,7 @@ if want throughput; then
   cache_pid=$(pgrep -P "$cache_master" | head -1)
   gateway_pid=$(pgrep -P "$gateway_master" | head -1)
   static_worker=$(pgrep -P "$static_pid" | head -1)
+  control_worker=$(pgrep -P "$control_pid" | head -1)
   for size in 1k 64k 1m; do
     path="/files/bench/obj-$size.bin"
     # Warm the caches.
@@ -75,6 +80,7 @@ if want throughput; then
     cases=(
       "ceiling|$ceiling|http://127.0.0.1:19330$path|"
       "nginx_static|$static_worker|http://127.0.0.1:19320$path|"
+      "nginx_static_control|$control_worker|http://127.0.0.1:19323$path|"
       "nginx_proxy_cache_njs|$cache_pid|http://127.0.0.1:19321$path|Authorization: Bearer ${tok[0]}"
       "nginx_s3_gateway_njs|$gateway_pid|http://127.0.0.1:19322$path|Authorization: Bearer ${tok[0]}"
       "s3warden_hs256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[0]}"
