@@ -228,7 +228,8 @@ impl ObjectCache {
         } else if on_miss == OnMiss::Bypass {
             return Ok(Lookup::Bypass);
         }
-        self.fill(permit, s3, on_miss).await
+        // Boxed: the hit path's future stays small (hyper moves it once per request).
+        Box::pin(self.fill(permit, s3, on_miss)).await
     }
 
     /// The slow path, one request per key at a time (moka's per-key compute lock): whoever

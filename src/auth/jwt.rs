@@ -256,7 +256,8 @@ impl Verifier {
         {
             return Ok(identity);
         }
-        let identity = Arc::new(self.verify_uncached(token).await?);
+        // Boxed: the cached path's future stays small.
+        let identity = Arc::new(Box::pin(self.verify_uncached(token)).await?);
         self.verified.insert(digest, identity.clone());
         Ok(identity)
     }

@@ -306,17 +306,17 @@ impl Ctx<'_> {
                     outcome.route = "delete";
                     let permit =
                         self.authorize(&auth, &object.alias, &object.key, Method::Delete)?;
-                    self.delete_object(&permit).await
+                    Box::pin(self.delete_object(&permit)).await
                 } else {
                     outcome.route = "upload";
                     let permit = self.authorize(&auth, &object.alias, &object.key, Method::Put)?;
-                    self.put_object(parts, &permit, body).await
+                    Box::pin(self.put_object(parts, &permit, body)).await
                 }
             }
             Route::Sign => {
                 outcome.route = "sign";
                 let auth = self.authenticate(parts, outcome).await?;
-                self.sign_batch(&auth, body).await
+                Box::pin(self.sign_batch(&auth, body)).await
             }
             Route::Create { alias, prefix } => {
                 outcome.route = "upload";
@@ -338,7 +338,7 @@ impl Ctx<'_> {
                     let key = Key::parse(key)?;
                     self.authorize(&auth, &alias, &key, Method::Put)
                 };
-                self.create_object(parts, prefix, body, authorize).await
+                Box::pin(self.create_object(parts, prefix, body, authorize)).await
             }
         }
     }

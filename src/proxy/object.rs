@@ -60,7 +60,7 @@ impl Ctx<'_> {
             }
             Lookup::Missing => Err(ProxyError::NotFound),
             Lookup::Stream(fetched) => Ok(self.serve_fetched(permit, *fetched, &wanted)),
-            Lookup::Bypass => self.pass_through(permit, &wanted).await,
+            Lookup::Bypass => Box::pin(self.pass_through(permit, &wanted)).await,
         }
     }
 
