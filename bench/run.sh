@@ -109,7 +109,7 @@ if want misses; then
   python3 - "$data/bench/cold" <<'PY'
 import os, sys
 block = os.urandom(1024)
-for i in range(60000):
+for i in range(120000):
     with open(os.path.join(sys.argv[1], "%05d.bin" % i), "wb") as f:
         f.write(block)
 PY
@@ -121,10 +121,11 @@ PY
   write_config "$work" 19400 19410 19411
   start_s3warden "$work/s3warden.toml" 19410 0
   mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
-  # Each run reads its own range of 20,000 keys, so every s3warden request is a miss (checked
-  # from its metrics afterwards). The baseline is the same requests straight to the S3.
+  # Each run reads its own range of 40,000 keys (more than a run reaches), so every s3warden
+  # request is a miss (checked from its metrics afterwards). The baseline is the same requests
+  # straight to the S3.
   for run in 1 2 3; do
-    export COLD_KEYS=60000 COLD_START=$(( (run - 1) * 20000 )) WRK_SCRIPT=bench/wrk_cold.lua WRK_SECONDS=2
+    export COLD_KEYS=120000 COLD_START=$(( (run - 1) * 40000 )) WRK_SCRIPT=bench/wrk_cold.lua WRK_SECONDS=2
     COLD_PREFIX="/$BENCH_BUCKET/bench/cold/" \
       bench_wrk s3_direct_unsigned 1k "$s3_anon" "http://127.0.0.1:19401/" >> "$out/misses.jsonl"
     COLD_PREFIX="/files/bench/cold/" \

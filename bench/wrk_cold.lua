@@ -1,5 +1,5 @@
 -- A new key for every request: bench/cold/NNNNN.bin from COLD_START on (wrapping at COLD_KEYS).
-local keys = tonumber(os.getenv("COLD_KEYS") or "60000")
+local keys = tonumber(os.getenv("COLD_KEYS") or "120000")
 local i = tonumber(os.getenv("COLD_START") or "0")
 local prefix = os.getenv("COLD_PREFIX") or "/files/bench/cold/"
 request = function()
