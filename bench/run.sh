@@ -178,21 +178,28 @@ fi
 
 if want upload; then
   echo "== upload: 256 MiB through s3warden vs a pre-signed PUT straight to S3" >&2
+  # S3 stands for a service on other machines: it gets CPU 1 to itself, and curl and
+  # s3warden share CPU 0, so s3warden's work competes with the client's and not with S3's.
   work=$(mktemp -d -p "$out")
-  start_s3 "$work/s3" 19100
+  start_s3 "$work/s3" 19100 1
+  s3_pid=${PIDS[-1]}
   write_config "$work" 19100 19101 19102 $'[upload]\nmax_size = "1GiB"'
-  start_s3warden "$work/s3warden.toml" 19101
+  start_s3warden "$work/s3warden.toml" 19101 0
   token=$(s3warden_cmd token --config "$work/s3warden.toml" --sub bench --ttl 1h)
   head -c $((256 * 1024 * 1024)) /dev/urandom > "$work/object.bin"
   sleep 0.5
   rss_before=$(kib "$S3WARDEN_PID" VmRSS)
-  for run in 1 2 3; do
+  for run in 1 2 3 4 5; do
     direct=$(s3warden_cmd sign --config "$work/s3warden.toml" --kind s3 --method PUT "files/bench/direct-$run.bin")
-    t_direct=$(curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" "$direct")
-    t_proxy=$(curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" \
+    s3_0=$(cpu_ticks "$s3_pid")
+    t_direct=$(taskset -c 0 curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" "$direct")
+    s3_1=$(cpu_ticks "$s3_pid"); w_1=$(cpu_ticks "$S3WARDEN_PID")
+    t_proxy=$(taskset -c 0 curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" \
       -H "Authorization: Bearer $token" "http://127.0.0.1:19101/files/bench/proxied-$run.bin")
+    s3_2=$(cpu_ticks "$s3_pid"); w_2=$(cpu_ticks "$S3WARDEN_PID")
     cmp -s "$work/object.bin" "$work/s3/$BENCH_BUCKET/bench/proxied-$run.bin" || { echo "upload $run differs" >&2; exit 1; }
-    echo "{\"run\": $run, \"direct_s\": $t_direct, \"proxy_s\": $t_proxy}" >> "$out/upload.jsonl"
+    printf '{"run": %d, "direct_s": %s, "proxy_s": %s, "s3_direct_ticks": %d, "s3_proxy_ticks": %d, "s3warden_ticks": %d, "clk_tck": %d}\n' \
+      "$run" "$t_direct" "$t_proxy" $((s3_1 - s3_0)) $((s3_2 - s3_1)) $((w_2 - w_1)) "$(getconf CLK_TCK)" >> "$out/upload.jsonl"
     rm -f "$work/s3/$BENCH_BUCKET/bench/"*.bin
   done
   hwm=$(kib "$S3WARDEN_PID" VmHWM)
