@@ -88,6 +88,11 @@ if want throughput; then
       "s3warden_es256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[2]}"
       "s3warden_signed_url|$s3w|$signed|"
     )
+    # A short unrecorded run of each first: 64 fresh connections, and the machine settled.
+    for c in "${cases[@]}"; do
+      IFS='|' read -r name pid url header <<<"$c"
+      WRK_SECONDS=2 bench_wrk "$name" "$size" "$pid" "$url" "$header" >/dev/null
+    done
     # Each run starts one case later, so no system always follows the same one (the machine's
     # speed drifts); the report takes the median per system.
     for run in $(seq 0 $((RUNS - 1))); do
