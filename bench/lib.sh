@@ -140,6 +140,13 @@ bench_wrk() {
     }' <<<"$report"
 }
 
+# bench_case "NAME|PID|URL|HEADER" SIZE: bench_wrk for one entry of a list of cases.
+bench_case() {
+  local name pid url header
+  IFS='|' read -r name pid url header <<<"$1"
+  bench_wrk "$name" "$2" "$pid" "$url" "$header"
+}
+
 # ensure_tools: wrk, nginx with njs, from apt when missing.
 ensure_tools() {
   local missing=()

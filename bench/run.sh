@@ -90,15 +90,13 @@ if want throughput; then
     )
     # A short unrecorded run of each first: 64 fresh connections, and the machine settled.
     for c in "${cases[@]}"; do
-      IFS='|' read -r name pid url header <<<"$c"
-      WRK_SECONDS=2 bench_wrk "$name" "$size" "$pid" "$url" "$header" >/dev/null
+      WRK_SECONDS=2 bench_case "$c" "$size" >/dev/null
     done
     # Each run starts one case later, so no system always follows the same one (the machine's
     # speed drifts); the report takes the median per system.
     for run in $(seq 0 $((RUNS - 1))); do
       for i in $(seq 0 $((${#cases[@]} - 1))); do
-        IFS='|' read -r name pid url header <<<"${cases[$(( (i + run) % ${#cases[@]} ))]}"
-        bench_wrk "$name" "$size" "$pid" "$url" "$header"
+        bench_case "${cases[$(( (i + run) % ${#cases[@]} ))]}" "$size"
       done
     done >> "$out/throughput.jsonl"
     kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
