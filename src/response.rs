@@ -1,9 +1,12 @@
 //! Object → response: the allow-listed headers, 304/206 answers, `X-Cache`, caching headers and
-//! the headers that keep active content (HTML, SVG, XML, JavaScript) from running on our origin.
+//! the headers that keep stored content from running on our origin: only passive types are
+//! shown inline; everything else is a sandboxed attachment.
 
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+
+use mediatype::MediaType;
 
 use crate::body::Body;
 use crate::policy::Permit;
@@ -82,7 +85,14 @@ pub fn object(
     body: Body,
 ) -> Response<Body> {
     let (status, headers) = match part {
-        Part::NotModified => (StatusCode::NOT_MODIFIED, validators(meta, 6)),
+        Part::NotModified => {
+            let mut headers = validators(meta, 8);
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            (StatusCode::NOT_MODIFIED, headers)
+        }
         Part::Whole => (StatusCode::OK, whole_headers(meta)),
         Part::Range(first, last) => {
             let mut headers = whole_headers(meta);
@@ -150,7 +160,9 @@ fn validators(meta: &ObjectMeta, capacity: usize) -> HeaderMap {
     headers
 }
 
-/// Adds what depends on the request: caching, `X-Cache`, and the sandbox for active content.
+/// Adds what depends on the request: caching, `X-Cache`, and the sandbox for any type that is
+/// not passive. A 304 carries the sandbox too: a browser merges its headers into the copy it
+/// keeps.
 fn finish(
     settings: &ResponseSettings,
     permit: &Permit,
@@ -162,7 +174,7 @@ fn finish(
 ) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, cache_control(settings, permit));
     headers.insert(X_CACHE.clone(), cache.header());
-    if status != StatusCode::NOT_MODIFIED && meta.active && !permit.inline_active_content() {
+    if !meta.passive && !permit.inline_active_content() {
         headers.insert(
             header::CONTENT_DISPOSITION,
             HeaderValue::from_static("attachment"),
@@ -189,72 +201,172 @@ fn cache_control(settings: &ResponseSettings, permit: &Permit) -> HeaderValue {
     }
 }
 
-/// The type to serve: the stored one, or one guessed from the key when S3 has only a generic
-/// one. Resolved once per fetched object, not per response.
-pub fn resolve_type(stored: Option<&HeaderValue>, key: &str) -> HeaderValue {
-    let stored = stored
-        .filter(|v| {
-            let t = v.to_str().unwrap_or("").trim();
-            !t.is_empty() && t != "binary/octet-stream" && t != "application/octet-stream"
-        })
-        .cloned();
-    stored.unwrap_or_else(|| {
-        let guess = mime_guess::from_path(key).first_or_octet_stream();
-        HeaderValue::from_str(guess.essence_str()).expect("mime types are ASCII")
-    })
+/// The type to serve and whether it may be shown inline, decided once per fetched object.
+///
+/// S3's stored type is never trusted: objects reach a bucket by many roads (pre-signed PUTs,
+/// other programs, the console). Only a single, well-formed media type on the passive list
+/// ([`is_passive`]) is shown inline; anything else is sent as a sandboxed attachment, and a
+/// malformed or multi-valued type is replaced by `application/octet-stream`. A missing or
+/// generic type (`binary/octet-stream`) is guessed from the key's extension.
+pub fn resolve_type<'a>(
+    mut stored: impl Iterator<Item = &'a HeaderValue>,
+    key: &str,
+) -> (HeaderValue, bool) {
+    let first = stored.next();
+    if stored.next().is_some() {
+        return malformed();
+    }
+    let text = match first.map(HeaderValue::to_str) {
+        None => "",
+        Some(Ok(text)) => text.trim(),
+        Some(Err(_)) => return malformed(),
+    };
+    let parsed = if text.is_empty() {
+        None
+    } else {
+        match MediaType::parse(text) {
+            Ok(media) if !is_generic(&media) => Some(media),
+            Ok(_) => None,
+            Err(_) => return malformed(),
+        }
+    };
+    match (parsed, first) {
+        (Some(media), Some(value)) => (value.clone(), is_passive(&media)),
+        _ => {
+            let guess = mime_guess::from_path(key).first_or_octet_stream();
+            let passive = MediaType::parse(guess.essence_str()).is_ok_and(|m| is_passive(&m));
+            let value = HeaderValue::from_str(guess.essence_str()).expect("mime types are ASCII");
+            (value, passive)
+        }
+    }
 }
 
-/// Types a browser may run script from when they are opened on our origin.
-pub fn is_active(content_type: &HeaderValue) -> bool {
-    let Ok(text) = content_type.to_str() else {
-        return true;
-    };
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    matches!(
-        essence.as_str(),
-        "text/html"
-            | "application/xhtml+xml"
-            | "image/svg+xml"
-            | "text/xml"
-            | "application/xml"
-            | "text/xsl"
-            | "text/javascript"
-            | "application/javascript"
-            | "application/x-javascript"
-            | "application/ecmascript"
-            | "text/ecmascript"
-            | "multipart/x-mixed-replace"
-    ) || essence.ends_with("+xml")
-        || essence.is_empty()
+fn malformed() -> (HeaderValue, bool) {
+    (HeaderValue::from_static("application/octet-stream"), false)
+}
+
+/// The placeholder types S3 stores when a writer named none.
+fn is_generic(media: &MediaType<'_>) -> bool {
+    let (ty, subty) = (media.ty.as_str(), media.subty.as_str());
+    media.suffix.is_none()
+        && subty.eq_ignore_ascii_case("octet-stream")
+        && (ty.eq_ignore_ascii_case("binary") || ty.eq_ignore_ascii_case("application"))
+}
+
+/// Raster images a browser shows as pictures (SVG is a document that can hold script).
+const PASSIVE_IMAGES: &[&str] = &[
+    "png",
+    "apng",
+    "jpeg",
+    "pjpeg",
+    "jpg",
+    "gif",
+    "webp",
+    "avif",
+    "bmp",
+    "x-ms-bmp",
+    "x-icon",
+    "vnd.microsoft.icon",
+    "tiff",
+    "heic",
+    "heif",
+    "jxl",
+];
+
+/// Types a browser shows or plays without running anything from them on our origin: raster
+/// images, audio, video, `text/plain`, `text/csv`, `application/json`, PDF (shown by the
+/// browser's own isolated viewer) and `application/octet-stream` (downloaded). With
+/// `nosniff` on every answer, a browser keeps to the declared type.
+pub fn is_passive(media: &MediaType<'_>) -> bool {
+    if media.suffix.is_some() {
+        return false;
+    }
+    let (ty, subty) = (
+        media.ty.as_str().to_ascii_lowercase(),
+        media.subty.as_str().to_ascii_lowercase(),
+    );
+    match ty.as_str() {
+        "image" => PASSIVE_IMAGES.contains(&subty.as_str()),
+        "audio" | "video" => subty != "*",
+        "text" => matches!(subty.as_str(), "plain" | "csv"),
+        "application" => matches!(subty.as_str(), "pdf" | "json" | "octet-stream"),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn resolve(stored: &[&str], key: &str) -> (String, bool) {
+        let values: Vec<HeaderValue> = stored
+            .iter()
+            .map(|s| HeaderValue::from_str(s).unwrap())
+            .collect();
+        let (value, passive) = resolve_type(values.iter(), key);
+        (value.to_str().unwrap().to_owned(), passive)
+    }
+
     #[test]
-    fn active_types() {
-        for t in [
-            "text/html; charset=utf-8",
-            "image/svg+xml",
-            "application/javascript",
-            "TEXT/HTML",
-            "application/atom+xml",
-        ] {
-            assert!(is_active(&HeaderValue::from_static(t)), "{t}");
-        }
+    fn only_passive_types_are_inline() {
         for t in [
             "image/png",
+            "IMAGE/JPEG",
+            "text/plain; charset=utf-8",
             "application/pdf",
-            "text/plain",
+            "video/mp4",
+            "audio/mpeg",
             "application/json",
         ] {
-            assert!(!is_active(&HeaderValue::from_static(t)), "{t}");
+            assert_eq!(resolve(&[t], "a.bin"), (t.to_owned(), true), "{t}");
         }
+        for t in [
+            "text/html",
+            "image/svg+xml",
+            "text/xsl",
+            "application/xslt+xml",
+            "multipart/x-mixed-replace; boundary=x",
+            "application/vnd.acme+xml",
+            "application/javascript",
+            "video/vnd.acme+xml",
+            "text/xml",
+            "application/x-shockwave-flash",
+        ] {
+            assert_eq!(resolve(&[t], "a.png"), (t.to_owned(), false), "{t}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_multi_valued_types_are_octet_stream_attachments() {
+        let octet = ("application/octet-stream".to_owned(), false);
+        for t in [
+            "text/plain, text/html",
+            "image/png,text/html",
+            "text/plain; charset=utf-8, text/html",
+            "text/plain;text/html",
+            "text/ html",
+            "text",
+            ";",
+            "text/plain; charset",
+        ] {
+            assert_eq!(resolve(&[t], "a.png"), octet, "{t}");
+        }
+        assert_eq!(resolve(&["text/plain", "text/html"], "a.txt"), octet);
+        let obs = HeaderValue::from_bytes(b"text/plain\xff").unwrap();
+        assert!(!resolve_type(std::iter::once(&obs), "a.txt").1);
+    }
+
+    #[test]
+    fn missing_and_generic_types_are_guessed_from_the_key() {
+        assert_eq!(resolve(&[], "a.png"), ("image/png".to_owned(), true));
+        assert_eq!(resolve(&[""], "a.html"), ("text/html".to_owned(), false));
+        assert_eq!(
+            resolve(&["binary/octet-stream"], "a.svg"),
+            ("image/svg+xml".to_owned(), false)
+        );
+        assert_eq!(
+            resolve(&["application/octet-stream"], "noext"),
+            ("application/octet-stream".to_owned(), true)
+        );
     }
 }

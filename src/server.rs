@@ -309,6 +309,10 @@ fn smuggling_refused() -> Response<Body> {
         http::header::CONNECTION,
         http::HeaderValue::from_static("close"),
     );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -317,7 +321,8 @@ async fn refuse(mut stream: TcpStream) {
     const BODY: &str = "{\"error\":\"unavailable\",\"message\":\"too many connections\"}";
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+         content-length: {}\r\nretry-after: 1\r\nx-content-type-options: nosniff\r\n\
+         connection: close\r\n\r\n{BODY}",
         BODY.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

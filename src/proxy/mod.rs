@@ -232,6 +232,12 @@ impl App {
         ctx.live
             .cors
             .decorate(&parts.headers, response.headers_mut());
+        // Every answer, not only objects: nothing s3warden sends is to be sniffed into a type
+        // that runs script.
+        response
+            .headers_mut()
+            .entry(header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(http::HeaderValue::from_static("nosniff"));
         metrics.in_flight().dec();
         let status = response.status().as_u16();
         metrics.request(outcome.route, status);

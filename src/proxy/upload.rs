@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyStream;
-use mime_guess::mime;
 use serde::Serialize;
 
 use super::Ctx;
@@ -218,7 +217,7 @@ impl Ctx<'_> {
                 let text = value
                     .to_str()
                     .map_err(|_| ProxyError::BadRequest("invalid Content-Type".into()))?;
-                text.parse::<mime::Mime>()
+                mediatype::MediaType::parse(text.trim())
                     .map_err(|_| ProxyError::BadRequest("invalid Content-Type".into()))?;
                 value.clone()
             }

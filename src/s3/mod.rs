@@ -92,8 +92,9 @@ pub struct ObjectMeta {
     pub last_modified_header: Option<HeaderValue>,
     /// `Content-Type` to serve: as stored in S3, or guessed from the key.
     pub content_type: HeaderValue,
-    /// The type can run script in a browser (HTML, SVG, XML, JavaScript).
-    pub active: bool,
+    /// The type is on the passive list: shown inline. Anything else goes out as a sandboxed
+    /// attachment.
+    pub passive: bool,
     /// `Content-Encoding`, `Content-Language`, `Content-Disposition` as stored.
     pub passthrough: Vec<(HeaderName, HeaderValue)>,
 }
@@ -239,9 +240,15 @@ impl S3Client {
             .send_idempotent(Method::GET, self.object_url(object), headers)
             .await?;
         let status = response.status();
-        let meta = meta_from(response.headers(), &object.key);
+        let mut meta = meta_from(response.headers(), &object.key);
         let answer = match status {
-            StatusCode::NOT_MODIFIED => Answer::NotModified,
+            StatusCode::NOT_MODIFIED => {
+                // S3's 304 names no type: without one, the answer is treated as not passive.
+                if !response.headers().contains_key(header::CONTENT_TYPE) {
+                    meta.passive = false;
+                }
+                Answer::NotModified
+            }
             StatusCode::PARTIAL_CONTENT => {
                 let (first, last, total) = response
                     .headers()
@@ -422,8 +429,8 @@ async fn error_code(response: reqwest::Response, timeout: Duration) -> Option<St
 
 /// Metadata from S3's response headers; only allow-listed headers are kept.
 fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
-    let content_type = crate::response::resolve_type(headers.get(header::CONTENT_TYPE), key);
-    let active = crate::response::is_active(&content_type);
+    let (content_type, passive) =
+        crate::response::resolve_type(headers.get_all(header::CONTENT_TYPE).iter(), key);
     let size = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
@@ -455,7 +462,7 @@ fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
         last_modified,
         last_modified_header,
         content_type,
-        active,
+        passive,
         passthrough,
     }
 }

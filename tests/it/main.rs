@@ -7,6 +7,7 @@ mod cache;
 #[allow(dead_code)]
 mod common;
 mod config_files;
+mod content;
 mod daemon;
 mod demo;
 mod fleet;

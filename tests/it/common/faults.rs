@@ -20,6 +20,8 @@ pub enum Fault {
     ResetMidBody { total: usize, sent: usize },
     /// Announce `total` bytes, send `first`, wait for `release`, then send the rest.
     StallMidBody { total: usize, first: usize },
+    /// Answer every request with exactly these bytes.
+    Answer(&'static str),
 }
 
 pub struct FaultyUpstream {
@@ -115,6 +117,9 @@ async fn serve(
             let _ = socket.write_all(&vec![b'x'; sent]).await;
             let _ = socket.flush().await;
             drop(socket);
+        }
+        Fault::Answer(response) => {
+            let _ = socket.write_all(response.as_bytes()).await;
         }
         Fault::StallMidBody { total, first } => {
             let _ = socket.write_all(ok_head(total).as_bytes()).await;

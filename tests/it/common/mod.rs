@@ -303,6 +303,12 @@ impl Harness {
         self.s3.put(BUCKET, key, bytes).unwrap();
     }
 
+    /// Stores an object through S3's own API (a SigV4-signed PutObject, as another program
+    /// would), with `content_type` sent exactly as given.
+    pub async fn put_typed(&self, key: &str, bytes: &[u8], content_type: &[u8]) {
+        put_to_s3(&self.s3, key, bytes, &[("content-type", content_type)]).await;
+    }
+
     /// `{url}/files/{encoded key}`
     pub fn object_url(&self, key: &str) -> String {
         format!("{}/files/{}", self.url, encode_key(key))
@@ -526,4 +532,42 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// A SigV4-signed PutObject straight to the embedded S3, with `headers` sent as given; the
+/// answer must be a success.
+pub async fn put_to_s3(s3: &EmbeddedS3, key: &str, bytes: &[u8], headers: &[(&str, &[u8])]) {
+    use s3warden::s3::sign::{Payload, Signer};
+    let url =
+        reqwest::Url::parse(&format!("{}/{BUCKET}/{}", s3.endpoint(), encode_key(key))).unwrap();
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    map.insert(http::header::CONTENT_LENGTH, bytes.len().into());
+    let credentials = s3warden::config::AwsCredentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    };
+    Signer::new(&credentials, "us-east-1")
+        .sign_headers(
+            &http::Method::PUT,
+            &url,
+            &mut map,
+            Payload::Bytes(bytes),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let r = client()
+        .put(url)
+        .headers(map)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "S3 PutObject: {}", r.status());
 }
