@@ -33,6 +33,12 @@ pub enum ProxyError {
     /// A signed URL past its expiry.
     #[error("signed URL expired")]
     Expired,
+    /// No rule that grants the upload allows the ACL it asks for.
+    #[error("ACL not allowed")]
+    AclNotAllowed,
+    /// A PUT through a signed URL names another type or ACL than the signer chose.
+    #[error("upload does not match its signed terms")]
+    TermsMismatch,
     /// A write authenticated by a cookie from an origin that is not allowed.
     #[error("cross-site write refused")]
     CrossSite,
@@ -100,6 +106,16 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "expired",
                 "the signed URL has expired".into(),
+            ),
+            AclNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "acl_not_allowed",
+                "no rule lets this upload set that ACL".into(),
+            ),
+            TermsMismatch => (
+                StatusCode::FORBIDDEN,
+                "terms_mismatch",
+                "the signed URL fixes another Content-Type or ACL".into(),
             ),
             CrossSite => (
                 StatusCode::FORBIDDEN,

@@ -54,6 +54,12 @@ enum Command {
         /// The method the URL is for.
         #[arg(long, default_value = "GET", value_parser = ["GET", "PUT", "DELETE"])]
         method: String,
+        /// PUT: the type uploads are stored with (default: guessed from the key).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// PUT: the ACL uploads get (default: upload.default_acl).
+        #[arg(long, value_parser = ["private", "public-read"])]
+        acl: Option<String>,
         /// Objects as `BUCKET/KEY` (the bucket alias from the config).
         #[arg(required = true, value_name = "BUCKET/KEY")]
         objects: Vec<String>,
@@ -148,10 +154,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             config,
             kind,
             method,
+            content_type,
+            acl,
             objects,
         } => {
             let config = Config::load(&config, &Environment::from_process())?;
-            for url in s3warden::sign::sign_for_cli(&config, &kind, &method, &objects)? {
+            let request = s3warden::sign::CliRequest {
+                kind: &kind,
+                method: &method,
+                content_type: content_type.as_deref(),
+                acl: acl.as_deref(),
+            };
+            for url in s3warden::sign::sign_for_cli(&config, &request, &objects)? {
                 println!("{url}");
             }
             Ok(ExitCode::SUCCESS)

@@ -6,10 +6,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::config::{AllowConfig, Config, Method};
+use crate::config::{Acl, AllowConfig, Config, Method};
 use crate::route::Key;
 use crate::s3::S3Object;
 
@@ -23,6 +24,94 @@ pub struct Permit {
     public: bool,
     inline_active_content: bool,
     signed_max_age: Option<u64>,
+    acls: AclSet,
+    terms: Option<Arc<UploadTerms>>,
+}
+
+/// What a signed PUT URL fixes about the upload: the signer decides, not the URL's holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTerms {
+    /// The `Content-Type` the object is stored with.
+    pub content_type: HeaderValue,
+    /// The canned ACL it gets.
+    pub acl: Acl,
+}
+
+impl UploadTerms {
+    /// The terms of an upload the signer named `content_type` and `acl` for (each optional):
+    /// the type defaults to the one the key's extension suggests, the ACL to `default_acl`.
+    pub fn new(
+        key: &Key,
+        content_type: Option<&str>,
+        acl: Option<Acl>,
+        default_acl: Acl,
+    ) -> Result<UploadTerms, BadTerms> {
+        let content_type = match content_type {
+            Some(text) => {
+                let text = text.trim();
+                mediatype::MediaType::parse(text).map_err(|_| BadTerms::ContentType)?;
+                HeaderValue::from_str(text).map_err(|_| BadTerms::ContentType)?
+            }
+            None => {
+                let guess = mime_guess::from_path(key.as_str()).first_or_octet_stream();
+                HeaderValue::from_str(guess.essence_str()).map_err(|_| BadTerms::ContentType)?
+            }
+        };
+        Ok(UploadTerms {
+            content_type,
+            acl: acl.unwrap_or(default_acl),
+        })
+    }
+
+    /// The headers an upload under these terms carries, as a pre-signed S3 PUT signs them.
+    pub fn headers(&self) -> Vec<(&'static str, &str)> {
+        let mut headers = vec![(
+            "content-type",
+            self.content_type.to_str().unwrap_or_default(),
+        )];
+        if self.acl != Acl::None {
+            headers.push(("x-amz-acl", self.acl.as_str()));
+        }
+        headers
+    }
+}
+
+/// Upload terms that cannot be signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadTerms {
+    /// Not one well-formed media type.
+    ContentType,
+}
+
+/// The canned ACLs an upload may set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AclSet {
+    private: bool,
+    public_read: bool,
+}
+
+impl AclSet {
+    fn of(acls: &[Acl]) -> AclSet {
+        AclSet {
+            private: acls.contains(&Acl::Private),
+            public_read: acls.contains(&Acl::PublicRead),
+        }
+    }
+
+    fn union(self, other: AclSet) -> AclSet {
+        AclSet {
+            private: self.private || other.private,
+            public_read: self.public_read || other.public_read,
+        }
+    }
+
+    /// Whether `acl` is in the set; sending no ACL (`none`) leaves the object private.
+    pub fn allows(self, acl: Acl) -> bool {
+        match acl {
+            Acl::Private | Acl::None => self.private,
+            Acl::PublicRead => self.public_read,
+        }
+    }
 }
 
 impl Permit {
@@ -54,6 +143,14 @@ impl Permit {
     /// long and no longer).
     pub fn signed_max_age(&self) -> Option<u64> {
         self.signed_max_age
+    }
+    /// Whether an upload under this permit may set `acl`.
+    pub fn may_set_acl(&self, acl: Acl) -> bool {
+        self.acls.allows(acl)
+    }
+    /// The type and ACL a signed PUT URL fixed, when the permit came from one.
+    pub fn upload_terms(&self) -> Option<&UploadTerms> {
+        self.terms.as_deref()
     }
 }
 
@@ -98,6 +195,7 @@ struct Rule {
     methods: Vec<Method>,
     allow: Allow,
     inline_active_content: bool,
+    acls: AclSet,
 }
 
 #[derive(Debug)]
@@ -275,6 +373,7 @@ impl Policy {
                     }
                 },
                 inline_active_content: r.inline_active_content,
+                acls: AclSet::of(&r.acls),
             })
             .collect();
         Policy { buckets, rules }
@@ -326,6 +425,8 @@ impl Policy {
             Principal::Token(identity) => Some(identity),
         };
         let mut granted: Option<&Rule> = None;
+        // Every rule that grants the request adds the ACLs it allows.
+        let mut acls = AclSet::default();
         for rule in self.rules.iter().filter(|r| r.alias == alias) {
             if !rule.methods.contains(&method) || !rule.allows(identity) {
                 continue;
@@ -334,6 +435,7 @@ impl Policy {
                 continue;
             };
             if under_prefix(key.as_str(), &prefix) {
+                acls = acls.union(rule.acls);
                 // Prefer a public grant: it decides how browsers may cache the answer.
                 if matches!(rule.allow, Allow::Public) || granted.is_none() {
                     granted = Some(rule);
@@ -344,6 +446,7 @@ impl Policy {
             Some(rule) => Ok(bucket.permit(key, method, |p| {
                 p.public = matches!(rule.allow, Allow::Public);
                 p.inline_active_content = rule.inline_active_content;
+                p.acls = acls;
             })),
             None if identity.is_none() => Err(Denied::Unauthenticated),
             None => Err(Denied::Forbidden),
@@ -351,13 +454,15 @@ impl Policy {
     }
 
     /// A permit for exactly one method and key, from a verified signed URL with `seconds_left`
-    /// to live. The rules were checked when the URL was signed.
+    /// to live. The rules were checked when the URL was signed; a PUT URL's `terms` fix the
+    /// upload's type and ACL.
     pub fn permit_signed(
         &self,
         alias: &str,
         key: &Key,
         method: Method,
         seconds_left: u64,
+        terms: Option<UploadTerms>,
     ) -> Result<Permit, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
         let inline_active_content = self.rules.iter().any(|r| {
@@ -369,6 +474,10 @@ impl Policy {
         Ok(bucket.permit(key, method, |p| {
             p.inline_active_content = inline_active_content;
             p.signed_max_age = Some(seconds_left);
+            if let Some(terms) = terms {
+                p.acls = AclSet::of(&[terms.acl]);
+                p.terms = Some(Arc::new(terms));
+            }
         }))
     }
 }
@@ -391,6 +500,8 @@ impl Bucket {
             public: false,
             inline_active_content: false,
             signed_max_age: None,
+            acls: AclSet::default(),
+            terms: None,
         };
         grant(&mut permit);
         permit

@@ -13,9 +13,13 @@ use hmac::{Hmac, KeyInit, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::Sha256;
 
-use crate::config::{Config, Method};
+use http::HeaderValue;
+
+use crate::auth::SignedParams;
+use crate::config::{Acl, Config, Method};
+use crate::policy::UploadTerms;
 use crate::route::Key;
-use crate::s3::sign::{SignError, Signer};
+use crate::s3::sign::{QUERY_VALUE, SignError, Signer};
 use crate::s3::{Addresser, S3Object};
 
 /// Domain separation: these MACs mean "s3warden URL, version 1" and nothing else.
@@ -141,17 +145,26 @@ impl UrlSigner {
         Window::at(now, self.window, self.grace)
     }
 
+    /// The MAC over a URL's fields; a PUT URL's `terms` (type, ACL) are covered too.
     fn mac(
         keyed: &Hmac<Sha256>,
         method: Method,
         alias: &str,
         key: &Key,
+        terms: Option<(&str, &str)>,
         expires: u64,
     ) -> Hmac<Sha256> {
         let mut mac = keyed.clone();
         for part in [DOMAIN, method.as_str(), alias, key.as_str()] {
             mac.update(part.as_bytes());
             mac.update(b"\n");
+        }
+        if let Some((content_type, acl)) = terms {
+            for (name, value) in [("ct=", content_type), ("acl=", acl)] {
+                mac.update(name.as_bytes());
+                mac.update(value.as_bytes());
+                mac.update(b"\n");
+            }
         }
         let mut digits = std::io::Cursor::new([0u8; 20]);
         write!(digits, "{expires}").expect("a u64 has at most 20 digits");
@@ -161,62 +174,101 @@ impl UrlSigner {
     }
 
     /// `{public_url}/{alias}/{key}?exp=…&sig=…`, valid for `method` until `window.expires`.
+    /// A PUT URL also carries its `terms` (`&ct=…&acl=…`), which the signature covers.
     pub fn proxy_url(
         &self,
         method: Method,
         alias: &str,
         key: &Key,
+        terms: Option<&UploadTerms>,
         window: Window,
     ) -> Option<String> {
         let keyed = self.keys.first()?;
-        let tag = Self::mac(keyed, method, alias, key, window.expires)
+        let terms = terms.map(|t| (t.content_type.to_str().unwrap_or_default(), t.acl.as_str()));
+        let tag = Self::mac(keyed, method, alias, key, terms, window.expires)
             .finalize()
             .into_bytes();
-        Some(format!(
+        let mut url = format!(
             "{}/{alias}/{}?exp={}&sig={}",
             self.public_url,
             encode_key(key),
             window.expires,
             URL_SAFE_NO_PAD.encode(tag)
-        ))
+        );
+        if let Some((content_type, acl)) = terms {
+            url.push_str("&ct=");
+            url.extend(utf8_percent_encode(content_type, QUERY_VALUE));
+            url.push_str("&acl=");
+            url.push_str(acl);
+        }
+        Some(url)
     }
 
     /// Checks a proxy signature in constant time against every configured secret, then expiry.
+    /// A PUT URL must carry the terms it was signed with; they are returned.
     pub fn verify(
         &self,
         method: Method,
         alias: &str,
         key: &Key,
-        expires: u64,
-        sig: &str,
+        signed: &SignedParams,
         now: SystemTime,
-    ) -> Result<(), UrlError> {
+    ) -> Result<Option<UploadTerms>, UrlError> {
         let mut tag = [0u8; 32];
         let len = URL_SAFE_NO_PAD
-            .decode_slice(sig, &mut tag)
+            .decode_slice(&signed.sig, &mut tag)
             .map_err(|_| UrlError::BadSignature)?;
+        let terms = match (method, &signed.content_type, &signed.acl) {
+            (Method::Put, Some(content_type), Some(acl)) => Some((content_type.as_str(), acl)),
+            (Method::Put, _, _) => return Err(UrlError::BadSignature),
+            _ => None,
+        };
         let valid = self.keys.iter().any(|keyed| {
-            Self::mac(keyed, method, alias, key, expires)
-                .verify_slice(&tag[..len])
-                .is_ok()
+            Self::mac(
+                keyed,
+                method,
+                alias,
+                key,
+                terms.map(|(t, a)| (t, a.as_str())),
+                signed.expires,
+            )
+            .verify_slice(&tag[..len])
+            .is_ok()
         });
         if !valid {
             return Err(UrlError::BadSignature);
         }
-        if unix(now) >= expires {
+        if unix(now) >= signed.expires {
             return Err(UrlError::Expired);
         }
-        Ok(())
+        // Signed by us, so well-formed; checked all the same.
+        terms
+            .map(|(content_type, acl)| {
+                Some(UploadTerms {
+                    content_type: HeaderValue::from_str(content_type).ok()?,
+                    acl: Acl::from_name(acl)?,
+                })
+            })
+            .map(|terms| terms.ok_or(UrlError::BadSignature))
+            .transpose()
     }
 
     /// A SigV4 query pre-signed S3 URL dated at the window start, so every call in the window
-    /// gives the same URL; it lives `window + grace` (at most S3's seven days).
+    /// gives the same URL; it lives `window + grace` (at most S3's seven days). A PUT URL signs
+    /// its `terms` as headers (`content-type`, `x-amz-acl`), so S3 refuses any other.
     pub fn s3_url(
         &self,
         method: Method,
         object: &S3Object,
+        terms: Option<&UploadTerms>,
         window: Window,
     ) -> Result<Arc<str>, SignError> {
+        if let Some(terms) = terms {
+            // Uploads are signed for one caller's choice of type and ACL: not remembered.
+            return self
+                .presign_s3(method, object, terms.headers().as_slice(), window)
+                .map(Into::into);
+        }
         let key = (method, object.clone());
         {
             let remembered = self.s3_urls.lock().expect("lock not poisoned");
@@ -226,7 +278,7 @@ impl UrlSigner {
                 return Ok(url.clone());
             }
         }
-        let url: Arc<str> = self.presign_s3(method, object, window)?.into();
+        let url: Arc<str> = self.presign_s3(method, object, &[], window)?.into();
         let mut remembered = self.s3_urls.lock().expect("lock not poisoned");
         if remembered.start != window.start {
             remembered.start = window.start;
@@ -242,6 +294,7 @@ impl UrlSigner {
         &self,
         method: Method,
         object: &S3Object,
+        headers: &[(&str, &str)],
         window: Window,
     ) -> Result<String, SignError> {
         let http_method = match method {
@@ -252,22 +305,45 @@ impl UrlSigner {
         let url = self.addresser.object_url(object);
         let date = UNIX_EPOCH + Duration::from_secs(window.start);
         let lifetime = Duration::from_secs(window.expires - window.start);
-        self.s3.presign(&http_method, &url, date, lifetime)
+        self.s3.presign(&http_method, &url, headers, date, lifetime)
     }
+}
+
+/// What `s3warden sign` is asked for.
+#[derive(Debug, Default)]
+pub struct CliRequest<'a> {
+    /// `proxy` or `s3`.
+    pub kind: &'a str,
+    /// `GET`, `PUT` or `DELETE`.
+    pub method: &'a str,
+    /// PUT: the type uploads are stored with (default: guessed from each key).
+    pub content_type: Option<&'a str>,
+    /// PUT: the ACL uploads get (default: `upload.default_acl`).
+    pub acl: Option<&'a str>,
 }
 
 /// `s3warden sign`: URLs for `BUCKET/KEY` targets, in the current window.
 pub fn sign_for_cli(
     config: &Config,
-    kind: &str,
-    method: &str,
+    request: &CliRequest<'_>,
     targets: &[String],
 ) -> Result<Vec<String>, String> {
+    let (kind, method) = (request.kind, request.method);
     let method = match method {
         "GET" => Method::Get,
         "PUT" => Method::Put,
         "DELETE" => Method::Delete,
         other => return Err(format!("unknown method {other}")),
+    };
+    if method != Method::Put && (request.content_type.is_some() || request.acl.is_some()) {
+        return Err("--content-type and --acl are for PUT URLs".into());
+    }
+    let acl = match request.acl {
+        Some(name) => Some(
+            Acl::from_client(name)
+                .ok_or_else(|| format!("--acl {name:?}: use private or public-read"))?,
+        ),
+        None => None,
     };
     let signer = UrlSigner::new(config);
     let policy = crate::policy::Policy::new(config);
@@ -282,13 +358,19 @@ pub fn sign_for_cli(
             let object = policy
                 .object_for(alias, &key)
                 .ok_or_else(|| format!("{target}: no bucket alias {alias:?} in the config"))?;
+            let terms = (method == Method::Put)
+                .then(|| {
+                    UploadTerms::new(&key, request.content_type, acl, config.upload.default_acl)
+                        .map_err(|_| "--content-type: not a media type".to_owned())
+                })
+                .transpose()?;
             match kind {
                 "s3" => signer
-                    .s3_url(method, &object, window)
+                    .s3_url(method, &object, terms.as_ref(), window)
                     .map(|url| url.to_string())
                     .map_err(|e| e.to_string()),
                 _ => signer
-                    .proxy_url(method, alias, &key, window)
+                    .proxy_url(method, alias, &key, terms.as_ref(), window)
                     .ok_or_else(|| "proxy URLs need signing.secret_files in the config".to_owned()),
             }
         })

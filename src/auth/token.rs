@@ -85,13 +85,17 @@ pub fn find_tokens<'a>(
     found
 }
 
-/// The `exp` and `sig` of a proxy-signed URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `exp` and `sig` of a proxy-signed URL, and the `ct` and `acl` a PUT URL fixes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SignedParams {
     /// Expiry, Unix seconds.
     pub expires: u64,
     /// base64url HMAC.
     pub sig: String,
+    /// The upload's `Content-Type` (PUT URLs).
+    pub content_type: Option<String>,
+    /// The upload's canned ACL (PUT URLs).
+    pub acl: Option<String>,
 }
 
 /// `exp`/`sig` query parameters that are incomplete, repeated or malformed.
@@ -103,11 +107,13 @@ pub struct MalformedSignature;
 /// they are incomplete, repeated or malformed.
 pub fn find_signature(query: Option<&str>) -> Result<Option<SignedParams>, MalformedSignature> {
     let Some(query) = query else { return Ok(None) };
-    let (mut exp, mut sig) = (None, None);
+    let (mut exp, mut sig, mut content_type, mut acl) = (None, None, None, None);
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match &*name {
             "exp" => &mut exp,
             "sig" => &mut sig,
+            "ct" => &mut content_type,
+            "acl" => &mut acl,
             _ => continue,
         };
         if slot.replace(value.into_owned()).is_some() {
@@ -118,7 +124,12 @@ pub fn find_signature(query: Option<&str>) -> Result<Option<SignedParams>, Malfo
         (None, None) => Ok(None),
         (Some(exp), Some(sig)) => {
             let expires = exp.parse().map_err(|_| MalformedSignature)?;
-            Ok(Some(SignedParams { expires, sig }))
+            Ok(Some(SignedParams {
+                expires,
+                sig,
+                content_type,
+                acl,
+            }))
         }
         _ => Err(MalformedSignature),
     }
@@ -170,9 +181,20 @@ mod tests {
             find_signature(Some("exp=10&sig=abc")),
             Ok(Some(SignedParams {
                 expires: 10,
-                sig: "abc".into()
+                sig: "abc".into(),
+                ..SignedParams::default()
             }))
         );
+        assert_eq!(
+            find_signature(Some("exp=10&sig=abc&ct=image%2Fsvg%2Bxml&acl=private")),
+            Ok(Some(SignedParams {
+                expires: 10,
+                sig: "abc".into(),
+                content_type: Some("image/svg+xml".into()),
+                acl: Some("private".into()),
+            }))
+        );
+        assert!(find_signature(Some("exp=10&sig=abc&acl=a&acl=b")).is_err());
         assert!(find_signature(Some("exp=10")).is_err());
         assert!(find_signature(Some("sig=abc")).is_err());
         assert!(find_signature(Some("exp=x&sig=abc")).is_err());

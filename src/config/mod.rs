@@ -242,9 +242,13 @@ pub struct RuleConfig {
     pub methods: Vec<Method>,
     /// Who: `"public"`, `"authenticated"` or `{ claims = {...} }`.
     pub allow: AllowConfig,
-    /// Serve HTML, SVG, XML and JavaScript inline instead of as sandboxed attachments.
+    /// Serve every type inline (HTML, SVG, XML and JavaScript included) instead of only the
+    /// passive ones.
     #[serde(default)]
     pub inline_active_content: bool,
+    /// Canned ACLs the rule's holders may give uploads (`private`, `public-read`).
+    #[serde(default = "default_rule_acls")]
+    pub acls: Vec<Acl>,
 }
 
 /// `[cache]`
@@ -287,6 +291,10 @@ pub struct SigningConfig {
     /// Most keys in one `POST /_sign`.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Allow `kind: "s3"` URLs for PUT: the browser uploads straight to S3, so
+    /// `upload.max_size` is not enforced on them.
+    #[serde(default)]
+    pub allow_s3_put: bool,
 }
 
 /// ACL given to uploaded objects.
@@ -299,6 +307,34 @@ pub enum Acl {
     PublicRead,
     /// Send no ACL at all (buckets with ACLs disabled).
     None,
+}
+
+impl Acl {
+    /// The canned ACL's name, as S3 spells it (`none`: no ACL sent).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acl::Private => "private",
+            Acl::PublicRead => "public-read",
+            Acl::None => "none",
+        }
+    }
+
+    /// The ACL a client names (`private` or `public-read`; `none` is the operator's setting).
+    pub fn from_client(name: &str) -> Option<Acl> {
+        match name.trim() {
+            "private" => Some(Acl::Private),
+            "public-read" => Some(Acl::PublicRead),
+            _ => None,
+        }
+    }
+
+    /// The ACL `as_str` names.
+    pub fn from_name(name: &str) -> Option<Acl> {
+        match name {
+            "none" => Some(Acl::None),
+            other => Acl::from_client(other),
+        }
+    }
 }
 
 /// `[upload]`
@@ -397,6 +433,9 @@ fn default_token_cache_entries() -> u64 {
 }
 fn default_rule_methods() -> Vec<Method> {
     vec![Method::Get]
+}
+fn default_rule_acls() -> Vec<Acl> {
+    vec![Acl::Private]
 }
 fn default_cache_capacity() -> ByteSize {
     ByteSize::mib(512)

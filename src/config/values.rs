@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{AllowConfig, Config, Problem};
+use super::{Acl, AllowConfig, Config, Problem};
 
 /// A size in bytes, written `"512MiB"`, `"8 MB"` or as a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -288,6 +288,23 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         }
         if let Err(message) = crate::policy::check_prefix_template(&rule.prefix) {
             v.problem(format!("{key}.prefix"), message);
+        }
+        if rule.acls.contains(&Acl::None) {
+            v.problem(
+                format!("{key}.acls"),
+                "may list \"private\" and \"public-read\" (\"none\" is upload.default_acl's)",
+            );
+        }
+        let default_acl = c.upload.default_acl;
+        if rule.methods.contains(&Method::Put)
+            && default_acl == Acl::PublicRead
+            && !rule.acls.contains(&Acl::PublicRead)
+        {
+            v.problem(
+                format!("{key}.acls"),
+                "upload.default_acl is \"public-read\", which this rule does not allow: uploads \
+                 naming no ACL would be refused (add \"public-read\" or change the default)",
+            );
         }
     }
 

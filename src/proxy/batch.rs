@@ -1,6 +1,8 @@
 //! `POST /_sign`: one call signs a whole list of keys, each checked against the rules, so an
 //! application never makes N calls for N images. URLs are stable within the signing window.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, Limited};
@@ -9,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::Ctx;
 use crate::auth::Authenticated;
 use crate::body::{Body, BoxError};
-use crate::config::Method;
+use crate::config::{Acl, Method};
 use crate::error::ProxyError;
-use crate::policy::Permit;
+use crate::policy::{Permit, UploadTerms};
 use crate::route::Key;
 use crate::sign::UrlSigner;
 
@@ -20,11 +22,56 @@ use crate::sign::UrlSigner;
 #[serde(deny_unknown_fields)]
 struct SignRequest {
     bucket: String,
-    keys: Vec<String>,
+    keys: Vec<KeyItem>,
     #[serde(default)]
     kind: Kind,
     #[serde(default = "default_method")]
     method: Method,
+    /// PUT only: the type every upload is stored with (default: guessed from each key).
+    #[serde(default)]
+    content_type: Option<String>,
+    /// PUT only: the ACL every upload gets (default: `upload.default_acl`).
+    #[serde(default)]
+    acl: Option<String>,
+}
+
+/// A key, or (for PUT) a key with its own type and ACL.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeyItem {
+    Key(String),
+    Upload(UploadItem),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadItem {
+    key: String,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    acl: Option<String>,
+}
+
+impl KeyItem {
+    fn key(&self) -> &str {
+        match self {
+            KeyItem::Key(key) | KeyItem::Upload(UploadItem { key, .. }) => key,
+        }
+    }
+
+    fn terms(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            KeyItem::Key(_) => (None, None),
+            KeyItem::Upload(item) => (item.content_type.as_deref(), item.acl.as_deref()),
+        }
+    }
+}
+
+/// A key the caller may sign, with what a PUT URL fixes.
+struct Approved {
+    permit: Permit,
+    terms: Option<UploadTerms>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +99,9 @@ struct Item<'a> {
     key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    /// PUT: the headers the upload is to carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<BTreeMap<&'static str, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
 }
@@ -63,23 +113,26 @@ const BYTES_PER_KEY: usize = 1100;
 /// SigV4 costs microseconds per URL, too long to hold an async worker for a thousand of them.
 const PARALLEL_FROM: usize = 64;
 
-type Signed = Result<String, &'static str>;
+type Signed = Result<(String, Option<UploadTerms>), &'static str>;
 
 /// Signs each permitted key with `sign`, in order; large batches in parallel chunks.
 async fn sign_all<F>(
-    permits: Vec<Result<Permit, &'static str>>,
+    permits: Vec<Result<Approved, &'static str>>,
     sign: F,
     signer: &UrlSigner,
     parallel: bool,
 ) -> Vec<Signed>
 where
-    F: Fn(&UrlSigner, &Permit) -> Signed + Clone + Send + 'static,
+    F: Fn(&UrlSigner, &Approved) -> Result<String, &'static str> + Clone + Send + 'static,
 {
     let run =
-        |signer: &UrlSigner, chunk: Vec<Result<Permit, &'static str>>, sign: &F| -> Vec<Signed> {
+        |signer: &UrlSigner, chunk: Vec<Result<Approved, &'static str>>, sign: &F| -> Vec<Signed> {
             chunk
                 .into_iter()
-                .map(|permit| permit.and_then(|p| sign(signer, &p)))
+                .map(|approved| {
+                    let approved = approved?;
+                    Ok((sign(signer, &approved)?, approved.terms))
+                })
                 .collect()
         };
     if permits.len() < PARALLEL_FROM || !parallel {
@@ -112,6 +165,51 @@ where
 }
 
 impl Ctx<'_> {
+    /// Whether the caller may have a URL for `item`, and for a PUT, the type and ACL it fixes.
+    fn approve(
+        &self,
+        auth: &Authenticated,
+        request: &SignRequest,
+        item: &KeyItem,
+    ) -> Result<Approved, &'static str> {
+        let method = request.method;
+        if method == Method::Put
+            && request.kind == Kind::S3
+            && !self.live.config.signing.allow_s3_put
+        {
+            return Err("s3_put_disabled");
+        }
+        let key = Key::parse(item.key()).map_err(|_| "invalid_key")?;
+        let permit = self
+            .by_rules(auth, &request.bucket, &key, method)
+            .map_err(|_| "forbidden")?;
+        if method != Method::Put {
+            return Ok(Approved {
+                permit,
+                terms: None,
+            });
+        }
+        let (content_type, acl) = item.terms();
+        let acl = match acl.or(request.acl.as_deref()) {
+            Some(name) => Some(Acl::from_client(name).ok_or("invalid_acl")?),
+            None => None,
+        };
+        let terms = UploadTerms::new(
+            &key,
+            content_type.or(request.content_type.as_deref()),
+            acl,
+            self.live.config.upload.default_acl,
+        )
+        .map_err(|_| "invalid_content_type")?;
+        if !permit.may_set_acl(terms.acl) {
+            return Err("acl_not_allowed");
+        }
+        Ok(Approved {
+            permit,
+            terms: Some(terms),
+        })
+    }
+
     /// Signs every key the caller may use, and says why for the others.
     pub(super) async fn sign_batch<B>(
         &self,
@@ -149,28 +247,35 @@ impl Ctx<'_> {
         if !self.live.config.buckets.contains_key(&request.bucket) {
             return Err(ProxyError::NotFound);
         }
+        let names_terms = request.content_type.is_some()
+            || request.acl.is_some()
+            || request.keys.iter().any(|k| matches!(k, KeyItem::Upload(_)));
+        if names_terms && request.method != Method::Put {
+            return Err(ProxyError::BadRequest(
+                "content_type and acl are for PUT URLs".into(),
+            ));
+        }
         let window = signer.window((self.shared.clock)());
         // Check every key against the rules first; only permitted keys are signed.
-        let permits: Vec<Result<Permit, &'static str>> = request
+        let permits: Vec<Result<Approved, &'static str>> = request
             .keys
             .iter()
-            .map(|raw| {
-                let key = Key::parse(raw).map_err(|_| "invalid_key")?;
-                self.by_rules(auth, &request.bucket, &key, request.method)
-                    .map_err(|_| "forbidden")
-            })
+            .map(|item| self.approve(auth, &request, item))
             .collect();
         let (method, alias, kind) = (request.method, request.bucket.clone(), request.kind);
         let urls = sign_all(
             permits,
-            move |signer, permit| match kind {
-                Kind::Proxy => signer
-                    .proxy_url(method, &alias, permit.key(), window)
-                    .ok_or("internal_error"),
-                Kind::S3 => signer
-                    .s3_url(method, permit.object(), window)
-                    .map(|url| url.to_string())
-                    .map_err(|_| "internal_error"),
+            move |signer, approved| {
+                let (permit, terms) = (&approved.permit, approved.terms.as_ref());
+                match kind {
+                    Kind::Proxy => signer
+                        .proxy_url(method, &alias, permit.key(), terms, window)
+                        .ok_or("internal_error"),
+                    Kind::S3 => signer
+                        .s3_url(method, permit.object(), terms, window)
+                        .map(|url| url.to_string())
+                        .map_err(|_| "internal_error"),
+                }
             },
             signer,
             kind == Kind::S3,
@@ -180,15 +285,22 @@ impl Ctx<'_> {
             .keys
             .iter()
             .zip(urls)
-            .map(|(raw, signed)| match signed {
-                Ok(url) => Item {
-                    key: raw,
+            .map(|(item, signed)| match signed {
+                Ok((url, terms)) => Item {
+                    key: item.key(),
                     url: Some(url),
+                    headers: terms.map(|t| {
+                        t.headers()
+                            .into_iter()
+                            .map(|(name, value)| (name, value.to_owned()))
+                            .collect()
+                    }),
                     error: None,
                 },
                 Err(error) => Item {
-                    key: raw,
+                    key: item.key(),
                     url: None,
+                    headers: None,
                     error: Some(error),
                 },
             })

@@ -410,9 +410,10 @@ impl Ctx<'_> {
     ) -> Result<Permit, ProxyError> {
         if let Some(signed) = &auth.signed {
             let now = (self.shared.clock)();
-            self.live
+            let terms = self
+                .live
                 .signer
-                .verify(method, alias, key, signed.expires, &signed.sig, now)
+                .verify(method, alias, key, signed, now)
                 .map_err(|e| match e {
                     UrlError::BadSignature => ProxyError::BadSignature,
                     UrlError::Expired => ProxyError::Expired,
@@ -421,7 +422,7 @@ impl Ctx<'_> {
             return self
                 .live
                 .policy
-                .permit_signed(alias, key, method, left)
+                .permit_signed(alias, key, method, left, terms)
                 .map_err(|_| ProxyError::NotFound);
         }
         self.by_rules(auth, alias, key, method)

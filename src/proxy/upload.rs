@@ -15,6 +15,8 @@ use http_body_util::BodyStream;
 use serde::Serialize;
 
 use super::Ctx;
+use mediatype::MediaType;
+
 use crate::body::{Body, BoxError, ByteStream};
 use crate::config::Acl;
 use crate::error::ProxyError;
@@ -58,7 +60,11 @@ impl Ctx<'_> {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let options = self.put_options(&parts.headers, permit.key().as_str())?;
+        let options = self.put_options(
+            &parts.headers,
+            parts.headers.get(header::CONTENT_TYPE),
+            permit,
+        )?;
         let length = declared_length(&parts.headers)?;
         let state = Arc::new(BodyState::default());
         let stream = self.limited(body, &state);
@@ -136,11 +142,8 @@ impl Ctx<'_> {
                 .unwrap_or_else(|| "bin".into());
             let key = new_key(&ext);
             let permit = authorize(&key)?;
-            let mut options = self.put_options(&HeaderMap::new(), &key)?;
-            options.acl = self.acl(&parts.headers)?;
-            if let Some(t) = part_type.and_then(|t| HeaderValue::from_str(&t).ok()) {
-                options.content_type = t;
-            }
+            let part_type = part_type.and_then(|t| HeaderValue::from_str(&t).ok());
+            let options = self.put_options(&parts.headers, part_type.as_ref(), &permit)?;
             let file: ByteStream = Box::pin(field.map(|chunk| chunk.map_err(BoxError::from)));
             let stream = limit_stream(file, self.max_upload(), self.idle_timeout(), state.clone());
             let etag = self
@@ -153,7 +156,11 @@ impl Ctx<'_> {
             .unwrap_or_else(|| "bin".into());
         let key = new_key(&ext);
         let permit = authorize(&key)?;
-        let options = self.put_options(&parts.headers, &key)?;
+        let options = self.put_options(
+            &parts.headers,
+            parts.headers.get(header::CONTENT_TYPE),
+            &permit,
+        )?;
         let length = declared_length(&parts.headers)?;
         let stream = self.limited(body, &state);
         let etag = self
@@ -210,50 +217,58 @@ impl Ctx<'_> {
         limit_stream(Box::pin(data), limit, self.idle_timeout(), state.clone())
     }
 
-    /// `Content-Type` (given, or guessed from the key) and ACL of an upload.
-    fn put_options(&self, headers: &HeaderMap, key: &str) -> Result<PutOptions, ProxyError> {
-        let content_type = match headers.get(header::CONTENT_TYPE) {
-            Some(value) => {
-                let text = value
+    /// `Content-Type` (`content_type`, or guessed from the key) and ACL (named in `headers`,
+    /// or `upload.default_acl`) of an upload, within what the permit allows. Under a signed PUT
+    /// URL the signer's terms decide: the request may repeat them, not change them.
+    fn put_options(
+        &self,
+        headers: &HeaderMap,
+        content_type: Option<&HeaderValue>,
+        permit: &Permit,
+    ) -> Result<PutOptions, ProxyError> {
+        let named_type = content_type
+            .map(|value| {
+                value
                     .to_str()
-                    .map_err(|_| ProxyError::BadRequest("invalid Content-Type".into()))?;
-                mediatype::MediaType::parse(text.trim())
-                    .map_err(|_| ProxyError::BadRequest("invalid Content-Type".into()))?;
-                value.clone()
+                    .ok()
+                    .and_then(|text| MediaType::parse(text.trim()).ok())
+                    .ok_or_else(|| ProxyError::BadRequest("invalid Content-Type".into()))
+                    .map(|media| (value, media))
+            })
+            .transpose()?;
+        let named_acl = named_acl(headers)?;
+        if let Some(terms) = permit.upload_terms() {
+            let same_type = named_type.as_ref().is_none_or(|(_, media)| {
+                terms
+                    .content_type
+                    .to_str()
+                    .ok()
+                    .and_then(|signed| MediaType::parse(signed).ok())
+                    .is_some_and(|signed| signed == *media)
+            });
+            if !same_type || named_acl.is_some_and(|acl| acl != terms.acl) {
+                return Err(ProxyError::TermsMismatch);
             }
+            return Ok(PutOptions {
+                content_type: terms.content_type.clone(),
+                acl: (terms.acl != Acl::None).then_some(terms.acl),
+            });
+        }
+        let content_type = match named_type {
+            Some((value, _)) => value.clone(),
             None => {
-                let guess = mime_guess::from_path(key).first_or_octet_stream();
+                let guess = mime_guess::from_path(permit.key().as_str()).first_or_octet_stream();
                 HeaderValue::from_str(guess.essence_str()).expect("mime types are ASCII")
             }
         };
+        let acl = named_acl.unwrap_or(self.live.config.upload.default_acl);
+        if !permit.may_set_acl(acl) {
+            return Err(ProxyError::AclNotAllowed);
+        }
         Ok(PutOptions {
             content_type,
-            acl: self.acl(headers)?,
+            acl: (acl != Acl::None).then_some(acl),
         })
-    }
-
-    /// The ACL from `x-amz-acl` / `X-Acl`, or `upload.default_acl`.
-    fn acl(&self, headers: &HeaderMap) -> Result<Option<Acl>, ProxyError> {
-        let mut named = None;
-        for name in ["x-amz-acl", "x-acl"] {
-            for value in headers.get_all(name) {
-                let acl = match value.to_str().map(str::trim) {
-                    Ok("private") => Acl::Private,
-                    Ok("public-read") => Acl::PublicRead,
-                    _ => {
-                        return Err(ProxyError::BadRequest(
-                            "the ACL must be \"private\" or \"public-read\"".into(),
-                        ));
-                    }
-                };
-                if named.is_some_and(|n| n != acl) {
-                    return Err(ProxyError::BadRequest("conflicting ACL headers".into()));
-                }
-                named = Some(acl);
-            }
-        }
-        let acl = named.unwrap_or(self.live.config.upload.default_acl);
-        Ok((acl != Acl::None).then_some(acl))
     }
 
     /// Streams `body` to S3: one PutObject when its length is known, else a multipart upload
@@ -363,6 +378,27 @@ impl Ctx<'_> {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
     }
+}
+
+/// The ACL named by `x-amz-acl` / `X-Acl`, when one is.
+fn named_acl(headers: &HeaderMap) -> Result<Option<Acl>, ProxyError> {
+    let mut named = None;
+    for name in ["x-amz-acl", "x-acl"] {
+        for value in headers.get_all(name) {
+            let acl = value
+                .to_str()
+                .ok()
+                .and_then(Acl::from_client)
+                .ok_or_else(|| {
+                    ProxyError::BadRequest("the ACL must be \"private\" or \"public-read\"".into())
+                })?;
+            if named.is_some_and(|n| n != acl) {
+                return Err(ProxyError::BadRequest("conflicting ACL headers".into()));
+            }
+            named = Some(acl);
+        }
+    }
+    Ok(named)
 }
 
 /// `Content-Length`, when the client sent one.

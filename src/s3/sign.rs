@@ -17,7 +17,7 @@ use reqwest::Url;
 use crate::config::AwsCredentials;
 
 /// Query values keep only RFC 3986 unreserved characters, as SigV4's canonical form does.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
@@ -95,19 +95,21 @@ impl Signer {
         Ok(())
     }
 
-    /// A query pre-signed URL for `method` on `url`, dated `time` and valid for `expires`.
-    /// The same inputs always give the same URL, which is what makes windowed URLs stable.
+    /// A query pre-signed URL for `method` on `url`, dated `time` and valid for `expires`; the
+    /// request must carry `headers` exactly (they are signed). The same inputs always give the
+    /// same URL, which is what makes windowed URLs stable.
     pub fn presign(
         &self,
         method: &Method,
         url: &Url,
+        headers: &[(&str, &str)],
         time: SystemTime,
         expires: Duration,
     ) -> Result<String, SignError> {
         let signable = SignableRequest::new(
             method.as_str(),
             url.as_str(),
-            std::iter::empty(),
+            headers.iter().copied(),
             SignableBody::UnsignedPayload,
         )
         .map_err(|e| SignError(e.to_string()))?;
@@ -233,10 +235,10 @@ mod tests {
         let url = Url::parse("http://127.0.0.1:9000/bucket/a%20b.jpg").unwrap();
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let a = signer()
-            .presign(&Method::GET, &url, time, Duration::from_secs(3600))
+            .presign(&Method::GET, &url, &[], time, Duration::from_secs(3600))
             .unwrap();
         let b = signer()
-            .presign(&Method::GET, &url, time, Duration::from_secs(3600))
+            .presign(&Method::GET, &url, &[], time, Duration::from_secs(3600))
             .unwrap();
         assert_eq!(a, b);
         assert!(a.contains("X-Amz-Date=20231114T221320Z"));
@@ -249,6 +251,7 @@ mod tests {
             .presign(
                 &Method::GET,
                 &url,
+                &[],
                 time + Duration::from_secs(1),
                 Duration::from_secs(3600),
             )

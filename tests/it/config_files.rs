@@ -248,3 +248,22 @@ fn s3_credentials_from_files_environment_or_systemd() {
     assert_eq!(c.secrets.aws.access_key_id, "CREDID");
     assert_eq!(c.secrets.aws.secret_access_key, "credsecret");
 }
+
+#[test]
+fn rule_acls_are_checked_against_the_default_acl() {
+    let rule = "\n[[rules]]\nbucket = \"files\"\nprefix = \"up/\"\nmethods = [\"PUT\"]\nallow = \"authenticated\"\n";
+    let text = format!("{MINIMAL}{rule}\n[upload]\ndefault_acl = \"public-read\"\n");
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("rules[1].acls") && p.contains("public-read")),
+        "{found:?}"
+    );
+    let text = format!(
+        "{MINIMAL}{rule}acls = [\"private\", \"public-read\"]\n\n[upload]\ndefault_acl = \"public-read\"\n"
+    );
+    assert_eq!(problems(&text), Vec::<String>::new());
+    let text = format!("{MINIMAL}{rule}acls = [\"none\"]\n");
+    assert!(problems(&text).iter().any(|p| p.contains("rules[1].acls")));
+}

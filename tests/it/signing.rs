@@ -480,3 +480,241 @@ async fn the_sign_command_prints_working_urls() {
         "from the CLI"
     );
 }
+
+/// `PUT` through `url` with `headers`; the status.
+async fn put_via(
+    h: &Harness,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> StatusCode {
+    let mut req = h.http.put(url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status()
+}
+
+#[tokio::test]
+async fn the_signer_fixes_a_put_urls_type_and_acl() {
+    let h = Setup::default().start().await;
+    let v = sign_ok(
+        &h,
+        json!({"bucket": "files", "method": "PUT", "keys": [
+            "users/alice/default.png",
+            {"key": "users/alice/typed.bin", "content_type": "image/png"},
+            {"key": "users/alice/public.png", "acl": "public-read"},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        v["items"][0]["headers"],
+        json!({"content-type": "image/png", "x-amz-acl": "private"})
+    );
+    let (default, typed, public) = (url_of(&v, 0), url_of(&v, 1), url_of(&v, 2));
+    assert!(default.contains("&ct=image%2Fpng&acl=private"), "{default}");
+
+    // The holder cannot publish, nor pick a type that runs script.
+    for headers in [
+        &[("x-amz-acl", "public-read")][..],
+        &[("x-acl", "public-read")],
+        &[("content-type", "text/html")],
+        &[("content-type", "image/svg+xml")],
+    ] {
+        assert_eq!(
+            put_via(&h, &default, headers, "x").await,
+            StatusCode::FORBIDDEN,
+            "{headers:?}"
+        );
+    }
+    // Nor rewrite the terms in the URL.
+    for (from, to) in [
+        ("acl=private", "acl=public-read"),
+        ("ct=image%2Fpng", "ct=text%2Fhtml"),
+        ("&ct=image%2Fpng&acl=private", ""),
+    ] {
+        let forged = default.replace(from, to);
+        assert_eq!(
+            put_via(&h, &forged, &[], "x").await,
+            StatusCode::FORBIDDEN,
+            "{forged}"
+        );
+    }
+    assert!(!h.s3.exists(BUCKET, "users/alice/default.png"));
+
+    // Repeating the terms, or naming none, uploads under them.
+    let status = put_via(
+        &h,
+        &default,
+        &[("content-type", "IMAGE/PNG"), ("x-amz-acl", "private")],
+        "png",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        h.s3_log().acl(BUCKET, "users/alice/default.png").as_deref(),
+        Some("private")
+    );
+    assert_eq!(put_via(&h, &typed, &[], "png").await, StatusCode::CREATED);
+    let r = h.get("users/alice/typed.bin", Some(&token("alice"))).await;
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(put_via(&h, &public, &[], "png").await, StatusCode::CREATED);
+    assert_eq!(
+        h.s3_log().acl(BUCKET, "users/alice/public.png").as_deref(),
+        Some("public-read")
+    );
+}
+
+#[tokio::test]
+async fn publishing_needs_a_rule_that_allows_it() {
+    let h = Setup::default()
+        .rules(
+            r#"
+[[rules]]
+bucket = "files"
+prefix = "users/{sub}/"
+methods = ["GET", "PUT"]
+allow = "authenticated"
+
+[[rules]]
+bucket = "files"
+prefix = "users/{sub}/public/"
+methods = ["PUT"]
+allow = "authenticated"
+acls = ["public-read"]
+"#,
+        )
+        .start()
+        .await;
+    let v = sign_ok(
+        &h,
+        json!({"bucket": "files", "method": "PUT", "acl": "public-read", "keys": [
+            "users/alice/a.png", "users/alice/public/b.png",
+            {"key": "users/alice/c.png", "acl": "private"},
+            {"key": "users/alice/d.png", "acl": "authenticated-read"},
+            {"key": "users/alice/e.png", "content_type": "text/plain, text/html"},
+        ]}),
+    )
+    .await;
+    assert_eq!(v["items"][0]["error"], "acl_not_allowed");
+    assert!(url_of(&v, 1).contains("acl=public-read"));
+    assert!(url_of(&v, 2).contains("acl=private"));
+    assert_eq!(v["items"][3]["error"], "invalid_acl");
+    assert_eq!(v["items"][4]["error"], "invalid_content_type");
+
+    // Uploads with a token are held to the same rule.
+    let put = |key: &'static str, acl: &'static str| {
+        h.http
+            .put(h.object_url(key))
+            .bearer_auth(token("alice"))
+            .header("x-amz-acl", acl)
+            .body("x")
+            .send()
+    };
+    let r = put("users/alice/a.png", "public-read").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "acl_not_allowed");
+    assert!(!h.s3.exists(BUCKET, "users/alice/a.png"));
+    assert_eq!(
+        put("users/alice/public/b.png", "public-read")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put("users/alice/a.png", "private").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // A GET batch names no type or ACL.
+    let r = sign(
+        &h,
+        json!({"bucket": "files", "keys": ["users/alice/a.png"], "acl": "private"}),
+        Some(&token("alice")),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn s3_put_urls_are_off_unless_allowed_and_then_s3_checks_type_and_acl() {
+    let h = Setup::default().start().await;
+    let body = json!({"bucket": "files", "method": "PUT", "kind": "s3", "keys": [
+        {"key": "users/alice/direct.png", "acl": "public-read"}
+    ]});
+    let v = sign_ok(&h, body.clone()).await;
+    assert_eq!(v["items"][0]["error"], "s3_put_disabled");
+
+    let h = Setup::default()
+        .set("signing.allow_s3_put", "true")
+        .start()
+        .await;
+    let v = sign_ok(&h, body).await;
+    let url = url_of(&v, 0);
+    assert!(url.starts_with(&h.s3.endpoint()), "{url}");
+    assert!(
+        url.contains("X-Amz-SignedHeaders=content-type%3Bhost%3Bx-amz-acl"),
+        "{url}"
+    );
+    assert_eq!(
+        v["items"][0]["headers"],
+        json!({"content-type": "image/png", "x-amz-acl": "public-read"})
+    );
+    // S3 itself refuses another type, another ACL, or none.
+    for headers in [
+        &[("content-type", "text/html"), ("x-amz-acl", "public-read")][..],
+        &[("content-type", "image/png"), ("x-amz-acl", "private")],
+        &[("content-type", "image/png")],
+    ] {
+        assert_eq!(
+            put_via(&h, &url, headers, "x").await,
+            StatusCode::FORBIDDEN,
+            "{headers:?}"
+        );
+    }
+    assert!(!h.s3.exists(BUCKET, "users/alice/direct.png"));
+    let status = put_via(
+        &h,
+        &url,
+        &[("content-type", "image/png"), ("x-amz-acl", "public-read")],
+        "png",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.s3_log().acl(BUCKET, "users/alice/direct.png").as_deref(),
+        Some("public-read")
+    );
+}
+
+#[tokio::test]
+async fn the_sign_command_fixes_put_terms_too() {
+    let h = Setup::default().start().await;
+    let config_path = h.dir.path().join("s3warden.toml");
+    std::fs::write(&config_path, h.config_text()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_s3warden"))
+        .args(["sign", "--method", "PUT", "--content-type", "text/plain"])
+        .args(["--acl", "public-read", "--config"])
+        .arg(&config_path)
+        .args(["files/users/alice/cli.txt"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(url.ends_with("&ct=text%2Fplain&acl=public-read"), "{url}");
+    assert_eq!(
+        put_via(&h, &url, &[("x-amz-acl", "private")], "x").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(put_via(&h, &url, &[], "cli").await, StatusCode::CREATED);
+    assert_eq!(
+        h.s3_log().acl(BUCKET, "users/alice/cli.txt").as_deref(),
+        Some("public-read")
+    );
+}

@@ -53,6 +53,7 @@ bucket = "files"
 prefix = "users/{sub}/"
 methods = ["GET", "PUT", "DELETE"]
 allow = "authenticated"
+acls = ["private", "public-read"]
 
 [[rules]]
 bucket = "files"
