@@ -1,10 +1,13 @@
-//! The admin listener: health, readiness, metrics and cache purges. Loopback by default; it
-//! has no authentication of its own, so it must not be exposed.
+//! The admin listener: health, readiness, metrics and cache purges. Loopback by default. It
+//! refuses anything a browser sends (a cross-site page must not purge through a visitor's
+//! browser), and with `admin.token_file` it wants a bearer token for everything but the probes.
 
 use std::future::Future;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::App;
 use crate::body::Body;
@@ -21,12 +24,45 @@ impl Handler for Admin {
         _connection: crate::server::ConnectionLocal,
     ) -> impl Future<Output = Response<Body>> + Send {
         let app = self.0.clone();
-        async move { handle(&app, request.method(), request.uri().path()).await }
+        async move {
+            let mut response = handle(
+                &app,
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+            )
+            .await;
+            response.headers_mut().insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            response
+        }
     }
 }
 
 /// Answers one admin request.
-pub async fn handle(app: &App, method: &Method, path: &str) -> Response<Body> {
+pub async fn handle(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Response<Body> {
+    if from_a_browser(headers) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "browser requests are refused here",
+        );
+    }
+    let probe = matches!(path, "/healthz" | "/readyz");
+    if !probe && !token_matches(app.config().secrets.admin_token.as_deref(), headers) {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs the admin token",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"s3warden-admin\""),
+        );
+        return response;
+    }
     match (method, path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => match app.ready().await {
@@ -57,11 +93,46 @@ pub async fn handle(app: &App, method: &Method, path: &str) -> Response<Body> {
                 Err(e) => e.into_response(),
             }
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": "not_found", "message": "no such admin endpoint" }),
-        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
+}
+
+/// Browsers send `Origin` on cross-origin requests (and on same-origin POSTs), and
+/// `Sec-Fetch-Site` on every request; `none` means the user typed the URL. Probes, scrapers
+/// and `curl` send neither.
+fn from_a_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN)
+        || headers
+            .get_all("sec-fetch-site")
+            .iter()
+            .any(|v| v.as_bytes() != b"none")
+}
+
+/// Whether the request carries the admin token (always, when none is configured). Compared as
+/// digests in constant time, so neither the token nor its length leaks through timing.
+fn token_matches(expected: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some(given) = value.to_str().ok().and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    }) else {
+        return false;
+    };
+    let (given, expected) = (Sha256::digest(given.trim()), Sha256::digest(expected));
+    given.ct_eq(&expected).into()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "message": message }),
+    )
 }
 
 /// `s3warden purge`: drops objects (or everything) from the caches of running instances,
@@ -69,6 +140,7 @@ pub async fn handle(app: &App, method: &Method, path: &str) -> Response<Body> {
 /// instance could not be purged.
 pub async fn purge_fleet(
     admins: &[String],
+    token: Option<&str>,
     objects: &[String],
     all: bool,
 ) -> Result<Vec<String>, Vec<String>> {
@@ -102,7 +174,10 @@ pub async fn purge_fleet(
                 .map(|(object, path)| ((*object).clone(), http.delete(format!("{admin}{path}"))))
                 .collect()
         };
-        for (what, request) in requests {
+        for (what, mut request) in requests {
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
             match request.send().await {
                 Ok(r) if r.status().is_success() => report.push(format!("{admin}: purged {what}")),
                 Ok(r) => {

@@ -72,6 +72,9 @@ enum Command {
         /// Admin URL of an instance (repeat for every instance of a fleet).
         #[arg(long = "fleet", value_name = "ADMIN_URL")]
         fleet: Vec<String>,
+        /// File holding the admin token (default: the config's admin.token_file, if any).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// Purge everything instead of the objects named.
         #[arg(long)]
         all: bool,
@@ -173,19 +176,38 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Purge {
             config,
             fleet,
+            token_file,
             all,
             objects,
         } => {
+            // The config names the admin listener and its token; with --fleet and
+            // --token-file it is not needed.
+            let parsed = std::fs::read_to_string(&config)
+                .map_err(|e| format!("cannot read {}: {e}", config.display()))
+                .and_then(|text| {
+                    let base = config.parent().unwrap_or(std::path::Path::new("."));
+                    Config::parse(&text, base, &Environment::from_process())
+                        .map_err(|e| e.to_string())
+                });
             let admins = if fleet.is_empty() {
-                let text = std::fs::read_to_string(&config)
-                    .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
-                let base = config.parent().unwrap_or(std::path::Path::new("."));
-                let parsed = Config::parse(&text, base, &Environment::from_process())?;
-                vec![format!("http://{}", parsed.admin.listen)]
+                vec![format!(
+                    "http://{}",
+                    parsed.as_ref().map_err(Clone::clone)?.admin.listen
+                )]
             } else {
                 fleet
             };
-            match s3warden::admin::purge_fleet(&admins, &objects, all).await {
+            let token_file = token_file.or_else(|| parsed.ok()?.admin.token_file);
+            let token = match token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            match s3warden::admin::purge_fleet(&admins, token.as_deref(), &objects, all).await {
                 Ok(lines) => {
                     lines.iter().for_each(|l| println!("{l}"));
                     Ok(ExitCode::SUCCESS)

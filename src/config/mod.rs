@@ -113,6 +113,10 @@ pub struct AdminConfig {
     /// Address of the admin listener; loopback by default.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// File holding a bearer token that `/metrics` and the cache purges require (`/healthz`
+    /// and `/readyz` stay open). Needed when `listen` is not a loopback address.
+    #[serde(default, deserialize_with = "values::de_opt_path")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// How bucket names go into S3 URLs.
@@ -628,6 +632,7 @@ impl Config {
             &mut s3.secret_access_key_file,
             &mut s3.session_token_file,
             &mut self.auth.hmac_secret_file,
+            &mut self.admin.token_file,
         ]
         .into_iter()
         .flatten()

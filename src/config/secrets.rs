@@ -73,6 +73,8 @@ pub struct Secrets {
     pub signing_secrets: Vec<Vec<u8>>,
     /// TLS certificate chain and key, PEM.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// The admin listener's bearer token.
+    pub admin_token: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -87,6 +89,9 @@ impl fmt::Debug for Secrets {
 
 /// HMAC secrets shorter than this are refused (RFC 7518 §3.2: at least the hash size).
 pub const MIN_HMAC_SECRET: usize = 32;
+
+/// Admin tokens shorter than this are refused.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 impl Secrets {
     /// Reads everything `config` names; every file that cannot be used is a problem.
@@ -213,6 +218,24 @@ impl Secrets {
             Some((cert.ok()?, key.ok()?))
         });
 
+        let admin_token = config.admin.token_file.as_ref().and_then(|path| {
+            let token = trimmed(
+                &read_file("admin.token_file", path)
+                    .map_err(|p| problems.push(p))
+                    .ok()?,
+            );
+            if token.len() < MIN_ADMIN_TOKEN || token.contains(char::is_whitespace) {
+                problems.push(problem(
+                    "admin.token_file",
+                    format!(
+                        "the token must be at least {MIN_ADMIN_TOKEN} characters, without spaces"
+                    ),
+                ));
+                return None;
+            }
+            Some(token)
+        });
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -222,6 +245,7 @@ impl Secrets {
             public_keys,
             signing_secrets,
             tls,
+            admin_token,
         })
     }
 }

@@ -193,6 +193,18 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         "must be between 8KiB and 1MiB",
     );
 
+    // [admin]
+    if !c.admin.listen.ip().is_loopback() && c.admin.token_file.is_none() {
+        v.problem(
+            "admin.listen",
+            format!(
+                "{} is not a loopback address: anyone who reaches it could purge the cache and \
+                 read metrics; set admin.token_file, or listen on 127.0.0.1",
+                c.admin.listen
+            ),
+        );
+    }
+
     // [s3]
     match &c.s3.endpoint {
         None => v.problem(

@@ -267,3 +267,19 @@ fn rule_acls_are_checked_against_the_default_acl() {
     let text = format!("{MINIMAL}{rule}acls = [\"none\"]\n");
     assert!(problems(&text).iter().any(|p| p.contains("rules[1].acls")));
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("line ") && p.contains("admin.listen")),
+        "{found:?}"
+    );
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_file = \"t\"\n");
+    assert_eq!(problems(&text), Vec::<String>::new());
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"[::1]:9901\"\n");
+    assert_eq!(problems(&text), Vec::<String>::new());
+}

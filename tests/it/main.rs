@@ -1,6 +1,7 @@
 //! Integration tests: s3warden against a real in-process S3 with real tokens. One test binary
 //! (modules below) so the suite links once.
 
+mod admin;
 mod auth;
 mod browser;
 mod cache;

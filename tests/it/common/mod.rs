@@ -358,12 +358,14 @@ impl Harness {
 
 pub const URL_KEY_1: &str = "url-signing-key-number-one-0123456789";
 pub const URL_KEY_2: &str = "url-signing-key-number-two-0123456789";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 /// The secret files the test configs name.
 pub fn write_secrets(dir: &Path) {
     std::fs::write(dir.join("hmac-secret"), HMAC_SECRET).unwrap();
     std::fs::write(dir.join("url-key-1"), URL_KEY_1).unwrap();
     std::fs::write(dir.join("url-key-2"), URL_KEY_2).unwrap();
+    std::fs::write(dir.join("admin-token"), format!("{ADMIN_TOKEN}\n")).unwrap();
 }
 
 /// A free TCP port on loopback (free when asked; tests bind it right after).

@@ -1,0 +1,152 @@
+//! The admin listener: no browser may drive it, and with `admin.token_file` only the token's
+//! holder reads metrics or purges; probes stay open.
+
+use http::StatusCode;
+
+use crate::common::*;
+
+async fn call(
+    h: &Harness,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = h.http.request(method, format!("{}{path}", h.admin_url));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn browser_requests_are_refused_even_without_a_token() {
+    let h = Setup::default().start().await;
+    h.put("photos/a.png", b"cached");
+    assert_eq!(
+        h.get("photos/a.png", Some(&token("alice"))).await.status(),
+        200
+    );
+    // What a cross-site page can make a browser send: a "simple" POST with an Origin, or a
+    // navigation that carries Sec-Fetch-Site.
+    for headers in [
+        &[
+            ("origin", "https://evil.example"),
+            ("content-type", "text/plain"),
+        ][..],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+        &[("sec-fetch-site", "same-origin")],
+    ] {
+        let r = call(&h, http::Method::POST, "/cache/purge", headers).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let r = call(&h, http::Method::GET, "/metrics", headers).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    let r = h.get("photos/a.png", Some(&token("alice"))).await;
+    assert_eq!(r.headers()["x-cache"], "HIT", "nothing was purged");
+    // A typed URL (Sec-Fetch-Site: none), curl and scrapers are served.
+    let r = call(
+        &h,
+        http::Method::GET,
+        "/metrics",
+        &[("sec-fetch-site", "none")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = call(&h, http::Method::POST, "/cache/purge", &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_a_token_file_metrics_and_purges_need_the_token() {
+    let h = Setup::default()
+        .set("admin.token_file", "\"admin-token\"")
+        .start()
+        .await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let wrong = format!("Bearer {ADMIN_TOKEN}x");
+    let short = "Bearer admin-token";
+    for (method, path) in [
+        (http::Method::GET, "/metrics"),
+        (http::Method::POST, "/cache/purge"),
+        (http::Method::DELETE, "/cache/files/photos/a.png"),
+    ] {
+        for headers in [
+            &[][..],
+            &[("authorization", wrong.as_str())],
+            &[("authorization", short)],
+            &[("authorization", "Basic YWRtaW46YWRtaW4=")],
+        ] {
+            let r = call(&h, method.clone(), path, headers).await;
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} {headers:?}"
+            );
+            assert!(r.headers().contains_key("www-authenticate"));
+        }
+        let r = call(&h, method.clone(), path, &[("authorization", &bearer)]).await;
+        assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
+        // The token does not excuse a browser.
+        let r = call(
+            &h,
+            method.clone(),
+            path,
+            &[
+                ("authorization", &bearer),
+                ("origin", "https://evil.example"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    // Probes need nothing.
+    assert_eq!(
+        call(&h, http::Method::GET, "/healthz", &[]).await.status(),
+        200
+    );
+    assert_eq!(
+        call(&h, http::Method::GET, "/readyz", &[]).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_purge_command_sends_the_token() {
+    let h = Setup::default()
+        .set("admin.token_file", "\"admin-token\"")
+        .start()
+        .await;
+    h.put("photos/a.png", b"cached");
+    assert_eq!(
+        h.get("photos/a.png", Some(&token("alice"))).await.status(),
+        200
+    );
+    let purge = |with_token: bool| {
+        // tokio's Command: the test's own runtime must keep serving while the command runs.
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_s3warden"));
+        command.args(["purge", "--fleet", &h.admin_url]);
+        if with_token {
+            command
+                .arg("--token-file")
+                .arg(h.dir.path().join("admin-token"));
+        }
+        command.args(["--config", "/nonexistent", "files/photos/a.png"]);
+        command.output()
+    };
+    let out = purge(false).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let r = h.get("photos/a.png", Some(&token("alice"))).await;
+    assert_eq!(r.headers()["x-cache"], "HIT", "nothing was purged");
+    let out = purge(true).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = h.get("photos/a.png", Some(&token("alice"))).await;
+    assert_eq!(r.headers()["x-cache"], "MISS", "purged");
+}
