@@ -202,7 +202,16 @@ struct Rule {
 enum Allow {
     Public,
     Authenticated,
-    Claims(Vec<(String, String)>),
+    Claims(Vec<ClaimTest>),
+}
+
+/// One claim a rule wants.
+#[derive(Debug)]
+struct ClaimTest {
+    name: String,
+    value: String,
+    /// The claim is a space-separated list (`auth.space_separated_claims`).
+    spaced: bool,
 }
 
 /// A key prefix that may name the token's subject or claims.
@@ -331,11 +340,12 @@ fn under_prefix(key: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// True when the claim `value` satisfies `wanted`: equal, or contained in an array or a
-/// space-separated string (like `scope`). Numbers and booleans compare by their JSON text.
-fn claim_matches(value: &Value, wanted: &str) -> bool {
+/// True when the claim `value` satisfies `wanted`: equal, or contained in an array, or (when
+/// `spaced`, for claims like `scope`) one word of a space-separated string. Numbers and
+/// booleans compare by their JSON text.
+fn claim_matches(value: &Value, wanted: &str, spaced: bool) -> bool {
     match value {
-        Value::String(s) => s == wanted || s.split(' ').any(|part| part == wanted),
+        Value::String(s) => s == wanted || (spaced && s.split(' ').any(|part| part == wanted)),
         Value::Array(items) => items.iter().any(|v| v.as_str() == Some(wanted)),
         Value::Bool(b) => b.to_string() == wanted,
         Value::Number(n) => n.to_string() == wanted,
@@ -368,9 +378,16 @@ impl Policy {
                 allow: match &r.allow {
                     AllowConfig::Keyword(w) if w == "public" => Allow::Public,
                     AllowConfig::Keyword(_) => Allow::Authenticated,
-                    AllowConfig::Claims { claims } => {
-                        Allow::Claims(claims.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    }
+                    AllowConfig::Claims { claims } => Allow::Claims(
+                        claims
+                            .iter()
+                            .map(|(name, value)| ClaimTest {
+                                name: name.clone(),
+                                value: value.clone(),
+                                spaced: config.auth.space_separated_claims.contains(name),
+                            })
+                            .collect(),
+                    ),
                 },
                 inline_active_content: r.inline_active_content,
                 acls: AclSet::of(&r.acls),
@@ -514,8 +531,10 @@ impl Rule {
             Allow::Public => true,
             Allow::Authenticated => identity.is_some(),
             Allow::Claims(wanted) => identity.is_some_and(|id| {
-                wanted.iter().all(|(name, value)| {
-                    id.claims.get(name).is_some_and(|v| claim_matches(v, value))
+                wanted.iter().all(|test| {
+                    id.claims
+                        .get(&test.name)
+                        .is_some_and(|v| claim_matches(v, &test.value, test.spaced))
                 })
             }),
         }
@@ -627,6 +646,8 @@ mod tests {
         assert!(ok(serde_json::json!({"roles": ["user", "admin"]})));
         assert!(!ok(serde_json::json!({"roles": ["user"]})));
         assert!(!ok(serde_json::json!({"roles": "administrator"})));
+        // Only scope-like claims (auth.space_separated_claims) are lists of words.
+        assert!(!ok(serde_json::json!({"roles": "user admin"})));
         assert!(!ok(serde_json::json!({})));
         let scoped = |scope| {
             let id = identity("u", serde_json::json!({ "scope": scope }));
@@ -640,6 +661,16 @@ mod tests {
         };
         assert!(scoped("openid files:read profile"));
         assert!(!scoped("files:readwrite"));
+        // A deployment whose roles claim is a space-separated list says so.
+        let p = policy(
+            "[auth]\nspace_separated_claims = [\"roles\"]\n\
+             [[rules]]\nbucket = \"files\"\nprefix = \"private/\"\nallow = { claims = { roles = \"admin\" } }\n",
+        );
+        let id = identity("u", serde_json::json!({"roles": "user admin"}));
+        assert!(
+            p.authorize(Principal::Token(&id), "files", &k, Method::Get)
+                .is_ok()
+        );
     }
 
     #[test]

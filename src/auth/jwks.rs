@@ -43,12 +43,36 @@ enum FetchError {
     Parse(String),
 }
 
+/// Whether a URL names this machine (`localhost`, 127.0.0.0/8, `::1`).
+pub(super) fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Jwks {
     /// Fetches the keys once and starts the periodic refresh (which ends when this is dropped).
     pub async fn start(url: String, refresh: Duration, cooldown: Duration) -> Arc<Jwks> {
+        // Redirects are followed (identity providers move their JWKS), but never from
+        // https:// down to plain http:// off loopback, where anyone on the path could answer.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 3 {
+                attempt.error("too many redirects")
+            } else if attempt.url().scheme() == "https" || is_loopback(attempt.url()) {
+                attempt.follow()
+            } else {
+                attempt.error("redirect to plain http refused")
+            }
+        });
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirects)
             .build()
             .expect("static client settings");
         let jwks = Arc::new(Jwks {

@@ -429,10 +429,17 @@ pub(super) fn validate_config(config: &Config, v: &mut Validator) {
             }
         }
     }
-    if let Some(url) = &auth.jwks_url
-        && !reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-    {
-        v.problem("auth.jwks_url", "must be an http:// or https:// URL");
+    if let Some(url) = &auth.jwks_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "https" => {}
+            Ok(u) if u.scheme() == "http" && super::jwks::is_loopback(&u) => {}
+            Ok(u) if u.scheme() == "http" => v.problem(
+                "auth.jwks_url",
+                "must be https:// (plain http:// is only for a loopback address: anyone on the \
+                 path could hand s3warden their own keys)",
+            ),
+            _ => v.problem("auth.jwks_url", "must be an https:// URL"),
+        }
     }
     if auth.hmac_secret_file.is_some() && auth.hmac_secret_env.is_some() {
         v.problem(

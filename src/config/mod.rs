@@ -214,6 +214,10 @@ pub struct AuthConfig {
     /// Query parameter to take the token from (`""` = off).
     #[serde(default)]
     pub query_param: String,
+    /// String claims that hold space-separated lists (OAuth `scope`): a rule's claim value
+    /// matches one of their words. Other string claims must equal the value.
+    #[serde(default = "default_space_separated_claims")]
+    pub space_separated_claims: Vec<String>,
     /// Verified tokens remembered until their `exp`, so each is verified once.
     #[serde(default = "default_token_cache_entries")]
     pub token_cache_entries: u64,
@@ -431,6 +435,9 @@ fn default_jwks_cooldown() -> Duration {
 }
 fn default_cookie() -> String {
     "session".to_owned()
+}
+fn default_space_separated_claims() -> Vec<String> {
+    vec!["scope".to_owned(), "scp".to_owned()]
 }
 fn default_token_cache_entries() -> u64 {
     100_000

@@ -4,6 +4,7 @@
 pub mod s3;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -76,7 +77,10 @@ pub struct Demo {
 impl Demo {
     /// Starts the embedded S3 and s3warden on `listen` / `admin` (port 0 picks free ports).
     pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoError> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("s3warden-demo")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
         let data = dir.path().join("s3");
         std::fs::create_dir_all(&data)?;
         let access_key = "DEMOACCESSKEY";
@@ -208,8 +212,16 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
     Ok(())
 }
 
+/// Writes a secret readable by this user only (`0600`; the demo's directory is `0700`).
 fn write_secret(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(dir.join(name), value)
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(name))?
+        .write_all(value.as_bytes())
 }
 
 /// `n` random bytes as hex.
@@ -217,4 +229,21 @@ fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).expect("the OS has randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn secrets_are_readable_by_their_owner_only() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let demo = Demo::start(any, any).await.unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(demo._dir.path()), 0o700);
+        for name in ["jwt-secret", "url-key"] {
+            assert_eq!(mode(&demo._dir.path().join(name)), 0o600, "{name}");
+        }
+        demo.stop().await;
+    }
 }

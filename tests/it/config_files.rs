@@ -283,3 +283,21 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     let text = format!("{MINIMAL}\n[admin]\nlisten = \"[::1]:9901\"\n");
     assert_eq!(problems(&text), Vec::<String>::new());
 }
+
+#[test]
+fn a_jwks_url_over_plain_http_must_be_loopback() {
+    let with = |url: &str| format!("{MINIMAL}\n[auth]\njwks_url = \"{url}\"\n");
+    let found = problems(&with("http://idp.example.com/.well-known/jwks.json"));
+    assert!(
+        found.iter().any(|p| p.contains("auth.jwks_url")),
+        "{found:?}"
+    );
+    for ok in [
+        "https://idp.example.com/.well-known/jwks.json",
+        "http://127.0.0.1:8081/jwks.json",
+        "http://localhost:8081/jwks.json",
+        "http://[::1]:8081/jwks.json",
+    ] {
+        assert_eq!(problems(&with(ok)), Vec::<String>::new(), "{ok}");
+    }
+}
