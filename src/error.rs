@@ -222,6 +222,12 @@ impl ProxyError {
 
 fn upstream_parts(e: &S3Error) -> (StatusCode, &'static str, String) {
     match e {
+        // Our clock, not S3, is at fault, and it can be fixed: try again later.
+        S3Error::ClockSkew { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the storage backend cannot be reached right now".into(),
+        ),
         S3Error::Timeout => (
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",

@@ -29,8 +29,11 @@ enum State {
     ChunkData(u64),
     /// Reading trailer lines until an empty one.
     Trailers(Vec<u8>),
-    /// Not following any more (HTTP/2, an oversized or ambiguous head, a framing error).
-    Off,
+    /// An HTTP/2 connection: no HTTP/1 framing to follow.
+    Http2,
+    /// Lost: an ambiguous or oversized head, or a body the watch cannot follow. Every request
+    /// after this point is refused, so nothing slips through unclassified.
+    Broken,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -47,9 +50,13 @@ impl FramingWatch {
         }
     }
 
-    /// Whether the next request handed to the service had an ambiguous head.
+    /// Whether the next request handed to the service must be refused: its head was
+    /// ambiguous, or the watch could not classify it (it lost track of the framing before that
+    /// head). Fails closed: an HTTP/1 request with no verdict is refused.
     pub fn next_is_ambiguous(&mut self) -> bool {
-        self.verdicts.pop_front().unwrap_or(false)
+        self.verdicts
+            .pop_front()
+            .unwrap_or(self.state != State::Http2)
     }
 
     /// Whether the connection is between requests or inside a request head (HTTP/1 only).
@@ -66,7 +73,7 @@ impl FramingWatch {
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             bytes = match &mut self.state {
-                State::Off => return,
+                State::Http2 | State::Broken => return,
                 State::Head => self.feed_head(bytes),
                 State::Body(left) => {
                     let n = (*left).min(bytes.len() as u64);
@@ -76,10 +83,10 @@ impl FramingWatch {
                     }
                     &bytes[n as usize..]
                 }
-                State::ChunkSize(line) => match take_line(line, bytes, 4096) {
+                State::ChunkSize(line) => match take_line(line, bytes, self.max_head) {
                     Line::More => return,
                     Line::TooLong => {
-                        self.state = State::Off;
+                        self.state = State::Broken;
                         return;
                     }
                     Line::Done(rest) => {
@@ -90,7 +97,7 @@ impl FramingWatch {
                             // Data, then its CRLF: skipped together (a bare LF is a framing
                             // error hyper refuses anyway).
                             Ok(n) => State::ChunkData(n.saturating_add(2)),
-                            Err(_) => State::Off,
+                            Err(_) => State::Broken,
                         };
                         rest
                     }
@@ -106,7 +113,7 @@ impl FramingWatch {
                 State::Trailers(line) => match take_line(line, bytes, self.max_head) {
                     Line::More => return,
                     Line::TooLong => {
-                        self.state = State::Off;
+                        self.state = State::Broken;
                         return;
                     }
                     Line::Done(rest) => {
@@ -144,7 +151,7 @@ impl FramingWatch {
         self.head.extend_from_slice(bytes);
         let Some(end) = find_head_end(&self.head, before.saturating_sub(3)) else {
             if self.head.len() > self.max_head {
-                self.state = State::Off;
+                self.state = State::Broken;
             }
             return &[];
         };
@@ -154,15 +161,20 @@ impl FramingWatch {
     }
 
     fn finish_head(&mut self, head: &[u8]) {
+        if head.len() > self.max_head {
+            // hyper answers 431 to such a head; whatever follows is not followed.
+            self.state = State::Broken;
+            return;
+        }
         if head.starts_with(H2_PREFACE) {
-            self.state = State::Off;
+            self.state = State::Http2;
             return;
         }
         self.heads += 1;
         let framing = framing_of(head);
         self.verdicts.push_back(framing == Framing::Ambiguous);
         self.state = match framing {
-            Framing::Ambiguous => State::Off,
+            Framing::Ambiguous => State::Broken,
             Framing::Chunked => State::ChunkSize(Vec::new()),
             Framing::Length(0) | Framing::None => State::Head,
             Framing::Length(n) => State::Body(n),
@@ -239,21 +251,20 @@ enum Line<'a> {
     TooLong,
 }
 
-/// Appends bytes to `line` up to and including a `\n`; returns what follows it.
+/// Appends bytes to `line` up to and including a `\n`; returns what follows it. A line longer
+/// than `max` is too long however the reads cut it.
 fn take_line<'a>(line: &mut Vec<u8>, bytes: &'a [u8], max: usize) -> Line<'a> {
-    match memchr::memchr(b'\n', bytes) {
-        Some(i) => {
-            line.extend_from_slice(&bytes[..i]);
-            Line::Done(&bytes[i + 1..])
-        }
-        None => {
-            line.extend_from_slice(bytes);
-            if line.len() > max {
-                Line::TooLong
-            } else {
-                Line::More
-            }
-        }
+    let (taken, rest) = match memchr::memchr(b'\n', bytes) {
+        Some(i) => (&bytes[..i], Some(&bytes[i + 1..])),
+        None => (bytes, None),
+    };
+    if line.len() + taken.len() > max {
+        return Line::TooLong;
+    }
+    line.extend_from_slice(taken);
+    match rest {
+        Some(rest) => Line::Done(rest),
+        None => Line::More,
     }
 }
 
@@ -324,6 +335,105 @@ mod tests {
         assert_eq!(verdicts(&[bare]), vec![false, true]);
         let bytes: Vec<&[u8]> = bare.chunks(1).collect();
         assert_eq!(verdicts(&bytes), vec![false, true]);
+    }
+
+    /// Requests that try to make a proxy in front and s3warden disagree on where one ends.
+    fn corpus() -> Vec<Vec<u8>> {
+        let get: &[u8] = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let smuggled: &[u8] =
+            b"POST /s HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let chunked = |size_line: &[u8], rest: &[u8]| {
+            let mut r = b"PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            r.extend_from_slice(size_line);
+            r.extend_from_slice(rest);
+            r
+        };
+        let long_ext = format!("5;{}\r\n", "e".repeat(6000)).into_bytes();
+        let too_long_ext = format!("5;{}\r\n", "e".repeat(70_000)).into_bytes();
+        let mut out = vec![
+            smuggled.to_vec(),
+            b"POST /s HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n".to_vec(),
+            b"POST /s HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd".to_vec(),
+            b"POST /s HTTP/1.1\r\nContent-Length: 4, 5\r\n\r\nabcd".to_vec(),
+            b"POST /s HTTP/1.1\r\nContent-Length: +4\r\n\r\nabcd".to_vec(),
+            b"POST /s HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: 3\r\n\r\n".to_vec(),
+            b"GET /a HTTP/1.1\nContent-Length: 1\nContent-Length: 2\n\n".to_vec(),
+            chunked(b"5\r\n", b"hello\r\n0\r\n\r\n"),
+            chunked(&long_ext, b"hello\r\n0\r\n\r\n"),
+            chunked(&too_long_ext, b"hello\r\n0\r\n\r\n"),
+            chunked(b"zz\r\n", b"hello\r\n0\r\n\r\n"),
+            chunked(b"fffffffffffffffffffff\r\n", b"x"),
+            chunked(b"0\r\n", b"Trailer: a\r\n\r\n"),
+            [b"GET /a HTTP/1.1\r\nX: ", "h".repeat(70_000).as_bytes(), b"\r\n\r\n"].concat(),
+        ];
+        // Each one followed by a plain request, and by a smuggling attempt.
+        for i in 0..out.len() {
+            out.push([&out[i][..], get].concat());
+            out.push([&out[i][..], smuggled, get].concat());
+        }
+        out
+    }
+
+    /// The verdicts of the first four requests s3warden would be handed.
+    fn outcome(parts: &[&[u8]]) -> Vec<bool> {
+        let mut w = FramingWatch::new(64 * 1024);
+        for p in parts {
+            w.feed(p);
+        }
+        (0..4).map(|_| w.next_is_ambiguous()).collect()
+    }
+
+    #[test]
+    fn a_request_split_at_any_byte_gets_the_verdict_it_gets_whole() {
+        for request in corpus() {
+            let whole = outcome(&[&request]);
+            // Every boundary for short requests; a spread of them for the long ones.
+            let step = (request.len() / 2000).max(1);
+            for at in (0..=request.len()).step_by(step) {
+                let (a, b) = request.split_at(at);
+                assert_eq!(
+                    outcome(&[a, b]),
+                    whole,
+                    "split at {at} of {:?}",
+                    String::from_utf8_lossy(&request[..request.len().min(120)])
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any number of cuts, anywhere.
+        #[test]
+        fn any_cuts_give_the_same_verdicts(
+            which in 0usize..100,
+            cuts in proptest::collection::vec(0usize..80_000, 0..6),
+        ) {
+            let corpus = corpus();
+            let request = &corpus[which % corpus.len()];
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (request.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut parts = Vec::new();
+            let mut from = 0;
+            for c in cuts {
+                parts.push(&request[from..c]);
+                from = c;
+            }
+            parts.push(&request[from..]);
+            proptest::prop_assert_eq!(outcome(&parts), outcome(&[request]));
+        }
+    }
+
+    #[test]
+    fn what_the_watch_cannot_follow_refuses_every_later_request() {
+        let mut w = FramingWatch::new(8192);
+        let mut put = b"PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;".to_vec();
+        put.extend_from_slice(&vec![b'e'; 9000]);
+        w.feed(&put[..5000]);
+        w.feed(&put[5000..]);
+        w.feed(b"\r\nhello\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        assert!(!w.next_is_ambiguous(), "the PUT was classified");
+        assert!(w.next_is_ambiguous(), "what follows is not");
+        assert!(w.next_is_ambiguous());
     }
 
     #[test]

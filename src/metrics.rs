@@ -260,6 +260,7 @@ impl Metrics {
             Err(S3Error::Status { status, .. }) if status.is_client_error() => "client_error",
             Err(S3Error::Status { .. }) => "server_error",
             Err(S3Error::Sign(_)) => "sign_error",
+            Err(S3Error::ClockSkew { .. }) => "clock_skew",
         };
         self.s3_requests
             .get_or_create(&S3Labels { method, outcome })

@@ -3,6 +3,7 @@
 
 pub mod sign;
 mod write;
+mod xml;
 
 pub use write::{Part, PutOptions};
 
@@ -59,6 +60,32 @@ pub enum S3Error {
     /// The request could not be signed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// S3 refused the request's time: this machine's clock is off.
+    #[error(
+        "S3 refused the request time ({code}): this machine's clock is {} S3's; fix the \
+         clock (NTP)",
+        describe_skew(*skew_secs)
+    )]
+    ClockSkew {
+        /// S3's error code (`RequestTimeTooSkewed`, `RequestExpired`).
+        code: String,
+        /// Local time minus S3's, in seconds, when S3 said what time it was.
+        skew_secs: Option<i64>,
+    },
+}
+
+/// Error codes that mean S3 does not accept the time a request was signed at.
+const CLOCK_ERRORS: [&str; 2] = ["RequestTimeTooSkewed", "RequestExpired"];
+
+/// S3 refuses requests signed more than 15 minutes away from its own time.
+const MAX_SKEW_SECS: i64 = 15 * 60;
+
+fn describe_skew(skew_secs: Option<i64>) -> String {
+    match skew_secs {
+        Some(s) if s >= 0 => format!("{s} s ahead of"),
+        Some(s) => format!("{} s behind", -s),
+        None => "out of step with".to_owned(),
+    }
 }
 
 impl S3Error {
@@ -69,7 +96,7 @@ impl S3Error {
             S3Error::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            S3Error::Timeout | S3Error::Sign(_) => false,
+            S3Error::Timeout | S3Error::Sign(_) | S3Error::ClockSkew { .. } => false,
         }
     }
 
@@ -336,7 +363,7 @@ impl S3Client {
             match result {
                 Err(e) if e.retryable() && attempt < self.retries => {
                     attempt += 1;
-                    let pause = Duration::from_millis(25 << attempt);
+                    let pause = backoff(attempt);
                     if Instant::now() + pause >= deadline {
                         return Err(e);
                     }
@@ -374,11 +401,38 @@ impl S3Client {
         if status.is_success() || status == StatusCode::NOT_MODIFIED {
             return Ok(response);
         }
-        let code = if method == Method::HEAD {
-            None
+        let server_date = response
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+        let answer = if method == Method::HEAD {
+            xml::Answer::default()
         } else {
-            error_code(response, self.timeout).await
+            error_body(response, self.timeout).await
         };
+        // S3's own time: the error's ServerTime, else its Date header.
+        let server_time = answer
+            .server_time
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+            .or(server_date);
+        let skew_secs = server_time.map(|t| skew(SystemTime::now(), t));
+        let clock_code = match answer.code.as_deref() {
+            Some(code) if CLOCK_ERRORS.contains(&code) => Some(code.to_owned()),
+            // A HEAD's 403 has no body: a Date this far off tells the same story.
+            None if status == StatusCode::FORBIDDEN
+                && skew_secs.is_some_and(|s| s.abs() > MAX_SKEW_SECS) =>
+            {
+                Some("RequestTimeTooSkewed".to_owned())
+            }
+            _ => None,
+        };
+        if let Some(code) = clock_code {
+            return Err(S3Error::ClockSkew { code, skew_secs });
+        }
+        let code = answer
+            .code
+            .filter(|c| c.bytes().all(|b| b.is_ascii_alphanumeric()));
         Err(S3Error::Status { status, code })
     }
 
@@ -405,8 +459,25 @@ impl S3Client {
     }
 }
 
-/// The `Code` of an S3 XML error body (read at most 8 KiB of it, within the timeout).
-async fn error_code(response: reqwest::Response, timeout: Duration) -> Option<String> {
+/// The first retry waits up to this long; each further one up to twice as long as the last.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+
+/// The most any one retry waits.
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The pause before retry `attempt` (1-based): "full jitter", a random time between zero and
+/// an exponentially growing ceiling, so the retries of many requests that failed together
+/// spread out instead of arriving at S3 together again.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let random = getrandom::u64().unwrap_or(u64::MAX / 2);
+    ceiling.mul_f64(random as f64 / u64::MAX as f64)
+}
+
+/// An S3 XML error body (at most 8 KiB of it, read within the timeout).
+async fn error_body(response: reqwest::Response, timeout: Duration) -> xml::Answer {
     let mut body = Vec::new();
     let mut chunks = response.bytes_stream();
     let read = async {
@@ -418,13 +489,15 @@ async fn error_code(response: reqwest::Response, timeout: Duration) -> Option<St
         }
     };
     let _ = tokio::time::timeout(timeout, read).await;
-    let text = String::from_utf8_lossy(&body);
-    let start = text.find("<Code>")? + "<Code>".len();
-    let end = text[start..].find("</Code>")? + start;
-    let code = &text[start..end];
-    code.bytes()
-        .all(|c| c.is_ascii_alphanumeric())
-        .then(|| code.to_owned())
+    xml::answer(&String::from_utf8_lossy(&body))
+}
+
+/// `local - server` in whole seconds.
+fn skew(local: SystemTime, server: SystemTime) -> i64 {
+    match local.duration_since(server) {
+        Ok(ahead) => ahead.as_secs() as i64,
+        Err(behind) => -(behind.duration().as_secs() as i64),
+    }
 }
 
 /// Metadata from S3's response headers; only allow-listed headers are kept.
@@ -526,6 +599,27 @@ mod tests {
             virt.addresser.bucket_url("my-bucket").as_str(),
             "https://my-bucket.s3.eu-west-1.amazonaws.com/"
         );
+    }
+
+    #[test]
+    fn retries_wait_a_random_time_below_a_growing_ceiling() {
+        for attempt in 1..=6 {
+            let ceiling = (BACKOFF_BASE * (1 << attempt)).min(BACKOFF_CAP);
+            let pauses: Vec<Duration> = (0..200).map(|_| backoff(attempt)).collect();
+            assert!(pauses.iter().all(|p| *p <= ceiling), "{attempt}");
+            let (min, max) = (pauses.iter().min().unwrap(), pauses.iter().max().unwrap());
+            assert!(
+                *min < ceiling / 4 && *max > ceiling * 3 / 4,
+                "{attempt}: {min:?}..{max:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn skew_is_local_minus_server() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(skew(t + Duration::from_secs(1800), t), 1800);
+        assert_eq!(skew(t, t + Duration::from_secs(90)), -90);
     }
 
     #[test]

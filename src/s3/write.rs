@@ -112,7 +112,8 @@ impl S3Client {
             )
             .await?;
         let text = self.read_small(response).await?;
-        xml_value(&text, "UploadId")
+        super::xml::answer(&text)
+            .upload_id
             .ok_or_else(|| S3Error::Unreachable("no UploadId in answer".into()))
     }
 
@@ -160,15 +161,7 @@ impl S3Client {
         parts: &[Part],
     ) -> Result<Option<HeaderValue>, S3Error> {
         let url = self.multipart_url(permit, &[("uploadId", upload_id)]);
-        let mut xml = String::from("<CompleteMultipartUpload>");
-        for part in parts {
-            xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
-                part.number,
-                xml_escape(&part.etag)
-            ));
-        }
-        xml.push_str("</CompleteMultipartUpload>");
+        let xml = super::xml::complete_multipart(parts.iter().map(|p| (p.number, p.etag.as_str())));
         let body = Bytes::from(xml);
         let response = self
             .send(
@@ -180,14 +173,14 @@ impl S3Client {
             )
             .await?;
         // S3 may answer 200 and still report an error in the body.
-        let text = self.read_small(response).await?;
-        if let Some(code) = xml_value(&text, "Code").filter(|_| text.contains("<Error>")) {
+        let answer = super::xml::answer(&self.read_small(response).await?);
+        if let Some(code) = answer.code {
             return Err(S3Error::Status {
                 status: http::StatusCode::INTERNAL_SERVER_ERROR,
                 code: Some(code),
             });
         }
-        Ok(xml_value(&text, "ETag").and_then(|e| HeaderValue::from_str(&e).ok()))
+        Ok(answer.etag.and_then(|e| HeaderValue::from_str(&e).ok()))
     }
 
     /// AbortMultipartUpload: frees the parts; nothing of the upload remains.
@@ -247,43 +240,5 @@ impl S3Client {
             .map_err(|_| S3Error::Timeout)?
             .map_err(|e| S3Error::Unreachable(super::error_chain(e)))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-}
-
-/// The text of the first `<tag>…</tag>` in an XML document.
-fn xml_value(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{tag}>"))? + start;
-    Some(
-        xml[start..end]
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">"),
-    )
-}
-
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xml_values() {
-        let xml = "<InitiateMultipartUploadResult><Bucket>b</Bucket><UploadId>abc-1</UploadId></InitiateMultipartUploadResult>";
-        assert_eq!(xml_value(xml, "UploadId").as_deref(), Some("abc-1"));
-        assert_eq!(
-            xml_value("<ETag>&quot;x&quot;</ETag>", "ETag").as_deref(),
-            Some("\"x\"")
-        );
-        assert_eq!(xml_value(xml, "Nope"), None);
-        assert_eq!(xml_escape("\"a&b\""), "&quot;a&amp;b&quot;");
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 use s3warden::demo::s3::EmbeddedS3;
@@ -603,4 +603,63 @@ async fn admin_endpoints() {
         get("/readyz").await.status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+#[tokio::test]
+async fn s3_refusing_our_clock_is_503_with_one_log_line_naming_the_skew() {
+    // What S3 answers a request signed half an hour late: its own time in the body, and in Date.
+    let server_time = SystemTime::now() - Duration::from_secs(1800);
+    let rfc3339 = humantime::format_rfc3339_seconds(server_time).to_string();
+    let date = httpdate::fmt_http_date(server_time);
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>RequestTimeTooSkewed</Code>\
+         <Message>The difference between the request time and the current time is too large.\
+         </Message><RequestTime>20261130T120000Z</RequestTime><ServerTime>{rfc3339}</ServerTime>\
+         <MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds><RequestId>R</RequestId>\
+         <HostId>H</HostId></Error>"
+    );
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\ndate: {date}\r\ncontent-type: application/xml\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let up = FaultyUpstream::start(Fault::Answer(Box::leak(answer.into_boxed_str()))).await;
+    let daemon = Launch::new(Setup::default().endpoint(&up.endpoint()))
+        .start()
+        .await;
+    let http = client();
+    let r = http
+        .get(daemon.object_url("photos/a.png"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "unavailable");
+    assert_eq!(up.requests(), 1, "a clock error is not retried");
+    // A HEAD's 403 has no body: S3's Date says the same.
+    let r = http
+        .head(daemon.object_url("photos/b.png"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let logs = daemon.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("clock")).collect();
+    assert_eq!(lines.len(), 2, "one line per request:\n{logs}");
+    for line in lines {
+        let seconds: i64 = line
+            .split("clock is ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no skew in {line}"));
+        assert!((1795..=1805).contains(&seconds), "{line}");
+        assert!(
+            line.contains("ahead of S3's") && line.contains("NTP"),
+            "{line}"
+        );
+    }
 }

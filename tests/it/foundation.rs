@@ -379,6 +379,28 @@ async fn s3_errors_are_502_after_retries_without_their_body() {
 }
 
 #[tokio::test]
+async fn retries_are_spread_by_full_jitter() {
+    let up = FaultyUpstream::start(Fault::ServiceUnavailable).await;
+    let h = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("s3.timeout", "\"5s\"")
+        .start()
+        .await;
+    let requests = 16;
+    for i in 0..requests {
+        let r = h.get(&format!("keys/{i}"), Some(&token("alice"))).await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+    let arrivals = up.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), requests * 3);
+    // The pause before each request's first retry: random between 0 and 100 ms, not a step.
+    let pauses: Vec<Duration> = arrivals.chunks(3).map(|a| a[1] - a[0]).collect();
+    let (min, max) = (pauses.iter().min().unwrap(), pauses.iter().max().unwrap());
+    assert!(*max < Duration::from_millis(150), "{pauses:?}");
+    assert!(*max - *min > Duration::from_millis(40), "{pauses:?}");
+}
+
+#[tokio::test]
 async fn s3_hanging_is_504_within_the_timeout() {
     let up = FaultyUpstream::start(Fault::Hang).await;
     let h = Setup::default()

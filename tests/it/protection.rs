@@ -224,3 +224,37 @@ async fn tls_with_http2() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_long_chunk_line_split_across_reads_does_not_blind_the_smuggling_check() {
+    let h = Setup::default().start().await;
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "PUT /files/users/alice/chunked.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5;ext=",
+        token("alice")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A chunk extension longer than one read, sent in two.
+    stream.write_all(&[b'e'; 3000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&[b'e'; 3000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The body ends, then a request framed two ways.
+    stream
+        .write_all(
+            b"\r\nhello\r\n0\r\n\r\n\
+              GET /_health HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = until_closed(&mut stream, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "400"], "{text}");
+    assert!(text.contains("ambiguous request framing"), "{text}");
+}

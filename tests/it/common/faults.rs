@@ -27,6 +27,8 @@ pub enum Fault {
 pub struct FaultyUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// When each request's head arrived.
+    pub arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     release: Arc<Release>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -36,17 +38,19 @@ impl FaultyUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
         let release = Arc::new(Release::default());
-        let (r, n) = (requests.clone(), release.clone());
+        let (r, a, n) = (requests.clone(), arrivals.clone(), release.clone());
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let (r, n) = (r.clone(), n.clone());
-                tokio::spawn(serve(socket, fault, r, n));
+                let (r, a, n) = (r.clone(), a.clone(), n.clone());
+                tokio::spawn(serve(socket, fault, r, a, n));
             }
         });
         FaultyUpstream {
             addr,
             requests,
+            arrivals,
             release,
             task,
         }
@@ -83,6 +87,7 @@ async fn serve(
     mut socket: TcpStream,
     fault: Fault,
     requests: Arc<AtomicU64>,
+    arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     release: Arc<Release>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -94,6 +99,7 @@ async fn serve(
         }
     }
     requests.fetch_add(1, Ordering::SeqCst);
+    arrivals.lock().unwrap().push(std::time::Instant::now());
     let ok_head = |total: usize| {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {total}\r\ncontent-type: application/octet-stream\r\n\
