@@ -51,6 +51,9 @@ pub enum ProxyError {
     /// The range lies outside the object of this length (when known).
     #[error("range not satisfiable")]
     RangeNotSatisfiable(Option<u64>),
+    /// The request body did not arrive in time (or kept below the minimum rate).
+    #[error("request body too slow")]
+    RequestTimeout,
     /// The request body is larger than allowed.
     #[error("payload too large")]
     PayloadTooLarge,
@@ -132,6 +135,11 @@ impl ProxyError {
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "range_not_satisfiable",
                 "the range lies outside the object".into(),
+            ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time".into(),
             ),
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

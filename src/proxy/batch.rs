@@ -222,9 +222,11 @@ impl Ctx<'_> {
     {
         let max_batch = self.live.config.signing.max_batch;
         let limit = max_batch * BYTES_PER_KEY + 64 * 1024;
-        let bytes = Limited::new(body, limit)
-            .collect()
+        // The JSON must arrive whole as quickly as a request head must.
+        let within = self.live.config.server.header_read_timeout;
+        let bytes = tokio::time::timeout(within, Limited::new(body, limit).collect())
             .await
+            .map_err(|_| ProxyError::RequestTimeout)?
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     ProxyError::PayloadTooLarge

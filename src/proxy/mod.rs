@@ -322,6 +322,10 @@ impl Ctx<'_> {
             Route::Sign => {
                 outcome.route = "sign";
                 let auth = self.authenticate(parts, outcome).await?;
+                // Signing needs a token: nobody else gets to send (or trickle) a body.
+                if auth.identity.is_none() {
+                    return Err(ProxyError::Unauthenticated);
+                }
                 Box::pin(self.sign_batch(&auth, body)).await
             }
             Route::Create { alias, prefix } => {

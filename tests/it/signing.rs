@@ -2,6 +2,7 @@
 //! pre-signed URLs checked by the real S3, tampering and rotation.
 
 use std::process::Command;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -717,4 +718,59 @@ async fn the_sign_command_fixes_put_terms_too() {
         h.s3_log().acl(BUCKET, "users/alice/cli.txt").as_deref(),
         Some("public-read")
     );
+}
+
+#[tokio::test]
+async fn sign_without_a_token_is_401_before_the_body_and_a_slow_body_is_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Setup::default()
+        .set("server.header_read_timeout", "\"1s\"")
+        .start()
+        .await;
+    // No token: answered at once, though not a byte of the announced body was sent.
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /_sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut answer))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    // A proxy signature is no credential for signing.
+    let r = sign(&h, json!({"bucket": "files", "keys": ["photos/a"]}), None).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // With a token, the JSON must arrive whole within the header timeout.
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let body = br#"{"bucket": "files", "keys": ["photos/a.png"]}"#;
+    let head = format!(
+        "POST /_sign HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        token("alice"),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        for b in body {
+            if stream.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    trickle.await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(6));
 }
