@@ -216,6 +216,9 @@ impl ProxyError {
                     HeaderValue::from_str(&format!("bytes */{len}")).expect("digits"),
                 );
             }
+            ProxyError::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             ProxyError::MethodNotAllowed => {
                 headers.insert(
                     header::ALLOW,

@@ -1,9 +1,15 @@
+//! What the raw bytes of a connection say, for the checks hyper does not make.
+//!
 //! Request smuggling: a request with both `Content-Length` and `Transfer-Encoding` (or two
 //! `Content-Length`s) can be framed one way by a proxy in front and another way behind it.
 //! hyper frames such a request by `Transfer-Encoding` and drops the `Content-Length` before the
 //! handler sees it, so this watcher follows the raw bytes of an HTTP/1 connection — request heads,
 //! and just enough of each body's framing to find the next head — and remembers, per request,
 //! whether its head was ambiguous. The server refuses those with 400 and closes the connection.
+//!
+//! Progress: which bytes count against the idle and header timeouts. On HTTP/1 every byte
+//! does. On HTTP/2 only request and response heads and body data do ([`FrameScan`]): PINGs,
+//! SETTINGS and WINDOW_UPDATEs keep no connection alive.
 
 use std::collections::VecDeque;
 
@@ -29,14 +35,102 @@ enum State {
     ChunkData(u64),
     /// Reading trailer lines until an empty one.
     Trailers(Vec<u8>),
-    /// An HTTP/2 connection: no HTTP/1 framing to follow.
-    Http2,
+    /// An HTTP/2 connection: its frames are followed for progress only.
+    Http2(FrameScan),
     /// Lost: an ambiguous or oversized head, or a body the watch cannot follow. Every request
     /// after this point is refused, so nothing slips through unclassified.
     Broken,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// What an HTTP/2 client sends before its first frame (RFC 9113 §3.4).
+const H2_CLIENT_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows one direction of an HTTP/2 connection frame by frame: it reads each 9-byte frame
+/// header and skips the payload, and tells which frames are progress — request or response
+/// heads (a HEADERS block completed by END_HEADERS) and body data — and which are only
+/// upkeep (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FrameScan {
+    /// Bytes to pass over before the first frame (the client preface).
+    skip: usize,
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: usize,
+    /// The current frame is DATA.
+    data: bool,
+    /// A header block was started and not yet ended.
+    in_block: bool,
+}
+
+/// What went by in one slice of an HTTP/2 connection.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Heads or data moved.
+    pub progress: bool,
+    /// Header blocks completed.
+    pub heads: u64,
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+impl FrameScan {
+    /// A scanner whose first frame starts `skip` bytes in (the server's side starts at 0).
+    pub fn after(skip: usize) -> FrameScan {
+        FrameScan {
+            skip,
+            ..FrameScan::default()
+        }
+    }
+
+    /// Whether a header block is open (HEADERS without END_HEADERS, awaiting CONTINUATION).
+    pub fn in_header_block(&self) -> bool {
+        self.in_block
+    }
+
+    /// Follows `bytes`, the next ones on this direction of the connection.
+    pub fn scan(&mut self, mut bytes: &[u8]) -> Seen {
+        let mut seen = Seen::default();
+        let skipped = self.skip.min(bytes.len());
+        self.skip -= skipped;
+        bytes = &bytes[skipped..];
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                seen.progress |= self.data;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < 9 {
+                break;
+            }
+            self.have = 0;
+            let h = &self.header;
+            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            let (kind, flags) = (h[3], h[4]);
+            self.payload_left = len;
+            self.data = kind == DATA && len > 0;
+            if kind == HEADERS || kind == CONTINUATION {
+                self.in_block = flags & END_HEADERS == 0;
+                if !self.in_block {
+                    seen.heads += 1;
+                    seen.progress = true;
+                }
+            }
+        }
+        seen
+    }
+}
 
 impl FramingWatch {
     /// A watcher for a connection whose heads are at most `max_head` bytes.
@@ -50,18 +144,35 @@ impl FramingWatch {
         }
     }
 
+    /// A watcher for a connection that speaks HTTP/2 from its first byte (ALPN `h2`).
+    pub fn http2(max_head: usize) -> FramingWatch {
+        FramingWatch {
+            state: State::Http2(FrameScan::after(H2_CLIENT_PREFACE.len())),
+            ..FramingWatch::new(max_head)
+        }
+    }
+
     /// Whether the next request handed to the service must be refused: its head was
     /// ambiguous, or the watch could not classify it (it lost track of the framing before that
     /// head). Fails closed: an HTTP/1 request with no verdict is refused.
     pub fn next_is_ambiguous(&mut self) -> bool {
-        self.verdicts
-            .pop_front()
-            .unwrap_or(self.state != State::Http2)
+        self.verdicts.pop_front().unwrap_or(!self.is_http2())
     }
 
-    /// Whether the connection is between requests or inside a request head (HTTP/1 only).
+    /// Whether the connection speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        matches!(self.state, State::Http2(_))
+    }
+
+    /// Whether the connection waits for a request head: an HTTP/1 connection between requests
+    /// or inside a head; an HTTP/2 connection before its first request, or inside a header
+    /// block.
     pub fn awaiting_head(&self) -> bool {
-        self.state == State::Head
+        match &self.state {
+            State::Head => true,
+            State::Http2(scan) => self.heads == 0 || scan.in_header_block(),
+            _ => false,
+        }
     }
 
     /// Request heads completed so far.
@@ -69,11 +180,28 @@ impl FramingWatch {
         self.heads
     }
 
-    /// Follows bytes read from the client.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    /// Follows bytes read from the client; true when they are progress (every HTTP/1 byte;
+    /// HTTP/2 heads and data).
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        if let State::Http2(scan) = &mut self.state {
+            let seen = scan.scan(bytes);
+            self.heads += seen.heads;
+            return seen.progress;
+        }
+        // (The preface may end mid-read: the frames after it are scanned there.)
+        self.feed_http1(bytes);
+        !bytes.is_empty()
+    }
+
+    fn feed_http1(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             bytes = match &mut self.state {
-                State::Http2 | State::Broken => return,
+                State::Http2(scan) => {
+                    let seen = scan.scan(bytes);
+                    self.heads += seen.heads;
+                    return;
+                }
+                State::Broken => return,
                 State::Head => self.feed_head(bytes),
                 State::Body(left) => {
                     let n = (*left).min(bytes.len() as u64);
@@ -167,7 +295,9 @@ impl FramingWatch {
             return;
         }
         if head.starts_with(H2_PREFACE) {
-            self.state = State::Http2;
+            // The head ends after `PRI * HTTP/2.0`; the preface's `SM` line follows.
+            let rest = H2_CLIENT_PREFACE.len() - head.len();
+            self.state = State::Http2(FrameScan::after(rest));
             return;
         }
         self.heads += 1;
@@ -434,6 +564,92 @@ mod tests {
         assert!(!w.next_is_ambiguous(), "the PUT was classified");
         assert!(w.next_is_ambiguous(), "what follows is not");
         assert!(w.next_is_ambiguous());
+    }
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Scans `bytes` cut at `at`; the sum of what was seen.
+    fn scan_split(bytes: &[u8], at: usize) -> (Seen, bool) {
+        let mut scan = FrameScan::default();
+        let (a, b) = bytes.split_at(at);
+        let (x, y) = (scan.scan(a), scan.scan(b));
+        let seen = Seen {
+            progress: x.progress || y.progress,
+            heads: x.heads + y.heads,
+        };
+        (seen, scan.in_header_block())
+    }
+
+    #[test]
+    fn upkeep_frames_are_not_progress_heads_and_data_are() {
+        let upkeep = [
+            frame(0x4, 0, &[0, 3, 0, 0, 0, 100]),
+            frame(0x4, 0x1, &[]),
+            frame(0x6, 0, &[7; 8]),
+            frame(0x6, 0x1, &[7; 8]),
+            frame(0x8, 0, &[0, 0, 0, 1]),
+            frame(0x2, 0, &[0, 0, 0, 3, 16]),
+            frame(0x3, 0, &[0, 0, 0, 8]),
+            frame(0x0, 0x1, &[]),
+        ]
+        .concat();
+        let heads = frame(0x1, 0x4 | 0x1, &[0x82, 0x87]);
+        let split_heads = [frame(0x1, 0, &[0x82]), frame(0x9, 0x4, &[0x87])].concat();
+        let data = frame(0x0, 0, &[1; 100]);
+        for at in 0..=upkeep.len() {
+            assert_eq!(scan_split(&upkeep, at).0, Seen::default(), "at {at}");
+        }
+        for at in 0..=heads.len() {
+            let (seen, open) = scan_split(&[&upkeep[..], &heads].concat(), upkeep.len() + at);
+            assert_eq!((seen.heads, seen.progress, open), (1, true, false));
+        }
+        let (seen, open) = scan_split(&split_heads[..10], 5);
+        assert_eq!(
+            (seen.heads, seen.progress, open),
+            (0, false, true),
+            "a block left open"
+        );
+        let (seen, open) = scan_split(&split_heads, 5);
+        assert_eq!((seen.heads, open), (1, false));
+        for at in 0..=data.len() {
+            assert!(scan_split(&data, at).0.progress, "at {at}");
+        }
+    }
+
+    #[test]
+    fn an_http2_connection_awaits_its_first_head() {
+        let settings = frame(0x4, 0, &[]);
+        let ping = frame(0x6, 0, &[0; 8]);
+        for mut w in [FramingWatch::new(8192), FramingWatch::http2(8192)] {
+            assert!(w.awaiting_head());
+            w.feed(H2_CLIENT_PREFACE);
+            assert!(w.is_http2());
+            assert!(!w.feed(&[settings.clone(), ping.clone()].concat()));
+            assert!(w.awaiting_head());
+            assert!(w.feed(&frame(0x1, 0x5, &[0x82])));
+            assert!(!w.awaiting_head());
+            assert_eq!(w.heads(), 1);
+            assert!(!w.next_is_ambiguous(), "HTTP/2 requests are not refused");
+        }
+        // The preface and the first frames in one read.
+        let mut w = FramingWatch::new(8192);
+        w.feed(&[H2_CLIENT_PREFACE, &settings, &frame(0x1, 0x5, &[0x82])].concat());
+        assert_eq!(w.heads(), 1);
     }
 
     #[test]

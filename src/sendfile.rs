@@ -27,6 +27,12 @@ pub const MIN_FILE_SIZE: u64 = 32 * 1024;
 /// The most a body frame covers, and so the size of a placeholder window.
 const FRAME: usize = 1 << 20;
 
+/// The most a copied frame (TLS, HTTP/2) holds. hyper takes the next frame of a body before it
+/// knows whether the client can take it: a client that opens streams and never reads (HTTP/2
+/// flow control, a TLS reader that stalls) holds one frame per response in server memory, so
+/// frames are one HTTP/2 frame or TLS record long, not a megabyte.
+const COPY_FRAME: usize = 16 * 1024;
+
 /// Placeholder windows; consecutive frames use different ones, so a stale segment cannot match.
 const WINDOWS: usize = 16;
 
@@ -292,7 +298,12 @@ impl FileBody {
 
     /// The next frame, or `None` at the end.
     pub fn next_frame(&mut self) -> Option<io::Result<Bytes>> {
-        let len = self.remaining().min(FRAME as u64) as usize;
+        let most = if self.sink.is_some() {
+            FRAME
+        } else {
+            COPY_FRAME
+        };
+        let len = self.remaining().min(most as u64) as usize;
         if len == 0 {
             return None;
         }

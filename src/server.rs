@@ -28,7 +28,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::body::Body;
-use crate::framing::FramingWatch;
+use crate::framing::{FrameScan, FramingWatch};
 use crate::sendfile::{self, Sink};
 
 /// The TLS settings of a listener; a reload swaps them for new connections.
@@ -169,6 +169,56 @@ impl Server {
     }
 }
 
+/// hyper's connection settings: both protocols for plain TCP (HTTP/2 by prior knowledge),
+/// or only the one a TLS client negotiated with ALPN.
+struct Builders {
+    either: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // No hyper timer for HTTP/1: the header timeout is enforced by `Activity::head_overdue`,
+        // a few checks per timeout instead of a timer armed and cancelled on every request.
+        builder
+            .http1()
+            // The read buffer bounds the request head: a larger head is answered 431.
+            .max_buf_size(limits.max_header_size.max(8192))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(limits.max_header_size as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders {
+            http1: builder.clone().http1_only(),
+            http2: builder.clone().http2_only(),
+            either: builder,
+        }
+    }
+
+    /// The builder for a TLS connection that negotiated `alpn`: HTTP/2 only for `h2`,
+    /// HTTP/1.1 only otherwise (RFC 9113 §3.3: HTTP/2 over TLS is negotiated, never guessed).
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+        if alpn == Some(b"h2") {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+}
+
+/// Streams per HTTP/2 connection.
+const MAX_STREAMS: u32 = 128;
+
+/// Connections over the limit that may be being refused at once; past this they are closed
+/// without an answer.
+const MAX_REFUSING: usize = 256;
+
 async fn accept_loop<H: Handler>(
     listener: TcpListener,
     handler: H,
@@ -178,22 +228,8 @@ async fn accept_loop<H: Handler>(
     tls: Tls,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No hyper timer for HTTP/1: the header timeout is enforced by `Activity::head_overdue`,
-    // a few checks per timeout instead of a timer armed and cancelled on every request.
-    builder
-        .http1()
-        // The read buffer bounds the request head: a larger head is answered 431.
-        .max_buf_size(limits.max_header_size.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
-        .max_header_list_size(limits.max_header_size as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(&limits));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -211,77 +247,25 @@ async fn accept_loop<H: Handler>(
         let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             handler.shed();
-            tokio::spawn(refuse(stream));
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                let (builders, tls) = (builders.clone(), tls.load_full());
+                tokio::spawn(async move {
+                    refuse(stream, tls, &builders).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
-        let watcher = graceful.watcher();
-        let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.load_full());
-        let (idle_timeout, head_timeout) = (limits.idle_timeout, limits.header_read_timeout);
-        let max_head = limits.max_header_size.max(8192);
+        let connection = Connection {
+            handler: handler.clone(),
+            builders: builders.clone(),
+            limits: limits.clone(),
+            watcher: graceful.watcher(),
+        };
+        let (tls, handler) = (tls.load_full(), handler.clone());
         tokio::spawn(async move {
             handler.connections(1);
-            let stream = match tls {
-                None => Transport::Plain(stream),
-                Some(config) => {
-                    let handshake = TlsAcceptor::from(config).accept(stream);
-                    match tokio::time::timeout(head_timeout, handshake).await {
-                        Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            handler.connections(-1);
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            handler.connections(-1);
-                            return;
-                        }
-                    }
-                }
-            };
-            let framing = Arc::new(std::sync::Mutex::new(FramingWatch::new(max_head)));
-            let head_watch = framing.clone();
-            let io = IdleIo::new(stream, framing.clone());
-            let activity = io.activity.clone();
-            let sink = io.sink.clone();
-            let local = ConnectionLocal::default();
-            let service = {
-                let handler = handler.clone();
-                let activity = activity.clone();
-                service_fn(move |mut request: Request<Incoming>| {
-                    if let Some(sink) = &sink
-                        && request.version() < http::Version::HTTP_2
-                    {
-                        request.extensions_mut().insert(sink.clone());
-                    }
-                    let local = local.clone();
-                    let handler = handler.clone();
-                    let busy = activity.busy();
-                    let ambiguous = framing.lock().expect("lock").next_is_ambiguous();
-                    async move {
-                        if ambiguous {
-                            return Ok(smuggling_refused());
-                        }
-                        let response = handler.call(request, local).await;
-                        drop(busy);
-                        Ok::<_, Infallible>(response)
-                    }
-                })
-            };
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            tokio::select! {
-                result = watcher.watch(connection) => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                _ = activity.idle_for(idle_timeout) => {
-                    tracing::debug!("closing idle connection");
-                }
-                _ = activity.head_overdue(&head_watch, head_timeout) => {
-                    tracing::debug!("closing a connection whose request head is overdue");
-                }
-            }
+            connection.serve(stream, tls).await;
             handler.connections(-1);
             drop(slot);
         });
@@ -291,6 +275,104 @@ async fn accept_loop<H: Handler>(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+/// One accepted client connection and what serving it needs.
+struct Connection<H> {
+    handler: H,
+    builders: Arc<Builders>,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl<H: Handler> Connection<H> {
+    /// Serves the connection until it ends, goes idle, or misses its header timeout.
+    async fn serve(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
+        let (idle_timeout, head_timeout) =
+            (self.limits.idle_timeout, self.limits.header_read_timeout);
+        let max_head = self.limits.max_header_size.max(8192);
+        let (stream, builder, framing) = match tls {
+            None => (
+                Transport::Plain(stream),
+                &self.builders.either,
+                FramingWatch::new(max_head),
+            ),
+            Some(config) => {
+                let Some(tls) = handshake(stream, config, head_timeout).await else {
+                    return;
+                };
+                let alpn = tls.get_ref().1.alpn_protocol();
+                let framing = if alpn == Some(b"h2") {
+                    FramingWatch::http2(max_head)
+                } else {
+                    FramingWatch::new(max_head)
+                };
+                let builder = self.builders.for_alpn(alpn);
+                (Transport::Tls(Box::new(tls)), builder, framing)
+            }
+        };
+        let framing = Arc::new(std::sync::Mutex::new(framing));
+        let io = IdleIo::new(stream, framing.clone());
+        let activity = io.activity.clone();
+        let sink = io.sink.clone();
+        let local = ConnectionLocal::default();
+        let service = {
+            let (handler, activity, framing) =
+                (self.handler.clone(), activity.clone(), framing.clone());
+            service_fn(move |mut request: Request<Incoming>| {
+                if let Some(sink) = &sink
+                    && request.version() < http::Version::HTTP_2
+                {
+                    request.extensions_mut().insert(sink.clone());
+                }
+                let local = local.clone();
+                let handler = handler.clone();
+                let busy = activity.busy();
+                let ambiguous = framing.lock().expect("lock").next_is_ambiguous();
+                async move {
+                    if ambiguous {
+                        return Ok(smuggling_refused());
+                    }
+                    let response = handler.call(request, local).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::select! {
+            result = self.watcher.watch(connection) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            _ = activity.idle_for(idle_timeout) => {
+                tracing::debug!("closing idle connection");
+            }
+            _ = activity.head_overdue(&framing, head_timeout) => {
+                tracing::debug!("closing a connection whose request head is overdue");
+            }
+        }
+    }
+}
+
+/// A TLS handshake that must finish within `timeout`.
+async fn handshake(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
         }
     }
 }
@@ -316,33 +398,72 @@ fn smuggling_refused() -> Response<Body> {
     response
 }
 
-/// Answers a connection over the limit with a bare 503 and closes it.
-async fn refuse(mut stream: TcpStream) {
-    const BODY: &str = "{\"error\":\"unavailable\",\"message\":\"too many connections\"}";
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nx-content-type-options: nosniff\r\n\
-         connection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(response.as_bytes()).await;
-        let _ = stream.shutdown().await;
+/// How long answering a connection over the limit may take.
+const REFUSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Answers a connection over the limit with 503 and closes it: a bare HTTP/1.1 answer on
+/// plain TCP; on TLS, after the handshake, in the protocol the client negotiated (TLS clients
+/// could not read a plain-text answer: they would see a broken handshake).
+async fn refuse(
+    mut stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    builders: &Builders,
+) {
+    let Some(config) = tls else {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nretry-after: 1\r\nx-content-type-options: nosniff\r\n\
+             connection: close\r\n\r\n{}",
+            TOO_MANY.len(),
+            TOO_MANY
+        );
+        let _ = tokio::time::timeout(REFUSE_WITHIN, async {
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        return;
+    };
+    let _ = tokio::time::timeout(REFUSE_WITHIN, async {
+        let tls = handshake(stream, config, REFUSE_WITHIN).await?;
+        let builder = builders.for_alpn(tls.get_ref().1.alpn_protocol());
+        let service = service_fn(|_request: Request<Incoming>| async {
+            Ok::<_, Infallible>(too_many_connections())
+        });
+        let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+        Some(())
     })
     .await;
 }
 
-/// Whether bytes move on a connection, and whether a handler is working on a request (a
-/// connection waiting for its answer is not idle). Counting, not timestamps: no clock is read
-/// on the I/O path.
+const TOO_MANY: &str = "{\"error\":\"unavailable\",\"message\":\"too many connections\"}";
+
+fn too_many_connections() -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from_static(TOO_MANY.as_bytes())));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (http::header::CONTENT_TYPE, "application/json"),
+        (http::header::RETRY_AFTER, "1"),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::CONNECTION, "close"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Whether a connection makes progress (every byte on HTTP/1; heads and data on HTTP/2), and
+/// whether a handler is working on a request (a connection waiting for its answer is not
+/// idle). Counting, not timestamps: no clock is read on the I/O path.
 #[derive(Clone, Default)]
 struct Activity(Arc<Counters>);
 
 #[derive(Default)]
 struct Counters {
-    /// Reads and writes that moved bytes.
+    /// Reads and writes that made progress.
     moved: AtomicU64,
-    /// Writes that sent bytes to the client.
+    /// Writes that made progress.
     sent: AtomicU64,
     /// Handlers running.
     busy: AtomicU64,
@@ -422,23 +543,53 @@ async fn unchanged_for<T: PartialEq>(timeout: Duration, mut probe: impl FnMut() 
     }
 }
 
-/// A stream that records when bytes move (for the idle and header timeouts) and follows request
-/// framing (for the smuggling check and the header timeout).
+/// A stream that records when a connection makes progress (for the idle and header timeouts)
+/// and follows request framing (for the smuggling check and the header timeout).
 struct IdleIo {
     inner: Transport,
     activity: Activity,
     framing: Arc<std::sync::Mutex<FramingWatch>>,
     /// File ranges waiting to be sent with `sendfile` (plain TCP only).
     sink: Option<Sink>,
+    /// On HTTP/2, the frames written: only heads and data are progress.
+    written: Option<FrameScan>,
 }
 
 impl IdleIo {
     fn new(inner: Transport, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
+        let written = framing
+            .lock()
+            .expect("lock")
+            .is_http2()
+            .then(FrameScan::default);
         IdleIo {
             sink: matches!(inner, Transport::Plain(_)).then(Sink::default),
             inner,
             framing,
             activity: Activity::default(),
+            written,
+        }
+    }
+
+    /// Records that the first `n` bytes of `bufs` went out.
+    fn wrote(&mut self, bufs: &[std::io::IoSlice<'_>], mut n: usize) {
+        let Some(scan) = &mut self.written else {
+            if n > 0 {
+                self.activity.sent();
+            }
+            return;
+        };
+        let mut progress = false;
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let take = n.min(buf.len());
+            progress |= scan.scan(&buf[..take]).progress;
+            n -= take;
+        }
+        if progress {
+            self.activity.sent();
         }
     }
 }
@@ -559,11 +710,17 @@ impl AsyncRead for IdleIo {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
-            self.framing
-                .lock()
-                .expect("lock")
-                .feed(&buf.filled()[before..]);
+            let (progress, http2) = {
+                let mut framing = self.framing.lock().expect("lock");
+                (framing.feed(&buf.filled()[before..]), framing.is_http2())
+            };
+            if http2 && self.written.is_none() {
+                // HTTP/2 by prior knowledge: the server writes nothing before the preface.
+                self.written = Some(FrameScan::default());
+            }
+            if progress {
+                self.activity.touch();
+            }
         }
         result
     }
@@ -579,8 +736,8 @@ impl AsyncWrite for IdleIo {
             return self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)]);
         }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.sent();
+        if let Poll::Ready(Ok(n)) = result {
+            self.wrote(&[std::io::IoSlice::new(data)], n);
         }
         result
     }
@@ -599,8 +756,8 @@ impl AsyncWrite for IdleIo {
             }
             _ => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
         };
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.sent();
+        if let Poll::Ready(Ok(n)) = result {
+            self.wrote(bufs, n);
         }
         result
     }

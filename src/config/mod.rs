@@ -91,6 +91,10 @@ pub struct ServerConfig {
     /// Largest request head (request line and headers) accepted; larger ones get 431.
     #[serde(default = "default_max_header_size")]
     pub max_header_size: ByteSize,
+    /// Request bodies must bring at least this much per second, over every `idle_timeout`
+    /// they are waited for, or get 408 (`0`: only a body that stops entirely is cut off).
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: ByteSize,
     /// Optional TLS for the public listener.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -355,6 +359,18 @@ pub struct UploadConfig {
     /// ACL when the request names none.
     #[serde(default = "default_acl")]
     pub default_acl: Acl,
+    /// Memory all uploads of unknown length may hold together in their part buffers; past it,
+    /// uploads wait briefly for room, then get 503.
+    #[serde(default = "default_upload_buffer_memory")]
+    pub buffer_memory: ByteSize,
+}
+
+impl UploadConfig {
+    /// The part size of multipart uploads: S3's 10,000 parts must hold `max_size`, and no part
+    /// is smaller than 8 MiB (S3's minimum is 5 MiB).
+    pub fn part_size(&self) -> u64 {
+        (8 * 1024 * 1024u64).max(self.max_size.bytes().div_ceil(10_000))
+    }
 }
 
 /// `[cors]`
@@ -408,6 +424,9 @@ fn default_max_connections() -> usize {
 }
 fn default_max_header_size() -> ByteSize {
     ByteSize::kib(32)
+}
+fn default_min_body_rate() -> ByteSize {
+    ByteSize::kib(1)
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -477,6 +496,9 @@ fn default_max_batch() -> usize {
 }
 fn default_upload_max() -> ByteSize {
     ByteSize::mib(100)
+}
+fn default_upload_buffer_memory() -> ByteSize {
+    ByteSize::mib(256)
 }
 fn default_acl() -> Acl {
     Acl::Private

@@ -372,6 +372,18 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         "upload.max_size",
         "must not exceed 5TiB (S3's largest object)",
     );
+    let part = c.upload.part_size();
+    if c.upload.buffer_memory.bytes() < 2 * part {
+        v.problem(
+            "upload.buffer_memory",
+            format!(
+                "must be at least {} (two multipart parts of {}, the part size upload.max_size \
+                 needs), or no upload of unknown length could finish",
+                ByteSize(2 * part),
+                ByteSize(part)
+            ),
+        );
+    }
 
     // [cors]
     for (i, origin) in c.cors.allowed_origins.iter().enumerate() {

@@ -44,6 +44,8 @@ struct Inner {
     cache: ObjectCache,
     metrics: Arc<Metrics>,
     clock: Clock,
+    /// What upload buffers may hold together.
+    upload_memory: upload::UploadMemory,
 }
 
 /// What a reload replaces: everything built from the config.
@@ -105,12 +107,14 @@ impl App {
     pub async fn with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
         let cache = ObjectCache::new(&config.cache, metrics.clone());
+        let upload_memory = upload::UploadMemory::new(config.upload.buffer_memory.bytes());
         let live = Live::new(config, &metrics).await?;
         let inner = Inner {
             live: ArcSwap::from_pointee(live),
             cache,
             metrics,
             clock,
+            upload_memory,
         };
         Ok(App {
             inner: Arc::new(inner),
@@ -123,6 +127,9 @@ impl App {
         let old = self.config();
         if config.cache.capacity != old.cache.capacity {
             tracing::warn!("cache.capacity changes take effect at the next restart");
+        }
+        if config.upload.buffer_memory != old.upload.buffer_memory {
+            tracing::warn!("upload.buffer_memory changes take effect at the next restart");
         }
         if config.server.listen != old.server.listen || config.admin.listen != old.admin.listen {
             tracing::warn!("listen address changes take effect at the next restart");

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -13,6 +13,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyStream;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Ctx;
 use mediatype::MediaType;
@@ -25,16 +26,88 @@ use crate::s3::{Part, PutOptions, S3Error};
 
 /// S3's largest single PutObject; larger (or unknown-length) bodies go up in parts.
 const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
-/// The smallest multipart part size s3warden uses (S3's minimum is 5 MiB).
-const MIN_PART: u64 = 8 * 1024 * 1024;
-/// S3's most parts per upload.
-const MAX_PARTS: u64 = 10_000;
+
+/// How long an upload waits for room in `upload.buffer_memory` before it gets 503.
+const MEMORY_WAIT: Duration = Duration::from_secs(5);
+
+/// A part buffer starts this small and doubles as the body comes in.
+const FIRST_BUFFER: usize = 64 * 1024;
+
+/// The bytes all upload part buffers may hold together (`upload.buffer_memory`), counted in
+/// their capacity, not their length: the memory they really take.
+pub(super) struct UploadMemory(Arc<Semaphore>);
+
+impl UploadMemory {
+    pub(super) fn new(bytes: u64) -> UploadMemory {
+        let bytes = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        UploadMemory(Arc::new(Semaphore::new(bytes)))
+    }
+
+    /// Room for `n` more bytes, waiting up to [`MEMORY_WAIT`] for it.
+    async fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        tokio::time::timeout(MEMORY_WAIT, self.0.clone().acquire_many_owned(n))
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// A multipart part being filled, with the room it holds in [`UploadMemory`].
+struct PartBuffer {
+    bytes: BytesMut,
+    room: Option<OwnedSemaphorePermit>,
+}
+
+impl PartBuffer {
+    fn new() -> PartBuffer {
+        PartBuffer {
+            bytes: BytesMut::new(),
+            room: None,
+        }
+    }
+
+    /// Appends `chunk`, growing the buffer (by doubling, up to `size`) with room taken from
+    /// `memory` first; `None` when there is none to be had.
+    async fn append(&mut self, chunk: &[u8], size: usize, memory: &UploadMemory) -> Option<()> {
+        let needed = self.bytes.len() + chunk.len();
+        let capacity = self.bytes.capacity();
+        if needed > capacity {
+            let grown = (capacity * 2).max(FIRST_BUFFER).min(size).max(needed);
+            let more = memory.take(grown - capacity).await?;
+            match &mut self.room {
+                Some(room) => room.merge(more),
+                None => self.room = Some(more),
+            }
+            let mut bytes = BytesMut::with_capacity(grown);
+            bytes.extend_from_slice(&self.bytes);
+            self.bytes = bytes;
+        }
+        self.bytes.extend_from_slice(chunk);
+        Some(())
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The bytes, and the room they hold (to be kept until they are sent).
+    fn freeze(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        (self.bytes.freeze(), self.room)
+    }
+}
 
 /// How the request body went, as seen by the stream that reads it.
 #[derive(Default)]
 struct BodyState {
     too_large: AtomicBool,
     broken: AtomicBool,
+    /// It kept below `server.min_body_rate`, or stopped.
+    too_slow: AtomicBool,
+    /// No room in `upload.buffer_memory`.
+    no_memory: AtomicBool,
     received: AtomicU64,
 }
 
@@ -107,9 +180,12 @@ impl Ctx<'_> {
             // The form's own overhead (boundaries, other fields) gets a little room.
             let form_state = Arc::new(BodyState::default());
             let raw = self.limited_by(body, &form_state, self.max_upload() + 64 * 1024);
+            // The form's own body decides first: too large or too slow.
             let too_large = |e: ProxyError| {
                 if form_state.too_large.load(Ordering::SeqCst) {
                     ProxyError::PayloadTooLarge
+                } else if form_state.too_slow.load(Ordering::SeqCst) {
+                    ProxyError::RequestTimeout
                 } else {
                     e
                 }
@@ -145,7 +221,7 @@ impl Ctx<'_> {
             let part_type = part_type.and_then(|t| HeaderValue::from_str(&t).ok());
             let options = self.put_options(&parts.headers, part_type.as_ref(), &permit)?;
             let file: ByteStream = Box::pin(field.map(|chunk| chunk.map_err(BoxError::from)));
-            let stream = limit_stream(file, self.max_upload(), self.idle_timeout(), state.clone());
+            let stream = limit_stream(file, self.max_upload(), self.pace(), state.clone());
             let etag = self
                 .upload(&permit, stream, None, &options, &state)
                 .await
@@ -191,8 +267,14 @@ impl Ctx<'_> {
         self.live.config.upload.max_size.bytes()
     }
 
-    fn idle_timeout(&self) -> Duration {
-        self.live.config.server.idle_timeout
+    /// `server.min_body_rate` over every `server.idle_timeout`.
+    fn pace(&self) -> Pace {
+        let server = &self.live.config.server;
+        Pace {
+            window: server.idle_timeout,
+            min_bytes: (server.min_body_rate.bytes() as f64 * server.idle_timeout.as_secs_f64())
+                as u64,
+        }
     }
 
     fn limited<B>(&self, body: B, state: &Arc<BodyState>) -> ByteStream
@@ -214,7 +296,7 @@ impl Ctx<'_> {
                 Err(e) => Some(Err(e.into())),
             })
         });
-        limit_stream(Box::pin(data), limit, self.idle_timeout(), state.clone())
+        limit_stream(Box::pin(data), limit, self.pace(), state.clone())
     }
 
     /// `Content-Type` (`content_type`, or guessed from the key) and ACL (named in `headers`,
@@ -289,40 +371,45 @@ impl Ctx<'_> {
         let s3 = &self.live.s3;
         let result = match length {
             Some(length) if length <= SINGLE_PUT_MAX => s3.put(permit, body, length, options).await,
-            _ => self.upload_in_parts(permit, body, options).await,
+            _ => self.upload_in_parts(permit, body, options, state).await,
         };
         let etag = result.map_err(|e| upload_error(e, state))?;
         self.shared.cache.invalidate(permit.object()).await;
         Ok(etag)
     }
 
+    /// Uploads a body of unknown length in parts, holding at most two part buffers (the one
+    /// going up, the next one filling) within `upload.buffer_memory`.
     async fn upload_in_parts(
         &self,
         permit: &Permit,
         body: ByteStream,
         options: &PutOptions,
+        state: &BodyState,
     ) -> Result<Option<HeaderValue>, S3Error> {
         let mut body = body.fuse();
         let s3 = &self.live.s3;
-        let part_size = MIN_PART.max(self.max_upload().div_ceil(MAX_PARTS)) as usize;
-        let first = fill(&mut body, part_size).await?;
+        let part_size = self.live.config.upload.part_size() as usize;
+        let memory = &self.shared.upload_memory;
+        let first = fill(&mut body, part_size, memory, state).await?;
         if first.len() < part_size {
-            return s3.put_bytes(permit, first.freeze(), options).await;
+            let (bytes, _room) = first.freeze();
+            return s3.put_bytes(permit, bytes, options).await;
         }
         let upload_id = s3.create_multipart(permit, options).await?;
         let mut parts: Vec<Part> = Vec::new();
         let mut next = Some(first);
         let result = async {
             while let Some(buffer) = next.take() {
-                if buffer.is_empty() {
+                if buffer.len() == 0 {
                     break;
                 }
                 let number = parts.len() as u32 + 1;
-                let following = fill(&mut body, part_size);
-                let (part, following) = tokio::join!(
-                    s3.upload_part(permit, &upload_id, number, buffer.freeze()),
-                    following
-                );
+                let (bytes, room) = buffer.freeze();
+                let following = fill(&mut body, part_size, memory, state);
+                let (part, following) =
+                    tokio::join!(s3.upload_part(permit, &upload_id, number, bytes), following);
+                drop(room);
                 parts.push(part?);
                 next = Some(following?);
             }
@@ -414,15 +501,26 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
         .transpose()
 }
 
-/// Reads up to `size` bytes (fewer only at the end of the body).
-async fn fill<S>(body: &mut S, size: usize) -> Result<BytesMut, S3Error>
+/// Reads up to `size` bytes (fewer only at the end of the body) into a buffer that holds room
+/// in `memory`.
+async fn fill<S>(
+    body: &mut S,
+    size: usize,
+    memory: &UploadMemory,
+    state: &BodyState,
+) -> Result<PartBuffer, S3Error>
 where
     S: futures_util::Stream<Item = Result<Bytes, BoxError>> + Unpin,
 {
-    let mut buffer = BytesMut::with_capacity(size);
+    let mut buffer = PartBuffer::new();
     while buffer.len() < size {
         match body.next().await {
-            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+            Some(Ok(chunk)) => {
+                if buffer.append(&chunk, size, memory).await.is_none() {
+                    state.no_memory.store(true, Ordering::SeqCst);
+                    return Err(S3Error::Unreachable("no room for the upload buffer".into()));
+                }
+            }
             Some(Err(e)) => return Err(S3Error::Unreachable(format!("request body: {e}"))),
             None => break,
         }
@@ -430,49 +528,88 @@ where
     Ok(buffer)
 }
 
+/// How fast a request body must come: at least `min_bytes` in every `window` spent waiting
+/// for it (time spent sending it on to S3 does not count).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    window: Duration,
+    min_bytes: u64,
+}
+
 /// The client's body, ended with an error (never a short success) when it grows past `limit`,
-/// breaks off, or stalls for `idle`.
-fn limit_stream(body: ByteStream, limit: u64, idle: Duration, state: Arc<BodyState>) -> ByteStream {
-    Box::pin(futures_util::stream::unfold(Some(body), move |body| {
+/// breaks off, stops, or keeps below the minimum rate.
+fn limit_stream(body: ByteStream, limit: u64, pace: Pace, state: Arc<BodyState>) -> ByteStream {
+    // The body, and the current window: time waited in it and bytes received in it.
+    let start = Some((body, Duration::ZERO, 0u64));
+    Box::pin(futures_util::stream::unfold(start, move |current| {
         let state = state.clone();
         async move {
-            let mut body = body?;
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    let total = state
-                        .received
-                        .fetch_add(chunk.len() as u64, Ordering::SeqCst)
-                        + chunk.len() as u64;
-                    if total > limit {
-                        state.too_large.store(true, Ordering::SeqCst);
-                        return Some((
-                            Err(BoxError::from("upload larger than upload.max_size")),
-                            None,
-                        ));
+            let (mut body, mut waited, mut got) = current?;
+            let too_slow = |state: &BodyState| {
+                state.too_slow.store(true, Ordering::SeqCst);
+                Some((
+                    Err(BoxError::from("upload slower than server.min_body_rate")),
+                    None,
+                ))
+            };
+            loop {
+                let started = Instant::now();
+                let next =
+                    tokio::time::timeout(pace.window.saturating_sub(waited), body.next()).await;
+                waited += started.elapsed();
+                let window_over = waited >= pace.window;
+                match next {
+                    Ok(Some(Ok(chunk))) => {
+                        let n = chunk.len() as u64;
+                        let total = state.received.fetch_add(n, Ordering::SeqCst) + n;
+                        if total > limit {
+                            state.too_large.store(true, Ordering::SeqCst);
+                            return Some((
+                                Err(BoxError::from("upload larger than upload.max_size")),
+                                None,
+                            ));
+                        }
+                        got += n;
+                        if window_over {
+                            if got < pace.min_bytes {
+                                return too_slow(&state);
+                            }
+                            (waited, got) = (Duration::ZERO, 0);
+                        }
+                        return Some((Ok(chunk), Some((body, waited, got))));
                     }
-                    Some((Ok(chunk), Some(body)))
-                }
-                Ok(Some(Err(e))) => {
-                    state.broken.store(true, Ordering::SeqCst);
-                    Some((Err(e), None))
-                }
-                Ok(None) => None,
-                Err(_) => {
-                    state.broken.store(true, Ordering::SeqCst);
-                    Some((Err(BoxError::from("upload stalled")), None))
+                    Ok(Some(Err(e))) => {
+                        state.broken.store(true, Ordering::SeqCst);
+                        return Some((Err(e), None));
+                    }
+                    Ok(None) => return None,
+                    // A whole window waited: it must have brought enough, and something.
+                    Err(_) => {
+                        if got == 0 || got < pace.min_bytes {
+                            return too_slow(&state);
+                        }
+                        (waited, got) = (Duration::ZERO, 0);
+                    }
                 }
             }
         }
     }))
 }
 
-/// Why an upload failed, from the client's side first: too large, broken off, then S3.
+/// Why an upload failed, from the client's side first: too large, too slow, broken off, then
+/// s3warden's memory, then S3.
 fn upload_error(e: S3Error, state: &BodyState) -> ProxyError {
     if state.too_large.load(Ordering::SeqCst) {
         return ProxyError::PayloadTooLarge;
     }
+    if state.too_slow.load(Ordering::SeqCst) {
+        return ProxyError::RequestTimeout;
+    }
     if state.broken.load(Ordering::SeqCst) {
         return ProxyError::BadRequest("the request body broke off before it was complete".into());
+    }
+    if state.no_memory.load(Ordering::SeqCst) {
+        return ProxyError::Unavailable;
     }
     match e {
         S3Error::Status {

@@ -20,16 +20,16 @@ const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 const PRLIMIT: &str = "/usr/bin/prlimit";
 
 /// A running `s3warden serve` and the S3 it talks to.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    url: String,
-    admin_url: String,
-    s3: Arc<EmbeddedS3>,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) url: String,
+    pub(crate) admin_url: String,
+    pub(crate) s3: Arc<EmbeddedS3>,
     log: PathBuf,
 }
 
-struct Launch {
+pub(crate) struct Launch {
     setup: Setup,
     env: Vec<(String, String)>,
     /// Run under `systemd-socket-activate -l 127.0.0.1:PORT`.
@@ -39,7 +39,7 @@ struct Launch {
 }
 
 impl Launch {
-    fn new(setup: Setup) -> Launch {
+    pub(crate) fn new(setup: Setup) -> Launch {
         Launch {
             setup,
             env: vec![
@@ -62,7 +62,7 @@ impl Launch {
         self
     }
 
-    async fn start(self) -> Daemon {
+    pub(crate) async fn start(self) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("s3");
         std::fs::create_dir_all(&data).unwrap();
@@ -135,8 +135,14 @@ impl Launch {
         let http = client();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = http.get(format!("{}/_health", daemon.url)).send().await
-                && r.status() == StatusCode::OK
+            // The public listener (whose first connection starts a socket-activated daemon), or
+            // the admin one (plain HTTP even when the public one is TLS; it starts last).
+            let answers = |url: String| {
+                let request = http.get(url).send();
+                async move { request.await.is_ok_and(|r| r.status() == StatusCode::OK) }
+            };
+            if answers(format!("{}/_health", daemon.url)).await
+                || answers(format!("{}/healthz", daemon.admin_url)).await
             {
                 break;
             }
@@ -158,7 +164,11 @@ impl Launch {
 }
 
 impl Daemon {
-    fn logs(&self) -> String {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -175,7 +185,7 @@ impl Daemon {
         self.dir.path().join("s3warden.toml")
     }
 
-    fn object_url(&self, key: &str) -> String {
+    pub(crate) fn object_url(&self, key: &str) -> String {
         format!("{}/files/{}", self.url, encode_key(key))
     }
 

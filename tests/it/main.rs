@@ -11,6 +11,7 @@ mod config_files;
 mod content;
 mod daemon;
 mod demo;
+mod exhaustion;
 mod fleet;
 mod foundation;
 mod protection;

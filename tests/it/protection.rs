@@ -138,8 +138,9 @@ async fn a_body_that_stops_moving_is_cut_off_at_the_idle_timeout() {
     let (answer, took) = until_closed(&mut stream, Duration::from_secs(6)).await;
     assert!(took < Duration::from_secs(4), "{took:?}");
     let text = String::from_utf8_lossy(&answer);
+    // A body that stops is the slowest body there is: 408, as for one below min_body_rate.
     assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
     assert!(!h.s3.exists(BUCKET, "users/alice/slow.bin"));
@@ -257,4 +258,162 @@ async fn a_long_chunk_line_split_across_reads_does_not_blind_the_smuggling_check
         .collect();
     assert_eq!(statuses, ["201", "400"], "{text}");
     assert!(text.contains("ambiguous request framing"), "{text}");
+}
+
+#[tokio::test]
+async fn tls_serves_only_the_protocol_alpn_chose() {
+    use crate::common::h2raw::{self, frame, tls};
+    let h = Setup::default().tls().start().await;
+    // Negotiated http/1.1, then spoken HTTP/2: not served as HTTP/2.
+    let mut stream = tls(h.addr, &[b"http/1.1"]).await;
+    let opening = [h2raw::PREFACE, &frame(h2raw::SETTINGS, 0, 0, &[])].concat();
+    stream.write_all(&opening).await.unwrap();
+    let (answer, _) = until_closed_tls(&mut stream).await;
+    // An HTTP/1.1 refusal or nothing, not the server's HTTP/2 SETTINGS.
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Negotiated h2, then spoken HTTP/1.1: no HTTP/1.1 answer.
+    let mut stream = tls(h.addr, &[b"h2"]).await;
+    stream
+        .write_all(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = until_closed_tls(&mut stream).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // No ALPN at all: HTTP/1.1, which every TLS client speaks.
+    let mut stream = tls(h.addr, &[]).await;
+    stream
+        .write_all(b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = until_closed_tls(&mut stream).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// Reads a TLS stream until the server closes it (or 5 s pass).
+async fn until_closed_tls(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    (buf, started.elapsed())
+}
+
+#[tokio::test]
+async fn tls_connections_over_the_cap_get_a_503_they_can_read() {
+    let h = Setup::default()
+        .tls()
+        .set("server.max_connections", "2")
+        .set("server.header_read_timeout", "\"10s\"")
+        .start()
+        .await;
+    let _a = TcpStream::connect(h.addr).await.unwrap();
+    let _b = TcpStream::connect(h.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let url = format!("https://localhost:{}/_health", h.addr.port());
+    for client in [
+        tls_client(reqwest::Client::builder()),
+        tls_client(reqwest::Client::builder().http1_only()),
+    ] {
+        let r = client
+            .get(&url)
+            .send()
+            .await
+            .expect("a clean answer, not a TLS error");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"],
+            "unavailable"
+        );
+    }
+}
+
+/// Sends a PUT head for `len` body bytes, then `chunk` bytes every `every`, until the server
+/// answers; the answer and how long it took.
+async fn trickle_put(
+    h: &Harness,
+    key: &str,
+    len: usize,
+    chunk: usize,
+    every: Duration,
+) -> (String, Duration) {
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "PUT /files/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n",
+        token("alice")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = async {
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.min(len - sent);
+            if writer.write_all(&vec![b'x'; n]).await.is_err() {
+                break;
+            }
+            sent += n;
+            tokio::time::sleep(every).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut answer = Vec::new();
+    let reading = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer));
+    tokio::select! {
+        _ = reading => {}
+        _ = writing => {}
+    }
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn bodies_below_the_minimum_rate_are_408_and_leave_nothing() {
+    let h = Setup::default()
+        .set("server.idle_timeout", "\"2s\"")
+        .set("server.min_body_rate", "\"1KiB\"")
+        .start()
+        .await;
+    // 500 bytes a second: never stalls, never keeps up.
+    let (answer, took) = trickle_put(
+        &h,
+        "users/alice/slow.bin",
+        100_000,
+        100,
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!h.s3.exists(BUCKET, "users/alice/slow.bin"));
+    // 20 KiB a second is fine.
+    let (answer, _) = trickle_put(
+        &h,
+        "users/alice/ok.bin",
+        60_000,
+        4096,
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(
+        h.s3.read(BUCKET, "users/alice/ok.bin").unwrap().len(),
+        60_000
+    );
 }

@@ -3,6 +3,7 @@
 //! libraries would normalize.
 
 pub mod faults;
+pub mod h2raw;
 pub mod jwks;
 pub mod process;
 pub mod raw;
@@ -339,10 +340,7 @@ impl Harness {
 
     /// One sample of the admin `/metrics`, by its full name with labels (`None` if absent).
     pub async fn metric(&self, name: &str) -> Option<u64> {
-        let text = self.metrics_text().await;
-        text.lines()
-            .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        metric_at(&self.admin_url, name).await
     }
 
     /// Stops the listeners (drains).
@@ -366,6 +364,22 @@ pub fn write_secrets(dir: &Path) {
     std::fs::write(dir.join("url-key-1"), URL_KEY_1).unwrap();
     std::fs::write(dir.join("url-key-2"), URL_KEY_2).unwrap();
     std::fs::write(dir.join("admin-token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+}
+
+/// One sample of the `/metrics` of the admin listener at `admin_url`, by its full name with
+/// labels (`None` if absent).
+pub async fn metric_at(admin_url: &str, name: &str) -> Option<u64> {
+    let text = client()
+        .get(format!("{admin_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A free TCP port on loopback (free when asked; tests bind it right after).
