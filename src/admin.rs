@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -25,13 +25,8 @@ impl Handler for Admin {
     ) -> impl Future<Output = Response<Body>> + Send {
         let app = self.0.clone();
         async move {
-            let mut response = handle(
-                &app,
-                request.method(),
-                request.uri().path(),
-                request.headers(),
-            )
-            .await;
+            let mut response =
+                handle(&app, request.method(), request.uri(), request.headers()).await;
             response.headers_mut().insert(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
@@ -42,7 +37,8 @@ impl Handler for Admin {
 }
 
 /// Answers one admin request.
-pub async fn handle(app: &App, method: &Method, path: &str, headers: &HeaderMap) -> Response<Body> {
+pub async fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Body> {
+    let token = app.config().secrets.admin_token.clone();
     if from_a_browser(headers) {
         return error(
             StatusCode::FORBIDDEN,
@@ -50,8 +46,18 @@ pub async fn handle(app: &App, method: &Method, path: &str, headers: &HeaderMap)
             "browser requests are refused here",
         );
     }
+    // Without a token the listener is on loopback, and only loopback names reach it: a page
+    // whose own name an attacker points at 127.0.0.1 (DNS rebinding) is refused.
+    if token.is_none() && !names_loopback(uri, headers) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "without admin.token_file, only loopback host names are served",
+        );
+    }
+    let path = uri.path();
     let probe = matches!(path, "/healthz" | "/readyz");
-    if !probe && !token_matches(app.config().secrets.admin_token.as_deref(), headers) {
+    if !probe && !token_matches(token.as_deref(), headers) {
         let mut response = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -106,6 +112,36 @@ fn from_a_browser(headers: &HeaderMap) -> bool {
             .get_all("sec-fetch-site")
             .iter()
             .any(|v| v.as_bytes() != b"none")
+}
+
+/// Whether the request names this machine: `Host` (or the HTTP/2 authority) is a loopback
+/// address or `localhost`, with any port. A request with no host at all (HTTP/1.0) passes.
+fn names_loopback(uri: &Uri, headers: &HeaderMap) -> bool {
+    let host = match headers.get(header::HOST) {
+        Some(value) => match value.to_str() {
+            Ok(host) => host,
+            Err(_) => return false,
+        },
+        None => match uri.host() {
+            Some(host) => host,
+            None => return true,
+        },
+    };
+    // `127.0.0.1:9901`, `localhost:9901`, `[::1]:9901`, `[::1]`.
+    let name = match host.rsplit_once(':') {
+        Some((name, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether the request carries the admin token (always, when none is configured). Compared as
@@ -201,4 +237,47 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names() {
+        let with_host = |host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            names_loopback(&Uri::from_static("/metrics"), &headers)
+        };
+        for ok in [
+            "127.0.0.1:9901",
+            "127.0.0.1",
+            "localhost:9901",
+            "LOCALHOST",
+            "[::1]:9901",
+            "[::1]",
+            "127.8.9.1:1",
+        ] {
+            assert!(with_host(ok), "{ok}");
+        }
+        for no in [
+            "rebind.test:9901",
+            "rebind.test",
+            "10.0.0.5:9901",
+            "127.0.0.1.evil.test",
+            "[::2]:9901",
+            "localhost.evil.test:9901",
+        ] {
+            assert!(!with_host(no), "{no}");
+        }
+        assert!(names_loopback(
+            &Uri::from_static("/metrics"),
+            &HeaderMap::new()
+        ));
+        assert!(!names_loopback(
+            &Uri::from_static("http://rebind.test:9901/metrics"),
+            &HeaderMap::new()
+        ));
+    }
 }

@@ -21,6 +21,10 @@ pub struct FramingWatch {
     max_head: usize,
     verdicts: VecDeque<bool>,
     heads: u64,
+    /// HTTP/2 by prior knowledge may start this connection (plain TCP, where hyper detects it).
+    http2_allowed: bool,
+    /// Blank lines came before the first head (then it cannot be the HTTP/2 preface).
+    skipped_blank: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +145,16 @@ impl FramingWatch {
             max_head,
             verdicts: VecDeque::new(),
             heads: 0,
+            http2_allowed: true,
+            skipped_blank: false,
+        }
+    }
+
+    /// A watcher for a connection that speaks only HTTP/1 (ALPN `http/1.1`, or none).
+    pub fn http1(max_head: usize) -> FramingWatch {
+        FramingWatch {
+            http2_allowed: false,
+            ..FramingWatch::new(max_head)
         }
     }
 
@@ -180,13 +194,15 @@ impl FramingWatch {
         self.heads
     }
 
-    /// Follows bytes read from the client; true when they are progress (every HTTP/1 byte;
-    /// HTTP/2 heads and data).
+    /// Follows bytes read from the client; true when they are progress: every HTTP/1 byte, and
+    /// on HTTP/2 a completed request head. (Request body data is not: a handler reading a body
+    /// keeps the connection busy anyway, and DATA for no one, on closed streams or all padding,
+    /// must not keep a connection open.)
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
         if let State::Http2(scan) = &mut self.state {
             let seen = scan.scan(bytes);
             self.heads += seen.heads;
-            return seen.progress;
+            return seen.heads > 0;
         }
         // (The preface may end mid-read: the frames after it are scanned there.)
         self.feed_http1(bytes);
@@ -245,8 +261,14 @@ impl FramingWatch {
                         return;
                     }
                     Line::Done(rest) => {
-                        let empty = line.iter().all(|b| *b == b'\r');
+                        // hyper ends trailer lines only at CRLF; a bare LF would make the two
+                        // disagree on where the request ends.
+                        let (ended, empty) = (line.last() == Some(&b'\r'), line == b"\r");
                         line.clear();
+                        if !ended {
+                            self.state = State::Broken;
+                            return;
+                        }
                         if empty {
                             self.state = State::Head;
                         }
@@ -263,6 +285,7 @@ impl FramingWatch {
         if self.head.is_empty() {
             while let [b'\r' | b'\n', rest @ ..] = bytes {
                 bytes = rest;
+                self.skipped_blank = true;
             }
             if bytes.is_empty() {
                 return bytes;
@@ -295,9 +318,15 @@ impl FramingWatch {
             return;
         }
         if head.starts_with(H2_PREFACE) {
-            // The head ends after `PRI * HTTP/2.0`; the preface's `SM` line follows.
-            let rest = H2_CLIENT_PREFACE.len() - head.len();
-            self.state = State::Http2(FrameScan::after(rest));
+            // HTTP/2 by prior knowledge starts a connection with exactly the preface (whose
+            // `SM` line follows this head); anywhere else hyper refuses it, and so does this.
+            let first = self.heads == 0 && !self.skipped_blank;
+            let exact = H2_CLIENT_PREFACE.starts_with(head);
+            self.state = if self.http2_allowed && first && exact {
+                State::Http2(FrameScan::after(H2_CLIENT_PREFACE.len() - head.len()))
+            } else {
+                State::Broken
+            };
             return;
         }
         self.heads += 1;
@@ -495,6 +524,13 @@ mod tests {
             chunked(b"fffffffffffffffffffff\r\n", b"x"),
             chunked(b"0\r\n", b"Trailer: a\r\n\r\n"),
             [b"GET /a HTTP/1.1\r\nX: ", "h".repeat(70_000).as_bytes(), b"\r\n\r\n"].concat(),
+            // A bare LF in the trailers: hyper keeps reading trailers where a LF-only reader
+            // would see the next head.
+            chunked(b"0\r\n", b"X: a\n\r\nGET /fake HTTP/1.1\r\n\r\n"),
+            chunked(b"0\r\n", b"\nGET /fake HTTP/1.1\r\n\r\n"),
+            // The HTTP/2 preface after a request, or after blank lines.
+            [get, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"].concat(),
+            b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
         ];
         // Each one followed by a plain request, and by a smuggling attempt.
         for i in 0..out.len() {
@@ -551,6 +587,29 @@ mod tests {
             parts.push(&request[from..]);
             proptest::prop_assert_eq!(outcome(&parts), outcome(&[request]));
         }
+    }
+
+    #[test]
+    fn trailers_and_prefaces_hyper_would_read_otherwise_refuse_what_follows() {
+        let mut w = FramingWatch::new(8192);
+        w.feed(
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\r\n\
+              GET /fake HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 5\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        assert!(!w.next_is_ambiguous());
+        assert!(w.next_is_ambiguous());
+        assert!(w.next_is_ambiguous());
+        let mut w = FramingWatch::new(8192);
+        w.feed(b"GET /a HTTP/1.1\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(!w.is_http2());
+        assert!(!w.next_is_ambiguous());
+        assert!(w.next_is_ambiguous());
+        // Over TLS with ALPN http/1.1, the preface is no HTTP/2 either.
+        let mut w = FramingWatch::http1(8192);
+        w.feed(H2_CLIENT_PREFACE);
+        assert!(!w.is_http2());
+        assert!(w.next_is_ambiguous());
     }
 
     #[test]
@@ -629,6 +688,16 @@ mod tests {
         for at in 0..=data.len() {
             assert!(scan_split(&data, at).0.progress, "at {at}");
         }
+    }
+
+    #[test]
+    fn on_http2_only_request_heads_are_progress_from_the_client() {
+        let mut w = FramingWatch::http2(8192);
+        w.feed(H2_CLIENT_PREFACE);
+        // Data for no one: padded and empty, or one byte on a closed stream.
+        assert!(!w.feed(&frame(0x0, 0x8, &[0])));
+        assert!(!w.feed(&frame(0x0, 0, &[1])));
+        assert!(w.feed(&frame(0x1, 0x5, &[0x82])));
     }
 
     #[test]

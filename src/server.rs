@@ -307,7 +307,7 @@ impl<H: Handler> Connection<H> {
                 let framing = if alpn == Some(b"h2") {
                     FramingWatch::http2(max_head)
                 } else {
-                    FramingWatch::new(max_head)
+                    FramingWatch::http1(max_head)
                 };
                 let builder = self.builders.for_alpn(alpn);
                 (Transport::Tls(Box::new(tls)), builder, framing)

@@ -107,7 +107,7 @@ impl App {
     pub async fn with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
         let cache = ObjectCache::new(&config.cache, metrics.clone());
-        let upload_memory = upload::UploadMemory::new(config.upload.buffer_memory.bytes());
+        let upload_memory = upload::UploadMemory::new(&config.upload);
         let live = Live::new(config, &metrics).await?;
         let inner = Inner {
             live: ArcSwap::from_pointee(live),
@@ -282,6 +282,19 @@ impl App {
     }
 }
 
+/// Whose upload this is, for their share of the upload buffer memory: a token's subject, one
+/// signed URL, or everyone anonymous together.
+fn uploader(auth: &Authenticated, permit: &Permit) -> Arc<str> {
+    if auth.signed.is_some() {
+        return format!("signed:{}/{}", permit.alias(), permit.key().as_str()).into();
+    }
+    match auth.identity.as_ref().map(|id| id.sub.as_deref()) {
+        Some(Some(sub)) => format!("sub:{sub}").into(),
+        Some(None) => "token".into(),
+        None => "anonymous".into(),
+    }
+}
+
 impl Ctx<'_> {
     async fn dispatch<B>(
         &self,
@@ -323,7 +336,8 @@ impl Ctx<'_> {
                 } else {
                     outcome.route = "upload";
                     let permit = self.authorize(&auth, &object.alias, &object.key, Method::Put)?;
-                    Box::pin(self.put_object(parts, &permit, body)).await
+                    let uploader = uploader(&auth, &permit);
+                    Box::pin(self.put_object(parts, &permit, uploader, body)).await
                 }
             }
             Route::Sign => {
@@ -350,12 +364,13 @@ impl Ctx<'_> {
                     prefix.map_or(String::new(), |p| format!("{p}/")),
                     uuid::Uuid::nil()
                 ))?;
-                self.authorize(&auth, &alias, &probe, Method::Put)?;
+                let probe = self.authorize(&auth, &alias, &probe, Method::Put)?;
+                let uploader = uploader(&auth, &probe);
                 let authorize = |key: &str| {
                     let key = Key::parse(key)?;
                     self.authorize(&auth, &alias, &key, Method::Put)
                 };
-                Box::pin(self.create_object(parts, prefix, body, authorize)).await
+                Box::pin(self.create_object(parts, prefix, uploader, body, authorize)).await
             }
         }
     }

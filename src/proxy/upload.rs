@@ -3,8 +3,9 @@
 //! a body that breaks off or grows too large leaves nothing in S3. Authorization has been decided
 //! before this module reads a single body byte.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -12,14 +13,13 @@ use futures_util::StreamExt;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyStream;
+use mediatype::MediaType;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Ctx;
-use mediatype::MediaType;
-
 use crate::body::{Body, BoxError, ByteStream};
-use crate::config::Acl;
+use crate::config::{Acl, UploadConfig};
 use crate::error::ProxyError;
 use crate::policy::Permit;
 use crate::s3::{Part, PutOptions, S3Error};
@@ -34,31 +34,90 @@ const MEMORY_WAIT: Duration = Duration::from_secs(5);
 const FIRST_BUFFER: usize = 64 * 1024;
 
 /// The bytes all upload part buffers may hold together (`upload.buffer_memory`), counted in
-/// their capacity, not their length: the memory they really take.
-pub(super) struct UploadMemory(Arc<Semaphore>);
+/// their capacity, not their length: the memory they really take. One uploader (a token's
+/// subject, one signed URL, or all anonymous uploads) may hold a quarter of it (at least two
+/// parts), so a few slow uploads cannot keep everyone else out.
+pub(super) struct UploadMemory {
+    total: Arc<Semaphore>,
+    share: usize,
+    held: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+}
 
 impl UploadMemory {
-    pub(super) fn new(bytes: u64) -> UploadMemory {
-        let bytes = usize::try_from(bytes)
+    pub(super) fn new(upload: &UploadConfig) -> UploadMemory {
+        let bytes = usize::try_from(upload.buffer_memory.bytes())
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
-        UploadMemory(Arc::new(Semaphore::new(bytes)))
+        let two_parts = usize::try_from(2 * upload.part_size()).unwrap_or(usize::MAX);
+        UploadMemory {
+            total: Arc::new(Semaphore::new(bytes)),
+            share: (bytes / 4).max(two_parts).min(bytes),
+            held: Arc::default(),
+        }
     }
 
-    /// Room for `n` more bytes, waiting up to [`MEMORY_WAIT`] for it.
-    async fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(n).ok()?;
-        tokio::time::timeout(MEMORY_WAIT, self.0.clone().acquire_many_owned(n))
+    /// Room for `n` more bytes for `who`: none at once past their share, else waiting up to
+    /// [`MEMORY_WAIT`] for it.
+    async fn take(&self, who: &Arc<str>, n: usize) -> Option<Room> {
+        let n32 = u32::try_from(n).ok()?;
+        {
+            let mut held = self.held.lock().expect("lock");
+            let mine = held.entry(who.clone()).or_default();
+            if *mine + n > self.share {
+                return None;
+            }
+            *mine += n;
+        }
+        // From here on, dropping `room` gives the share back.
+        let mut room = Room {
+            permit: None,
+            who: who.clone(),
+            bytes: n,
+            held: self.held.clone(),
+        };
+        let permit = tokio::time::timeout(MEMORY_WAIT, self.total.clone().acquire_many_owned(n32))
             .await
             .ok()?
-            .ok()
+            .ok()?;
+        room.permit = Some(permit);
+        Some(room)
+    }
+}
+
+/// Bytes of [`UploadMemory`] held by one uploader, given back when dropped.
+struct Room {
+    permit: Option<OwnedSemaphorePermit>,
+    who: Arc<str>,
+    bytes: usize,
+    held: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+}
+
+impl Room {
+    fn merge(&mut self, mut other: Room) {
+        match (&mut self.permit, other.permit.take()) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine, theirs) => *mine = mine.take().or(theirs),
+        }
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("lock");
+        if let Some(mine) = held.get_mut(&self.who) {
+            *mine = mine.saturating_sub(self.bytes);
+            if *mine == 0 {
+                held.remove(&self.who);
+            }
+        }
     }
 }
 
 /// A multipart part being filled, with the room it holds in [`UploadMemory`].
 struct PartBuffer {
     bytes: BytesMut,
-    room: Option<OwnedSemaphorePermit>,
+    room: Option<Room>,
 }
 
 impl PartBuffer {
@@ -71,12 +130,18 @@ impl PartBuffer {
 
     /// Appends `chunk`, growing the buffer (by doubling, up to `size`) with room taken from
     /// `memory` first; `None` when there is none to be had.
-    async fn append(&mut self, chunk: &[u8], size: usize, memory: &UploadMemory) -> Option<()> {
+    async fn append(
+        &mut self,
+        chunk: &[u8],
+        size: usize,
+        memory: &UploadMemory,
+        who: &Arc<str>,
+    ) -> Option<()> {
         let needed = self.bytes.len() + chunk.len();
         let capacity = self.bytes.capacity();
         if needed > capacity {
             let grown = (capacity * 2).max(FIRST_BUFFER).min(size).max(needed);
-            let more = memory.take(grown - capacity).await?;
+            let more = memory.take(who, grown - capacity).await?;
             match &mut self.room {
                 Some(room) => room.merge(more),
                 None => self.room = Some(more),
@@ -94,20 +159,24 @@ impl PartBuffer {
     }
 
     /// The bytes, and the room they hold (to be kept until they are sent).
-    fn freeze(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+    fn freeze(self) -> (Bytes, Option<Room>) {
         (self.bytes.freeze(), self.room)
     }
 }
 
-/// How the request body went, as seen by the stream that reads it.
+/// How the request body went, as seen by the stream that reads it, and whose it is.
 #[derive(Default)]
 struct BodyState {
+    /// Who is uploading, for their share of [`UploadMemory`].
+    uploader: Arc<str>,
     too_large: AtomicBool,
     broken: AtomicBool,
     /// It kept below `server.min_body_rate`, or stopped.
     too_slow: AtomicBool,
     /// No room in `upload.buffer_memory`.
     no_memory: AtomicBool,
+    /// A form carried more than [`FORM_PRELUDE_MAX`] before its file field.
+    prelude_too_long: AtomicBool,
     received: AtomicU64,
 }
 
@@ -127,6 +196,7 @@ impl Ctx<'_> {
         &self,
         parts: &Parts,
         permit: &Permit,
+        uploader: Arc<str>,
         body: B,
     ) -> Result<Response<Body>, ProxyError>
     where
@@ -139,7 +209,7 @@ impl Ctx<'_> {
             permit,
         )?;
         let length = declared_length(&parts.headers)?;
-        let state = Arc::new(BodyState::default());
+        let state = Arc::new(BodyState::of(uploader));
         let stream = self.limited(body, &state);
         let etag = self
             .upload(permit, stream, length, &options, &state)
@@ -153,6 +223,7 @@ impl Ctx<'_> {
         &self,
         parts: &Parts,
         prefix: Option<&str>,
+        uploader: Arc<str>,
         body: B,
         authorize: F,
     ) -> Result<Response<Body>, ProxyError>
@@ -161,7 +232,7 @@ impl Ctx<'_> {
         B::Error: Into<BoxError>,
         F: Fn(&str) -> Result<Permit, ProxyError>,
     {
-        let state = Arc::new(BodyState::default());
+        let state = Arc::new(BodyState::of(uploader));
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -179,13 +250,22 @@ impl Ctx<'_> {
                 .map_err(|_| ProxyError::BadRequest("multipart body without a boundary".into()))?;
             // The form's own overhead (boundaries, other fields) gets a little room.
             let form_state = Arc::new(BodyState::default());
-            let raw = self.limited_by(body, &form_state, self.max_upload() + 64 * 1024);
-            // The form's own body decides first: too large or too slow.
+            let raw = self.limited_by(body, &form_state, self.max_upload() + FORM_PRELUDE_MAX);
+            // multer keeps what it has read until it finds a part's end of headers: until the
+            // file field starts, it may read no more than the prelude allows.
+            let file_found = Arc::new(AtomicBool::new(false));
+            let raw = prelude_limited(raw, file_found.clone(), form_state.clone());
+            // The form's own body decides first: too large, too slow, or too much before `file`.
             let too_large = |e: ProxyError| {
                 if form_state.too_large.load(Ordering::SeqCst) {
                     ProxyError::PayloadTooLarge
                 } else if form_state.too_slow.load(Ordering::SeqCst) {
                     ProxyError::RequestTimeout
+                } else if form_state.prelude_too_long.load(Ordering::SeqCst) {
+                    ProxyError::BadRequest(format!(
+                        "a form may carry at most {} KiB before its file field",
+                        FORM_PRELUDE_MAX / 1024
+                    ))
                 } else {
                     e
                 }
@@ -193,7 +273,10 @@ impl Ctx<'_> {
             let mut form = multer::Multipart::new(raw, boundary);
             let field = loop {
                 match form.next_field().await {
-                    Ok(Some(field)) if field.name() == Some("file") => break field,
+                    Ok(Some(field)) if field.name() == Some("file") => {
+                        file_found.store(true, Ordering::SeqCst);
+                        break field;
+                    }
                     Ok(Some(_)) => continue,
                     Ok(None) => {
                         return Err(ProxyError::BadRequest(
@@ -516,7 +599,11 @@ where
     while buffer.len() < size {
         match body.next().await {
             Some(Ok(chunk)) => {
-                if buffer.append(&chunk, size, memory).await.is_none() {
+                if buffer
+                    .append(&chunk, size, memory, &state.uploader)
+                    .await
+                    .is_none()
+                {
                     state.no_memory.store(true, Ordering::SeqCst);
                     return Err(S3Error::Unreachable("no room for the upload buffer".into()));
                 }
@@ -526,6 +613,38 @@ where
         }
     }
     Ok(buffer)
+}
+
+impl BodyState {
+    fn of(uploader: Arc<str>) -> BodyState {
+        BodyState {
+            uploader,
+            ..BodyState::default()
+        }
+    }
+}
+
+/// What a form may carry before its file field starts: boundaries, part headers and small
+/// fields.
+const FORM_PRELUDE_MAX: u64 = 64 * 1024;
+
+/// A form body that ends with an error once more than [`FORM_PRELUDE_MAX`] bytes were read
+/// without `file_found` being set.
+fn prelude_limited(
+    body: ByteStream,
+    file_found: Arc<AtomicBool>,
+    state: Arc<BodyState>,
+) -> ByteStream {
+    let mut read = 0u64;
+    Box::pin(body.map(move |chunk| {
+        let chunk = chunk?;
+        read += chunk.len() as u64;
+        if read > FORM_PRELUDE_MAX && !file_found.load(Ordering::SeqCst) {
+            state.prelude_too_long.store(true, Ordering::SeqCst);
+            return Err(BoxError::from("too much before the file field"));
+        }
+        Ok(chunk)
+    }))
 }
 
 /// How fast a request body must come: at least `min_bytes` in every `window` spent waiting

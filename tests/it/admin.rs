@@ -46,6 +46,22 @@ async fn browser_requests_are_refused_even_without_a_token() {
     }
     let r = h.get("photos/a.png", Some(&token("alice"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT", "nothing was purged");
+    // A page whose own host name an attacker points at 127.0.0.1 (DNS rebinding) sends
+    // neither header on a same-origin fetch, but it names its own host.
+    for host in ["rebind.test:9901", "attacker.example"] {
+        let r = call(&h, http::Method::GET, "/metrics", &[("host", host)]).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{host}");
+        let r = call(&h, http::Method::POST, "/cache/purge", &[("host", host)]).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{host}");
+    }
+    let r = call(
+        &h,
+        http::Method::GET,
+        "/metrics",
+        &[("host", "localhost:9901")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
     // A typed URL (Sec-Fetch-Site: none), curl and scrapers are served.
     let r = call(
         &h,
@@ -102,6 +118,18 @@ async fn with_a_token_file_metrics_and_purges_need_the_token() {
         .await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
+    // With a token, any host name may reach the listener (it may be off loopback).
+    let r = call(
+        &h,
+        http::Method::GET,
+        "/metrics",
+        &[
+            ("authorization", &bearer),
+            ("host", "s3warden-1.internal:9901"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
     // Probes need nothing.
     assert_eq!(
         call(&h, http::Method::GET, "/healthz", &[]).await.status(),

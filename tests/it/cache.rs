@@ -407,7 +407,7 @@ async fn purges_remove_entries() {
     let admin: std::net::SocketAddr = h.admin_url.trim_start_matches("http://").parse().unwrap();
     let r = raw::send(
         admin,
-        b"DELETE /cache/files/photos/%2e%2e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"DELETE /cache/files/photos/%2e%2e HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(r.status, 400);

@@ -358,12 +358,16 @@ struct HeldUpload {
 
 impl HeldUpload {
     async fn start(daemon: &Daemon, key: &str, bytes: usize) -> HeldUpload {
+        Self::start_as(daemon, "alice", key, bytes).await
+    }
+
+    async fn start_as(daemon: &Daemon, sub: &str, key: &str, bytes: usize) -> HeldUpload {
         let stream = tokio::net::TcpStream::connect(addr(daemon)).await.unwrap();
         let (reader, mut writer) = stream.into_split();
         let head = format!(
             "PUT /files/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
              Transfer-Encoding: chunked\r\n\r\n",
-            token("alice")
+            token(sub)
         );
         let writer = tokio::spawn(async move {
             let _ = writer.write_all(head.as_bytes()).await;
@@ -385,12 +389,7 @@ impl HeldUpload {
 
     /// The start of the answer, if one comes within `limit`.
     async fn answer(&mut self, limit: Duration) -> Option<String> {
-        use tokio::io::AsyncReadExt;
-        let mut answer = vec![0u8; 1024];
-        match tokio::time::timeout(limit, self.reader.read(&mut answer)).await {
-            Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&answer[..n]).into_owned()),
-            _ => None,
-        }
+        Some(first_answer(&mut self.reader, limit).await).filter(|a| !a.is_empty())
     }
 
     /// Ends the body.
@@ -462,4 +461,135 @@ async fn uploads_of_unknown_length_share_one_memory_budget() {
         .await
         .unwrap_or_default();
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+}
+
+#[tokio::test]
+async fn data_for_no_stream_keeps_no_http2_connection_open() {
+    let daemon = Launch::new(Setup::default().set("server.idle_timeout", "\"2s\""))
+        .start()
+        .await;
+    let mut stream = raw_h2(&daemon).await;
+    let request = frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        1,
+        &h2raw::get("/_health"),
+    );
+    stream.write_all(&request).await.unwrap();
+    // The answer comes (and the stream closes on both sides).
+    let answered = h2raw::read_frames(&mut stream, Duration::from_millis(500)).await;
+    assert!(
+        answered.iter().any(|(kind, ..)| *kind == h2raw::HEADERS),
+        "{answered:?}"
+    );
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    // Every 300 ms: DATA on the closed stream 1, all padding (PADDED, pad length 0), then one
+    // byte of data. The server answers each with RST_STREAM; none of it is progress.
+    let feeding = async {
+        loop {
+            let _ = writer.write_all(&frame(h2raw::DATA, 0x8, 1, &[0])).await;
+            let _ = writer.write_all(&frame(h2raw::DATA, 0, 1, b"x")).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let closed = h2raw::read_frames(&mut reader, Duration::from_secs(6));
+    tokio::select! {
+        _ = closed => {},
+        _ = feeding => unreachable!(),
+    };
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(3500), "closed after {took:?}");
+}
+
+#[tokio::test]
+async fn forms_cannot_make_the_parser_hold_what_comes_before_the_file() {
+    let daemon = Launch::new(Setup::default()).start().await;
+    let pid = daemon.pid();
+    let rss_before = rss_kib(pid);
+    // Before any boundary, and inside the file part's headers: 20 MiB that never end either.
+    let preludes: [&[u8]; 2] = [
+        b"",
+        b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nX-Pad: ",
+    ];
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(addr(&daemon)).await.unwrap();
+        let head = format!(
+            "POST /files/users/alice/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: multipart/form-data; boundary=XYZ\r\nContent-Length: {}\r\n\r\n",
+            token("alice"),
+            21 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(preludes[i % 2]).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let filler = tokio::spawn(async move {
+            let block = vec![b'A'; 1 << 20];
+            for _ in 0..20 {
+                if writer.write_all(&block).await.is_err() {
+                    break;
+                }
+            }
+            writer
+        });
+        let answer = first_answer(&mut reader, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("before its file field"), "{answer}");
+        streams.push((reader, filler));
+    }
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    assert!(grown < 8 * MIB, "resident memory grew by {grown} KiB");
+    assert!(daemon.s3.keys(BUCKET).is_empty());
+}
+
+/// The first bytes the server sends back (within `limit`), as text.
+async fn first_answer(reader: &mut tokio::net::tcp::OwnedReadHalf, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 4096];
+    match tokio::time::timeout(limit, reader.read(&mut answer)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&answer[..n]).into_owned(),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn one_uploader_cannot_take_the_whole_upload_memory() {
+    let daemon = Launch::new(
+        Setup::default()
+            .set("upload.buffer_memory", "\"64MiB\"")
+            .set("server.idle_timeout", "\"30s\""),
+    )
+    .start()
+    .await;
+    // alice: eight uploads that each grow a part buffer to 8 MiB and hold on (64 MiB: all of
+    // it). Her share is a quarter, 16 MiB: six of them are refused at once.
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let key = format!("users/alice/held{i}.bin");
+        held.push(HeldUpload::start(&daemon, &key, (4 << 20) + (64 << 10)).await);
+    }
+    let answers =
+        futures_util::future::join_all(held.iter_mut().map(|u| u.answer(Duration::from_secs(3))))
+            .await;
+    let refused = answers
+        .iter()
+        .flatten()
+        .filter(|a| a.starts_with("HTTP/1.1 503"))
+        .count();
+    assert_eq!(refused, 6, "{answers:?}");
+    // bob's upload finds room while alice's two still hold theirs.
+    let started = Instant::now();
+    let mut bob = HeldUpload::start_as(&daemon, "bob", "users/bob/mine.bin", 1 << 20).await;
+    bob.finish().await;
+    let text = bob
+        .answer(Duration::from_secs(10))
+        .await
+        .unwrap_or_default();
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
