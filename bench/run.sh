@@ -193,9 +193,12 @@ if want upload; then
   sleep 0.5
   rss_before=$(kib "$S3WARDEN_PID" VmRSS)
   for run in 1 2 3 4 5; do
-    direct=$(s3warden_cmd sign --config "$work/s3warden.toml" --kind s3 --method PUT "files/bench/direct-$run.bin")
+    # The pre-signed PUT fixes the type and ACL as signed headers: the upload sends them.
+    direct=$(s3warden_cmd sign --config "$work/s3warden.toml" --kind s3 --method PUT \
+      --content-type application/octet-stream --acl private "files/bench/direct-$run.bin")
     s3_0=$(cpu_ticks "$s3_pid")
-    t_direct=$(taskset -c 0 curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" "$direct")
+    t_direct=$(taskset -c 0 curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" \
+      -H 'Content-Type: application/octet-stream' -H 'x-amz-acl: private' "$direct")
     s3_1=$(cpu_ticks "$s3_pid"); w_1=$(cpu_ticks "$S3WARDEN_PID")
     t_proxy=$(taskset -c 0 curl -fsS -o /dev/null -w '%{time_total}' -T "$work/object.bin" \
       -H "Authorization: Bearer $token" "http://127.0.0.1:19101/files/bench/proxied-$run.bin")
