@@ -15,7 +15,7 @@ use moka::ops::compute::Op;
 
 use crate::config::CacheConfig;
 use crate::metrics::{CacheEvent, Metrics};
-use crate::policy::Permit;
+use crate::policy::{Permit, Read};
 use crate::response::CacheStatus;
 use crate::s3::{Answer, Fetched, GetOptions, ObjectMeta, S3Client, S3Error, S3Object};
 use crate::sendfile::{FileWriter, MIN_FILE_SIZE, StoredFile};
@@ -204,7 +204,7 @@ impl ObjectCache {
     /// GET), stale when S3 fails, or not at all.
     pub async fn lookup(
         &self,
-        permit: &Permit,
+        permit: &Permit<Read>,
         s3: &S3Client,
         on_miss: OnMiss,
     ) -> Result<Lookup, S3Error> {
@@ -236,7 +236,7 @@ impl ObjectCache {
     /// comes first talks to S3; the others find its result.
     async fn fill(
         &self,
-        permit: &Permit,
+        permit: &Permit<Read>,
         s3: &S3Client,
         on_miss: OnMiss,
     ) -> Result<Lookup, S3Error> {
@@ -287,7 +287,7 @@ impl ObjectCache {
     /// A miss: fetch the whole object, and store it when it fits.
     async fn fetch(
         &self,
-        permit: &Permit,
+        permit: &Permit<Read>,
         s3: &S3Client,
         settings: &CacheSettings,
         now: Instant,
@@ -313,7 +313,7 @@ impl ObjectCache {
     /// A stale entry: ask S3 whether it changed (`If-None-Match`; a 304 moves no body).
     async fn revalidate(
         &self,
-        permit: &Permit,
+        permit: &Permit<Read>,
         s3: &S3Client,
         old: &Arc<CachedObject>,
         settings: &CacheSettings,

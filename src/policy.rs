@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -14,18 +15,75 @@ use crate::config::{Acl, AllowConfig, Config, Method};
 use crate::route::Key;
 use crate::s3::S3Object;
 
-/// Proof that a request may perform `method` on one object.
+/// Proof that a request may perform action `A` on one object. Each call that touches cached
+/// bytes or S3 demands the permit of its own action: the cache and S3 reads take a
+/// `Permit<Read>`, uploads a `Permit<Write>`, deletes a `Permit<Delete>`; a permit to sign a
+/// URL (`Permit<Sign>`) opens none of them.
+///
+/// ```
+/// # use s3warden::cache::{ObjectCache, OnMiss};
+/// # use s3warden::policy::{Permit, Read};
+/// # use s3warden::s3::S3Client;
+/// async fn read(cache: &ObjectCache, permit: &Permit<Read>, s3: &S3Client) {
+///     let _ = cache.lookup(permit, s3, OnMiss::Fetch).await;
+/// }
+/// ```
+///
+/// A write permit cannot open the cache:
+///
+/// ```compile_fail
+/// # use s3warden::cache::{ObjectCache, OnMiss};
+/// # use s3warden::policy::{Permit, Write};
+/// # use s3warden::s3::S3Client;
+/// async fn read(cache: &ObjectCache, permit: &Permit<Write>, s3: &S3Client) {
+///     let _ = cache.lookup(permit, s3, OnMiss::Fetch).await;
+/// }
+/// ```
 #[derive(Debug, Clone)]
-pub struct Permit {
+pub struct Permit<A> {
     object: S3Object,
     alias: Arc<str>,
     key: Key,
-    method: Method,
     public: bool,
     inline_active_content: bool,
     signed_max_age: Option<u64>,
     acls: AclSet,
     terms: Option<Arc<UploadTerms>>,
+    action: PhantomData<A>,
+}
+
+/// An action a rule can grant; the method rules and signatures name it by.
+pub trait Action {
+    /// The method in `[[rules]]` that grants it.
+    const METHOD: Method;
+}
+
+/// Reading an object: GET and HEAD, through the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Read;
+
+/// Writing an object: PUT, and POST under a prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Write;
+
+/// Deleting an object.
+#[derive(Debug, Clone, Copy)]
+pub struct Delete;
+
+/// Signing a URL for another request; it reads, writes and deletes nothing itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Sign;
+
+impl Action for Read {
+    const METHOD: Method = Method::Get;
+}
+
+impl Action for Write {
+    const METHOD: Method = Method::Put;
+}
+
+impl Action for Delete {
+    const METHOD: Method = Method::Delete;
 }
 
 /// What a signed PUT URL fixes about the upload: the signer decides, not the URL's holder.
@@ -114,7 +172,7 @@ impl AclSet {
     }
 }
 
-impl Permit {
+impl<A> Permit<A> {
     /// The object in S3 (real bucket, full key).
     pub fn object(&self) -> &S3Object {
         &self.object
@@ -126,10 +184,6 @@ impl Permit {
     /// The key as the client named it (without the bucket prefix).
     pub fn key(&self) -> &Key {
         &self.key
-    }
-    /// The method permitted.
-    pub fn method(&self) -> Method {
-        self.method
     }
     /// Granted by a `public` rule: browsers and shared caches may keep it.
     pub fn is_public(&self) -> bool {
@@ -425,17 +479,37 @@ impl Policy {
     /// The S3 address of a key under a bucket alias, for cache purges (which read nothing).
     pub fn object_for(&self, alias: &str, key: &Key) -> Option<S3Object> {
         let bucket = self.buckets.get(alias)?;
-        Some(bucket.permit(key, Method::Delete, |_| {}).object)
+        Some(bucket.object(key))
     }
 
-    /// Decides whether `who` may perform `method` on `key` in bucket `alias`.
-    pub fn authorize(
+    /// Decides whether `who` may perform action `A` on `key` in bucket `alias`.
+    pub fn authorize<A: Action>(
+        &self,
+        who: Principal<'_>,
+        alias: &str,
+        key: &Key,
+    ) -> Result<Permit<A>, Denied> {
+        self.grant(who, alias, key, A::METHOD)
+    }
+
+    /// Decides whether `who` may have a URL signed for `method` on `key` in bucket `alias`.
+    pub fn authorize_signing(
         &self,
         who: Principal<'_>,
         alias: &str,
         key: &Key,
         method: Method,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Permit<Sign>, Denied> {
+        self.grant(who, alias, key, method)
+    }
+
+    fn grant<A>(
+        &self,
+        who: Principal<'_>,
+        alias: &str,
+        key: &Key,
+        method: Method,
+    ) -> Result<Permit<A>, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
         let identity = match who {
             Principal::Anonymous => None,
@@ -460,7 +534,7 @@ impl Policy {
             }
         }
         match granted {
-            Some(rule) => Ok(bucket.permit(key, method, |p| {
+            Some(rule) => Ok(bucket.permit(key, |p| {
                 p.public = matches!(rule.allow, Allow::Public);
                 p.inline_active_content = rule.inline_active_content;
                 p.acls = acls;
@@ -473,14 +547,13 @@ impl Policy {
     /// A permit for exactly one method and key, from a verified signed URL with `seconds_left`
     /// to live. The rules were checked when the URL was signed; a PUT URL's `terms` fix the
     /// upload's type and ACL.
-    pub fn permit_signed(
+    pub fn permit_signed<A: Action>(
         &self,
         alias: &str,
         key: &Key,
-        method: Method,
         seconds_left: u64,
         terms: Option<UploadTerms>,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Permit<A>, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
         let inline_active_content = self.rules.iter().any(|r| {
             r.alias == alias
@@ -488,7 +561,7 @@ impl Policy {
                 && r.prefix.is_literal()
                 && under_prefix(key.as_str(), &r.prefix.expand(None).unwrap_or_default())
         });
-        Ok(bucket.permit(key, method, |p| {
+        Ok(bucket.permit(key, |p| {
             p.inline_active_content = inline_active_content;
             p.signed_max_age = Some(seconds_left);
             if let Some(terms) = terms {
@@ -500,25 +573,30 @@ impl Policy {
 }
 
 impl Bucket {
-    /// A private, rule-less permit for `key` in this bucket, adjusted by `grant`.
-    fn permit(&self, key: &Key, method: Method, grant: impl FnOnce(&mut Permit)) -> Permit {
-        let mut permit = Permit {
-            object: S3Object {
-                bucket: self.bucket.clone(),
-                key: if self.prefix.is_empty() {
-                    Arc::from(key.as_str())
-                } else {
-                    Arc::from([&*self.prefix, key.as_str()].concat())
-                },
+    /// Where `key` lives in S3.
+    fn object(&self, key: &Key) -> S3Object {
+        S3Object {
+            bucket: self.bucket.clone(),
+            key: if self.prefix.is_empty() {
+                Arc::from(key.as_str())
+            } else {
+                Arc::from([&*self.prefix, key.as_str()].concat())
             },
+        }
+    }
+
+    /// A private, rule-less permit for `key` in this bucket, adjusted by `grant`.
+    fn permit<A>(&self, key: &Key, grant: impl FnOnce(&mut Permit<A>)) -> Permit<A> {
+        let mut permit = Permit {
+            object: self.object(key),
             alias: self.alias.clone(),
             key: key.clone(),
-            method,
             public: false,
             inline_active_content: false,
             signed_max_age: None,
             acls: AclSet::default(),
             terms: None,
+            action: PhantomData,
         };
         grant(&mut permit);
         permit
@@ -585,33 +663,18 @@ mod tests {
         );
         let alice = identity("alice", serde_json::json!({}));
         let permit = p
-            .authorize(
-                Principal::Token(&alice),
-                "files",
-                &key("users/alice/a.txt"),
-                Method::Get,
-            )
+            .authorize::<Read>(Principal::Token(&alice), "files", &key("users/alice/a.txt"))
             .unwrap();
         assert_eq!(&*permit.object().key, "app/users/alice/a.txt");
         assert_eq!(&*permit.object().bucket, "real-bucket");
         assert_eq!(
-            p.authorize(
-                Principal::Token(&alice),
-                "files",
-                &key("users/bob/a.txt"),
-                Method::Get
-            )
-            .unwrap_err(),
+            p.authorize::<Read>(Principal::Token(&alice), "files", &key("users/bob/a.txt"))
+                .unwrap_err(),
             Denied::Forbidden
         );
         assert_eq!(
-            p.authorize(
-                Principal::Anonymous,
-                "files",
-                &key("users/alice/a.txt"),
-                Method::Get
-            )
-            .unwrap_err(),
+            p.authorize::<Read>(Principal::Anonymous, "files", &key("users/alice/a.txt"))
+                .unwrap_err(),
             Denied::Unauthenticated
         );
         for evil in ["..", "a/b", "", "x..", "a\u{0}"] {
@@ -619,7 +682,7 @@ mod tests {
             let k = format!("users/{evil}/a");
             if let Ok(k) = Key::parse(&k) {
                 assert!(
-                    p.authorize(Principal::Token(&mallory), "files", &k, Method::Get)
+                    p.authorize::<Read>(Principal::Token(&mallory), "files", &k)
                         .is_err()
                 );
             }
@@ -634,13 +697,8 @@ mod tests {
         );
         let k = key("private/x");
         let ok = |claims| {
-            p.authorize(
-                Principal::Token(&identity("u", claims)),
-                "files",
-                &k,
-                Method::Get,
-            )
-            .is_ok()
+            p.authorize::<Read>(Principal::Token(&identity("u", claims)), "files", &k)
+                .is_ok()
         };
         assert!(ok(serde_json::json!({"roles": "admin"})));
         assert!(ok(serde_json::json!({"roles": ["user", "admin"]})));
@@ -651,13 +709,8 @@ mod tests {
         assert!(!ok(serde_json::json!({})));
         let scoped = |scope| {
             let id = identity("u", serde_json::json!({ "scope": scope }));
-            p.authorize(
-                Principal::Token(&id),
-                "files",
-                &key("scoped/a"),
-                Method::Get,
-            )
-            .is_ok()
+            p.authorize::<Read>(Principal::Token(&id), "files", &key("scoped/a"))
+                .is_ok()
         };
         assert!(scoped("openid files:read profile"));
         assert!(!scoped("files:readwrite"));
@@ -668,7 +721,7 @@ mod tests {
         );
         let id = identity("u", serde_json::json!({"roles": "user admin"}));
         assert!(
-            p.authorize(Principal::Token(&id), "files", &k, Method::Get)
+            p.authorize::<Read>(Principal::Token(&id), "files", &k)
                 .is_ok()
         );
     }
@@ -680,35 +733,25 @@ mod tests {
              [[rules]]\nbucket = \"files\"\nprefix = \"public/\"\nmethods = [\"GET\", \"PUT\"]\nallow = \"authenticated\"\n",
         );
         let permit = p
-            .authorize(Principal::Anonymous, "files", &key("public/a"), Method::Get)
+            .authorize::<Read>(Principal::Anonymous, "files", &key("public/a"))
             .unwrap();
         assert!(permit.is_public());
         assert_eq!(
-            p.authorize(Principal::Anonymous, "files", &key("public/a"), Method::Put)
+            p.authorize::<Write>(Principal::Anonymous, "files", &key("public/a"))
                 .unwrap_err(),
             Denied::Unauthenticated
         );
         let id = identity("u", serde_json::json!({}));
         assert!(
-            p.authorize(
-                Principal::Token(&id),
-                "files",
-                &key("public/a"),
-                Method::Put
-            )
-            .is_ok()
+            p.authorize::<Write>(Principal::Token(&id), "files", &key("public/a"))
+                .is_ok()
         );
         assert!(
-            p.authorize(
-                Principal::Token(&id),
-                "files",
-                &key("public/a"),
-                Method::Delete
-            )
-            .is_err()
+            p.authorize::<Delete>(Principal::Token(&id), "files", &key("public/a"))
+                .is_err()
         );
         assert_eq!(
-            p.authorize(Principal::Anonymous, "nope", &key("public/a"), Method::Get)
+            p.authorize::<Read>(Principal::Anonymous, "nope", &key("public/a"))
                 .unwrap_err(),
             Denied::UnknownBucket
         );
@@ -738,7 +781,7 @@ mod tests {
             );
             let id = identity(&sub, serde_json::json!({}));
             if let Ok(k) = Key::parse(&k) {
-                let allowed = p.authorize(Principal::Token(&id), "files", &k, Method::Get).is_ok();
+                let allowed = p.authorize::<Read>(Principal::Token(&id), "files", &k).is_ok();
                 let inside = (safe_segment(&sub).is_some() && k.as_str().starts_with(&format!("users/{sub}/")))
                     || k.as_str() == "shared"
                     || k.as_str().starts_with("shared/");

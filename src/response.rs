@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use mediatype::MediaType;
 
 use crate::body::Body;
-use crate::policy::Permit;
+use crate::policy::{Permit, Read};
 use crate::s3::ObjectMeta;
 
 /// `X-Cache` values.
@@ -78,7 +78,7 @@ pub enum Part {
 /// HEAD and 304).
 pub fn object(
     settings: &ResponseSettings,
-    permit: &Permit,
+    permit: &Permit<Read>,
     meta: &ObjectMeta,
     part: Part,
     cache: CacheStatus,
@@ -111,7 +111,7 @@ pub fn object(
 /// A whole object's answer from headers prepared once per cached object (`whole_headers`).
 pub fn whole(
     settings: &ResponseSettings,
-    permit: &Permit,
+    permit: &Permit<Read>,
     meta: &ObjectMeta,
     prepared: &HeaderMap,
     cache: CacheStatus,
@@ -165,7 +165,7 @@ fn validators(meta: &ObjectMeta, capacity: usize) -> HeaderMap {
 /// keeps.
 fn finish(
     settings: &ResponseSettings,
-    permit: &Permit,
+    permit: &Permit<Read>,
     meta: &ObjectMeta,
     status: StatusCode,
     mut headers: HeaderMap,
@@ -190,7 +190,7 @@ fn finish(
     response
 }
 
-fn cache_control(settings: &ResponseSettings, permit: &Permit) -> HeaderValue {
+fn cache_control(settings: &ResponseSettings, permit: &Permit<Read>) -> HeaderValue {
     if let Some(left) = permit.signed_max_age() {
         return HeaderValue::from_str(&format!("private, max-age={left}")).expect("digits");
     }

@@ -13,7 +13,7 @@ use crate::auth::Authenticated;
 use crate::body::{Body, BoxError};
 use crate::config::{Acl, Method};
 use crate::error::ProxyError;
-use crate::policy::{Permit, UploadTerms};
+use crate::policy::{Permit, Sign, UploadTerms};
 use crate::route::Key;
 use crate::sign::UrlSigner;
 
@@ -70,7 +70,7 @@ impl KeyItem {
 
 /// A key the caller may sign, with what a PUT URL fixes.
 struct Approved {
-    permit: Permit,
+    permit: Permit<Sign>,
     terms: Option<UploadTerms>,
 }
 
@@ -181,7 +181,7 @@ impl Ctx<'_> {
         }
         let key = Key::parse(item.key()).map_err(|_| "invalid_key")?;
         let permit = self
-            .by_rules(auth, &request.bucket, &key, method)
+            .authorize_signing(auth, &request.bucket, &key, method)
             .map_err(|_| "forbidden")?;
         if method != Method::Put {
             return Ok(Approved {

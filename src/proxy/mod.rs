@@ -21,7 +21,7 @@ use crate::cache::ObjectCache;
 use crate::config::{Config, Method};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::policy::{Denied, Permit, Policy, Principal};
+use crate::policy::{Action, Delete, Denied, Permit, Policy, Principal, Read, Sign, Write};
 use crate::response::ResponseSettings;
 use crate::route::{Key, Route, route};
 use crate::s3::S3Client;
@@ -284,7 +284,7 @@ impl App {
 
 /// Whose upload this is, for their share of the upload buffer memory: a token's subject, one
 /// signed URL, or everyone anonymous together.
-fn uploader(auth: &Authenticated, permit: &Permit) -> Arc<str> {
+fn uploader(auth: &Authenticated, permit: &Permit<Write>) -> Arc<str> {
     if auth.signed.is_some() {
         return format!("signed:{}/{}", permit.alias(), permit.key().as_str()).into();
     }
@@ -322,7 +322,7 @@ impl Ctx<'_> {
             {
                 outcome.route = "object";
                 let auth = self.authenticate(parts, outcome).await?;
-                let permit = self.authorize(&auth, &object.alias, &object.key, Method::Get)?;
+                let permit = self.authorize::<Read>(&auth, &object.alias, &object.key)?;
                 self.read_object(parts, &permit).await
             }
             Route::Object(object) => {
@@ -330,12 +330,11 @@ impl Ctx<'_> {
                 self.check_csrf(parts, &auth)?;
                 if parts.method == http::Method::DELETE {
                     outcome.route = "delete";
-                    let permit =
-                        self.authorize(&auth, &object.alias, &object.key, Method::Delete)?;
+                    let permit = self.authorize::<Delete>(&auth, &object.alias, &object.key)?;
                     Box::pin(self.delete_object(&permit)).await
                 } else {
                     outcome.route = "upload";
-                    let permit = self.authorize(&auth, &object.alias, &object.key, Method::Put)?;
+                    let permit = self.authorize::<Write>(&auth, &object.alias, &object.key)?;
                     let uploader = uploader(&auth, &permit);
                     Box::pin(self.put_object(parts, &permit, uploader, body)).await
                 }
@@ -364,11 +363,11 @@ impl Ctx<'_> {
                     prefix.map_or(String::new(), |p| format!("{p}/")),
                     uuid::Uuid::nil()
                 ))?;
-                let probe = self.authorize(&auth, &alias, &probe, Method::Put)?;
+                let probe = self.authorize::<Write>(&auth, &alias, &probe)?;
                 let uploader = uploader(&auth, &probe);
                 let authorize = |key: &str| {
                     let key = Key::parse(key)?;
-                    self.authorize(&auth, &alias, &key, Method::Put)
+                    self.authorize::<Write>(&auth, &alias, &key)
                 };
                 Box::pin(self.create_object(parts, prefix, uploader, body, authorize)).await
             }
@@ -426,20 +425,19 @@ impl Ctx<'_> {
     }
 
     /// Applies a proxy signature or the rules; the `Permit` is the only way on to the cache and
-    /// S3. A signature, when present, decides: it must be valid for exactly this method and key.
-    fn authorize(
+    /// S3. A signature, when present, decides: it must be valid for exactly this action and key.
+    fn authorize<A: Action>(
         &self,
         auth: &Authenticated,
         alias: &str,
         key: &Key,
-        method: Method,
-    ) -> Result<Permit, ProxyError> {
+    ) -> Result<Permit<A>, ProxyError> {
         if let Some(signed) = &auth.signed {
             let now = (self.shared.clock)();
             let terms = self
                 .live
                 .signer
-                .verify(method, alias, key, signed, now)
+                .verify(A::METHOD, alias, key, signed, now)
                 .map_err(|e| match e {
                     UrlError::BadSignature => ProxyError::BadSignature,
                     UrlError::Expired => ProxyError::Expired,
@@ -448,31 +446,41 @@ impl Ctx<'_> {
             return self
                 .live
                 .policy
-                .permit_signed(alias, key, method, left, terms)
+                .permit_signed(alias, key, left, terms)
                 .map_err(|_| ProxyError::NotFound);
         }
-        self.by_rules(auth, alias, key, method)
+        let who = principal(auth);
+        self.live.policy.authorize(who, alias, key).map_err(refusal)
     }
 
-    /// Applies the rules alone.
-    fn by_rules(
+    /// Whether the rules let the caller have a URL signed for `method` on `key`.
+    fn authorize_signing(
         &self,
         auth: &Authenticated,
         alias: &str,
         key: &Key,
         method: Method,
-    ) -> Result<Permit, ProxyError> {
-        let who = match &auth.identity {
-            Some(identity) => Principal::Token(identity),
-            None => Principal::Anonymous,
-        };
+    ) -> Result<Permit<Sign>, ProxyError> {
         self.live
             .policy
-            .authorize(who, alias, key, method)
-            .map_err(|denied| match denied {
-                Denied::Unauthenticated => ProxyError::Unauthenticated,
-                Denied::Forbidden => ProxyError::Forbidden,
-                Denied::UnknownBucket => ProxyError::NotFound,
-            })
+            .authorize_signing(principal(auth), alias, key, method)
+            .map_err(refusal)
+    }
+}
+
+/// Who the rules are asked about.
+fn principal(auth: &Authenticated) -> Principal<'_> {
+    match &auth.identity {
+        Some(identity) => Principal::Token(identity),
+        None => Principal::Anonymous,
+    }
+}
+
+/// A refusal by the rules, as the client sees it.
+fn refusal(denied: Denied) -> ProxyError {
+    match denied {
+        Denied::Unauthenticated => ProxyError::Unauthenticated,
+        Denied::Forbidden => ProxyError::Forbidden,
+        Denied::UnknownBucket => ProxyError::NotFound,
     }
 }

@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::body::Body;
 use crate::cache::{CachedObject, Lookup, OnMiss, Stored};
 use crate::error::ProxyError;
-use crate::policy::Permit;
+use crate::policy::{Permit, Read};
 use crate::response::{self, CacheStatus, Part};
 use crate::route::{ByteRange, Conditionals, IfNoneMatch, parse_range};
 use crate::s3::{Answer, Fetched, GetOptions, S3Error};
@@ -29,7 +29,7 @@ impl Ctx<'_> {
     pub(super) async fn read_object(
         &self,
         parts: &Parts,
-        permit: &Permit,
+        permit: &Permit<Read>,
     ) -> Result<Response<Body>, ProxyError> {
         let head = parts.method == http::Method::HEAD;
         let wanted = Wanted {
@@ -67,7 +67,7 @@ impl Ctx<'_> {
     /// Answers from memory: 304, 206 cut from the cached body, or the whole body.
     fn serve_cached(
         &self,
-        permit: &Permit,
+        permit: &Permit<Read>,
         object: &CachedObject,
         status: CacheStatus,
         wanted: &Wanted,
@@ -125,7 +125,12 @@ impl Ctx<'_> {
     }
 
     /// Streams a response S3 is already sending (an object too large to cache).
-    fn serve_fetched(&self, permit: &Permit, fetched: Fetched, wanted: &Wanted) -> Response<Body> {
+    fn serve_fetched(
+        &self,
+        permit: &Permit<Read>,
+        fetched: Fetched,
+        wanted: &Wanted,
+    ) -> Response<Body> {
         let settings = &self.live.responses;
         let meta = &fetched.meta;
         if fetched.answer == Answer::NotModified
@@ -158,7 +163,7 @@ impl Ctx<'_> {
     /// with the range and the client's validators (rebuilt from their parsed form).
     async fn pass_through(
         &self,
-        permit: &Permit,
+        permit: &Permit<Read>,
         wanted: &Wanted,
     ) -> Result<Response<Body>, ProxyError> {
         let s3 = &self.live.s3;

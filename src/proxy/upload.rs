@@ -21,7 +21,7 @@ use super::Ctx;
 use crate::body::{Body, BoxError, ByteStream};
 use crate::config::{Acl, UploadConfig};
 use crate::error::ProxyError;
-use crate::policy::Permit;
+use crate::policy::{Delete, Permit, Write};
 use crate::s3::{Part, PutOptions, S3Error};
 
 /// S3's largest single PutObject; larger (or unknown-length) bodies go up in parts.
@@ -195,7 +195,7 @@ impl Ctx<'_> {
     pub(super) async fn put_object<B>(
         &self,
         parts: &Parts,
-        permit: &Permit,
+        permit: &Permit<Write>,
         uploader: Arc<str>,
         body: B,
     ) -> Result<Response<Body>, ProxyError>
@@ -230,7 +230,7 @@ impl Ctx<'_> {
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
-        F: Fn(&str) -> Result<Permit, ProxyError>,
+        F: Fn(&str) -> Result<Permit<Write>, ProxyError>,
     {
         let state = Arc::new(BodyState::of(uploader));
         let content_type = parts
@@ -331,7 +331,7 @@ impl Ctx<'_> {
     /// `DELETE /{bucket}/{key}`.
     pub(super) async fn delete_object(
         &self,
-        permit: &Permit,
+        permit: &Permit<Delete>,
     ) -> Result<Response<Body>, ProxyError> {
         let result = self.live.s3.delete(permit).await;
         self.shared.cache.invalidate(permit.object()).await;
@@ -389,7 +389,7 @@ impl Ctx<'_> {
         &self,
         headers: &HeaderMap,
         content_type: Option<&HeaderValue>,
-        permit: &Permit,
+        permit: &Permit<Write>,
     ) -> Result<PutOptions, ProxyError> {
         let named_type = content_type
             .map(|value| {
@@ -440,7 +440,7 @@ impl Ctx<'_> {
     /// (or one PutObject when it turns out to fit in a single part). Any failure leaves nothing.
     async fn upload(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         body: ByteStream,
         length: Option<u64>,
         options: &PutOptions,
@@ -465,7 +465,7 @@ impl Ctx<'_> {
     /// going up, the next one filling) within `upload.buffer_memory`.
     async fn upload_in_parts(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         body: ByteStream,
         options: &PutOptions,
         state: &BodyState,
@@ -510,7 +510,7 @@ impl Ctx<'_> {
     /// The 201 answer for a stored object.
     fn uploaded(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         etag: Option<HeaderValue>,
         options: &PutOptions,
     ) -> Result<Response<Body>, ProxyError> {

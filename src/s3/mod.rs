@@ -18,7 +18,7 @@ use reqwest::Url;
 use crate::body::{BoxError, ByteStream};
 use crate::config::{Addressing, Config};
 use crate::metrics::Metrics;
-use crate::policy::Permit;
+use crate::policy::{Permit, Read};
 use crate::route::ByteRange;
 use sign::{Payload, SignError, Signer};
 
@@ -253,7 +253,11 @@ impl S3Client {
     }
 
     /// GET an object the permit allows reading.
-    pub async fn get(&self, permit: &Permit, options: &GetOptions) -> Result<Fetched, S3Error> {
+    pub async fn get(
+        &self,
+        permit: &Permit<Read>,
+        options: &GetOptions,
+    ) -> Result<Fetched, S3Error> {
         let object = permit.object();
         let mut headers = HeaderMap::new();
         if let Some(range) = options.range {
@@ -311,7 +315,7 @@ impl S3Client {
     }
 
     /// HEAD an object the permit allows reading.
-    pub async fn head(&self, permit: &Permit) -> Result<ObjectMeta, S3Error> {
+    pub async fn head(&self, permit: &Permit<Read>) -> Result<ObjectMeta, S3Error> {
         let url = self.object_url(permit.object());
         let response = self
             .send_idempotent(Method::HEAD, url, HeaderMap::new())

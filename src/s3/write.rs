@@ -13,7 +13,7 @@ use super::sign::Payload;
 use super::{S3Client, S3Error};
 use crate::body::ByteStream;
 use crate::config::Acl;
-use crate::policy::Permit;
+use crate::policy::{Delete, Permit, Write};
 
 /// What an upload stores besides its bytes.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ impl S3Client {
     /// fails or ends early, the request to S3 is aborted and S3 stores nothing.
     pub async fn put(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         body: ByteStream,
         len: u64,
         options: &PutOptions,
@@ -72,7 +72,7 @@ impl S3Client {
     /// PutObject of a body held in memory.
     pub async fn put_bytes(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         bytes: Bytes,
         options: &PutOptions,
     ) -> Result<Option<HeaderValue>, S3Error> {
@@ -90,14 +90,14 @@ impl S3Client {
     }
 
     /// DeleteObject.
-    pub async fn delete(&self, permit: &Permit) -> Result<(), S3Error> {
+    pub async fn delete(&self, permit: &Permit<Delete>) -> Result<(), S3Error> {
         self.send_delete(self.object_url(permit.object())).await
     }
 
     /// CreateMultipartUpload; returns the upload id.
     pub async fn create_multipart(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         options: &PutOptions,
     ) -> Result<String, S3Error> {
         let mut url = self.object_url(permit.object());
@@ -120,7 +120,7 @@ impl S3Client {
     /// UploadPart of a part held in memory.
     pub async fn upload_part(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         upload_id: &str,
         number: u32,
         bytes: Bytes,
@@ -156,7 +156,7 @@ impl S3Client {
     /// CompleteMultipartUpload.
     pub async fn complete_multipart(
         &self,
-        permit: &Permit,
+        permit: &Permit<Write>,
         upload_id: &str,
         parts: &[Part],
     ) -> Result<Option<HeaderValue>, S3Error> {
@@ -184,7 +184,11 @@ impl S3Client {
     }
 
     /// AbortMultipartUpload: frees the parts; nothing of the upload remains.
-    pub async fn abort_multipart(&self, permit: &Permit, upload_id: &str) -> Result<(), S3Error> {
+    pub async fn abort_multipart(
+        &self,
+        permit: &Permit<Write>,
+        upload_id: &str,
+    ) -> Result<(), S3Error> {
         self.send_delete(self.multipart_url(permit, &[("uploadId", upload_id)]))
             .await
     }
@@ -196,7 +200,7 @@ impl S3Client {
             .map(drop)
     }
 
-    fn multipart_url(&self, permit: &Permit, query: &[(&str, &str)]) -> Url {
+    fn multipart_url(&self, permit: &Permit<Write>, query: &[(&str, &str)]) -> Url {
         let mut url = self.object_url(permit.object());
         url.query_pairs_mut().extend_pairs(query);
         url
