@@ -1,6 +1,6 @@
-//! Turns a raw request into a typed route: the bucket alias, the decoded and validated key, the
-//! byte range and the conditional headers. Anything malformed becomes a 400 here, before any
-//! token is looked at or any S3 request is made.
+//! Turns a raw request into a typed route: the bucket alias, the decoded and validated key, and
+//! the action with what it needs (a read's byte range and conditional headers). Anything
+//! malformed becomes a 400 here, before any token is looked at or any S3 request is made.
 
 use std::fmt;
 use std::sync::Arc;
@@ -259,7 +259,7 @@ fn truncate_to_secs(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
 }
 
-/// What a request asks for.
+/// What a request asks for, decided once: everything after routing acts on this.
 #[derive(Debug)]
 pub enum Route {
     /// `GET /_health`
@@ -279,6 +279,35 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The route's name in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Sign => "sign",
+            Route::Preflight => "preflight",
+            Route::Object(object) => match object.action {
+                ObjectAction::Read(_) => "object",
+                ObjectAction::Write => "upload",
+                ObjectAction::Delete => "delete",
+            },
+            Route::Create { .. } => "upload",
+        }
+    }
+
+    /// Whether the request changes what is stored (and so needs the CSRF check).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Route::Create { .. }
+                | Route::Object(ObjectRoute {
+                    action: ObjectAction::Write | ObjectAction::Delete,
+                    ..
+                })
+        )
+    }
+}
+
 /// A request for one object.
 #[derive(Debug)]
 pub struct ObjectRoute {
@@ -286,10 +315,48 @@ pub struct ObjectRoute {
     pub alias: String,
     /// The decoded key.
     pub key: Key,
+    /// What to do with it.
+    pub action: ObjectAction,
 }
 
-/// Routes a request by method and raw path. Query strings never influence routing.
-pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
+/// What a request does to one object.
+#[derive(Debug)]
+pub enum ObjectAction {
+    /// `GET` or `HEAD`.
+    Read(ReadRequest),
+    /// `PUT`.
+    Write,
+    /// `DELETE`.
+    Delete,
+}
+
+/// A read, with what the client asked for besides the object.
+#[derive(Debug, Clone, Default)]
+pub struct ReadRequest {
+    /// `HEAD`: the headers only.
+    pub head: bool,
+    /// A single byte range (never for HEAD, which describes the whole object).
+    pub range: Option<ByteRange>,
+    /// `If-None-Match`, `If-Modified-Since`, `If-Range`.
+    pub conditionals: Conditionals,
+}
+
+impl ReadRequest {
+    fn from_headers(head: bool, headers: &HeaderMap) -> ReadRequest {
+        ReadRequest {
+            head,
+            range: (!head)
+                .then(|| headers.get(header::RANGE))
+                .flatten()
+                .and_then(|v| parse_range(v.to_str().ok()?)),
+            conditionals: Conditionals::from_headers(headers),
+        }
+    }
+}
+
+/// Routes a request by method, raw path and (for reads) the range and conditional headers.
+/// Query strings never influence routing.
+pub fn route(method: &Method, path: &str, headers: &HeaderMap) -> Result<Route, ProxyError> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| ProxyError::BadRequest("path must start with '/'".into()))?;
@@ -322,14 +389,15 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         };
         return Ok(Route::Create { alias, prefix });
     }
-    if !matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-    ) {
-        return Err(ProxyError::MethodNotAllowed);
-    }
+    let action = match *method {
+        Method::GET => ObjectAction::Read(ReadRequest::from_headers(false, headers)),
+        Method::HEAD => ObjectAction::Read(ReadRequest::from_headers(true, headers)),
+        Method::PUT => ObjectAction::Write,
+        Method::DELETE => ObjectAction::Delete,
+        _ => return Err(ProxyError::MethodNotAllowed),
+    };
     let key = Key::from_path(raw_key).map_err(ProxyError::BadKey)?;
-    Ok(Route::Object(ObjectRoute { alias, key }))
+    Ok(Route::Object(ObjectRoute { alias, key, action }))
 }
 
 #[cfg(test)]
@@ -387,34 +455,40 @@ mod tests {
 
     #[test]
     fn routes() {
-        let r = route(&Method::GET, "/employees/a/b.jpg").unwrap();
+        let r = route(&Method::GET, "/employees/a/b.jpg", &HeaderMap::new()).unwrap();
         assert!(
             matches!(r, Route::Object(o) if o.alias == "employees" && o.key.as_str() == "a/b.jpg")
         );
-        assert!(matches!(route(&Method::GET, "/_health"), Ok(Route::Health)));
-        assert!(matches!(route(&Method::POST, "/_sign"), Ok(Route::Sign)));
         assert!(matches!(
-            route(&Method::GET, "/_other"),
+            route(&Method::GET, "/_health", &HeaderMap::new()),
+            Ok(Route::Health)
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/_sign", &HeaderMap::new()),
+            Ok(Route::Sign)
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/_other", &HeaderMap::new()),
             Err(ProxyError::NotFound)
         ));
         assert!(matches!(
-            route(&Method::GET, "/Bad/x"),
+            route(&Method::GET, "/Bad/x", &HeaderMap::new()),
             Err(ProxyError::NotFound)
         ));
         assert!(matches!(
-            route(&Method::GET, "/employees"),
+            route(&Method::GET, "/employees", &HeaderMap::new()),
             Err(ProxyError::NotFound)
         ));
         assert!(matches!(
-            route(&Method::GET, "/employees/"),
+            route(&Method::GET, "/employees/", &HeaderMap::new()),
             Err(ProxyError::BadKey(_))
         ));
         assert!(matches!(
-            route(&Method::POST, "/employees/up/"),
+            route(&Method::POST, "/employees/up/", &HeaderMap::new()),
             Ok(Route::Create { prefix: Some(p), .. }) if p.as_str() == "up"
         ));
         assert!(matches!(
-            route(&Method::PATCH, "/employees/a"),
+            route(&Method::PATCH, "/employees/a", &HeaderMap::new()),
             Err(ProxyError::MethodNotAllowed)
         ));
     }

@@ -23,8 +23,9 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::policy::{Action, Delete, Denied, Permit, Policy, Principal, Read, Sign, Write};
 use crate::response::ResponseSettings;
-use crate::route::{Key, Route, route};
+use crate::route::{Key, ObjectAction, ObjectRoute, Route, route};
 use crate::s3::S3Client;
+use crate::sendfile::Sink;
 use crate::server::ConnectionLocal;
 use crate::sign::{UrlError, UrlSigner};
 use cors::Cors;
@@ -168,7 +169,8 @@ impl App {
 
     /// Drops one object from the cache; `path` is `/{bucket}/{key}` as in the public URL.
     pub async fn purge_path(&self, path: &str) -> Result<(), ProxyError> {
-        let Route::Object(object) = route(&http::Method::DELETE, path)? else {
+        let Route::Object(object) = route(&http::Method::DELETE, path, &http::HeaderMap::new())?
+        else {
             return Err(ProxyError::NotFound);
         };
         let target = self
@@ -307,51 +309,37 @@ impl Ctx<'_> {
         B::Error: Into<BoxError>,
     {
         outcome.route = "other";
-        let route = route(&parts.method, parts.uri.path())?;
+        let route = route(&parts.method, parts.uri.path(), &parts.headers)?;
+        outcome.route = route.name();
         match route {
-            Route::Health => {
-                outcome.route = "health";
-                Ok(Response::new(Body::full(Bytes::from_static(b"ok\n"))))
-            }
-            Route::Preflight => {
-                outcome.route = "preflight";
-                self.live.cors.preflight(&parts.headers)
-            }
-            Route::Object(object)
-                if matches!(parts.method, http::Method::GET | http::Method::HEAD) =>
-            {
-                outcome.route = "object";
-                let auth = self.authenticate(parts, outcome).await?;
-                let permit = self.authorize::<Read>(&auth, &object.alias, &object.key)?;
-                self.read_object(parts, &permit).await
-            }
-            Route::Object(object) => {
-                let auth = self.authenticate(parts, outcome).await?;
-                self.check_csrf(parts, &auth)?;
-                if parts.method == http::Method::DELETE {
-                    outcome.route = "delete";
-                    let permit = self.authorize::<Delete>(&auth, &object.alias, &object.key)?;
-                    Box::pin(self.delete_object(&permit)).await
-                } else {
-                    outcome.route = "upload";
-                    let permit = self.authorize::<Write>(&auth, &object.alias, &object.key)?;
+            Route::Health => return Ok(Response::new(Body::full(Bytes::from_static(b"ok\n")))),
+            Route::Preflight => return self.live.cors.preflight(&parts.headers),
+            _ => {}
+        }
+        let auth = self.authenticate(parts, outcome).await?;
+        if route.writes() {
+            self.check_csrf(parts, &auth)?;
+        }
+        match route {
+            // Answered above, before authentication.
+            Route::Health | Route::Preflight => Err(ProxyError::Internal("no such route".into())),
+            Route::Object(ObjectRoute { alias, key, action }) => match action {
+                ObjectAction::Read(read) => {
+                    let permit = self.authorize::<Read>(&auth, &alias, &key)?;
+                    let sink = parts.extensions.get::<Sink>().cloned();
+                    self.read_object(&permit, &read, sink).await
+                }
+                ObjectAction::Write => {
+                    let permit = self.authorize::<Write>(&auth, &alias, &key)?;
                     let uploader = uploader(&auth, &permit);
                     Box::pin(self.put_object(parts, &permit, uploader, body)).await
                 }
-            }
-            Route::Sign => {
-                outcome.route = "sign";
-                let auth = self.authenticate(parts, outcome).await?;
-                // Signing needs a token: nobody else gets to send (or trickle) a body.
-                if auth.identity.is_none() {
-                    return Err(ProxyError::Unauthenticated);
+                ObjectAction::Delete => {
+                    let permit = self.authorize::<Delete>(&auth, &alias, &key)?;
+                    Box::pin(self.delete_object(&permit)).await
                 }
-                Box::pin(self.sign_batch(&auth, body)).await
-            }
+            },
             Route::Create { alias, prefix } => {
-                outcome.route = "upload";
-                let auth = self.authenticate(parts, outcome).await?;
-                self.check_csrf(parts, &auth)?;
                 if auth.signed.is_some() {
                     // A signature names one key; a generated key cannot have been signed.
                     return Err(ProxyError::BadSignature);
@@ -370,6 +358,13 @@ impl Ctx<'_> {
                     self.authorize::<Write>(&auth, &alias, &key)
                 };
                 Box::pin(self.create_object(parts, prefix, uploader, body, authorize)).await
+            }
+            Route::Sign => {
+                // Signing needs a token: nobody else gets to send (or trickle) a body.
+                if auth.identity.is_none() {
+                    return Err(ProxyError::Unauthenticated);
+                }
+                Box::pin(self.sign_batch(&auth, body)).await
             }
         }
     }

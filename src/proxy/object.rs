@@ -2,8 +2,7 @@
 
 use std::ops::Range;
 
-use http::request::Parts;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode};
 
 use super::Ctx;
 use crate::body::Body;
@@ -11,39 +10,29 @@ use crate::cache::{CachedObject, Lookup, OnMiss, Stored};
 use crate::error::ProxyError;
 use crate::policy::{Permit, Read};
 use crate::response::{self, CacheStatus, Part};
-use crate::route::{ByteRange, Conditionals, IfNoneMatch, parse_range};
+use crate::route::{Conditionals, IfNoneMatch, ReadRequest};
 use crate::s3::{Answer, Fetched, GetOptions, S3Error};
 use crate::sendfile::{FileBody, Sink};
 
-/// What the client asked for besides the object.
-struct Wanted {
-    head: bool,
+/// A read as the route decided it, and where its answer goes.
+struct Wanted<'a> {
+    read: &'a ReadRequest,
     /// The connection's `sendfile` queue (plain HTTP/1 only).
     sink: Option<Sink>,
-    range: Option<ByteRange>,
-    conditionals: Conditionals,
 }
 
 impl Ctx<'_> {
     /// GET or HEAD of an object the permit allows reading.
     pub(super) async fn read_object(
         &self,
-        parts: &Parts,
         permit: &Permit<Read>,
+        read: &ReadRequest,
+        sink: Option<Sink>,
     ) -> Result<Response<Body>, ProxyError> {
-        let head = parts.method == http::Method::HEAD;
-        let wanted = Wanted {
-            head,
-            sink: parts.extensions.get::<Sink>().cloned(),
-            // HEAD describes the whole object.
-            range: (!head)
-                .then(|| parts.headers.get(header::RANGE))
-                .flatten()
-                .and_then(|v| parse_range(v.to_str().ok()?)),
-            conditionals: Conditionals::from_headers(&parts.headers),
-        };
+        let wanted = Wanted { read, sink };
+        let head = read.head;
         // HEAD and ranged misses do not pull whole objects into the cache.
-        let on_miss = if head || wanted.range.is_some() {
+        let on_miss = if head || read.range.is_some() {
             OnMiss::Bypass
         } else {
             OnMiss::Fetch
@@ -70,12 +59,12 @@ impl Ctx<'_> {
         permit: &Permit<Read>,
         object: &CachedObject,
         status: CacheStatus,
-        wanted: &Wanted,
+        wanted: &Wanted<'_>,
     ) -> Response<Body> {
         let settings = &self.live.responses;
         let meta = &object.meta;
         let (etag, modified) = (meta.etag_str(), meta.last_modified);
-        if wanted.conditionals.not_modified(etag, modified) {
+        if wanted.read.conditionals.not_modified(etag, modified) {
             return response::object(
                 settings,
                 permit,
@@ -85,8 +74,8 @@ impl Ctx<'_> {
                 Body::Empty,
             );
         }
-        if let Some(range) = wanted.range
-            && wanted.conditionals.range_applies(etag, modified)
+        if let Some(range) = wanted.read.range
+            && wanted.read.conditionals.range_applies(etag, modified)
         {
             return match range.resolve(meta.size) {
                 Some((first, last)) => response::object(
@@ -100,7 +89,7 @@ impl Ctx<'_> {
                 None => ProxyError::RangeNotSatisfiable(Some(meta.size)).into_response(),
             };
         }
-        let body = if wanted.head {
+        let body = if wanted.read.head {
             Body::Empty
         } else {
             self.cached_body(&object.body, 0..object.body.len(), wanted)
@@ -110,7 +99,7 @@ impl Ctx<'_> {
 
     /// The bytes `range` of a cached body: a `Bytes` slice, or a memory file range that a plain
     /// HTTP/1 connection sends with `sendfile`.
-    fn cached_body(&self, stored: &Stored, range: Range<u64>, wanted: &Wanted) -> Body {
+    fn cached_body(&self, stored: &Stored, range: Range<u64>, wanted: &Wanted<'_>) -> Body {
         match stored {
             Stored::Memory(bytes) => {
                 Body::full(bytes.slice(range.start as usize..range.end as usize))
@@ -129,12 +118,13 @@ impl Ctx<'_> {
         &self,
         permit: &Permit<Read>,
         fetched: Fetched,
-        wanted: &Wanted,
+        wanted: &Wanted<'_>,
     ) -> Response<Body> {
         let settings = &self.live.responses;
         let meta = &fetched.meta;
         if fetched.answer == Answer::NotModified
             || wanted
+                .read
                 .conditionals
                 .not_modified(meta.etag_str(), meta.last_modified)
         {
@@ -151,7 +141,7 @@ impl Ctx<'_> {
             Answer::Partial { first, last } => Part::Range(first, last),
             _ => Part::Whole,
         };
-        let body = if wanted.head {
+        let body = if wanted.read.head {
             Body::Empty
         } else {
             Body::stream(fetched.body, Some(fetched.body_len))
@@ -164,16 +154,17 @@ impl Ctx<'_> {
     async fn pass_through(
         &self,
         permit: &Permit<Read>,
-        wanted: &Wanted,
+        wanted: &Wanted<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let s3 = &self.live.s3;
         let settings = &self.live.responses;
         self.shared
             .metrics
             .cache(crate::metrics::CacheEvent::Bypass);
-        if wanted.head {
+        if wanted.read.head {
             let meta = s3.head(permit).await.map_err(upstream)?;
             let part = if wanted
+                .read
                 .conditionals
                 .not_modified(meta.etag_str(), meta.last_modified)
             {
@@ -194,9 +185,10 @@ impl Ctx<'_> {
         // asking for the whole object is always a correct answer (RFC 9110 §13.1.5).
         let options = GetOptions {
             range: wanted
+                .read
                 .range
-                .filter(|_| wanted.conditionals.if_range.is_none()),
-            if_none_match: forwardable_if_none_match(&wanted.conditionals),
+                .filter(|_| wanted.read.conditionals.if_range.is_none()),
+            if_none_match: forwardable_if_none_match(&wanted.read.conditionals),
         };
         match s3.get(permit, &options).await {
             Ok(fetched) => Ok(self.serve_fetched(permit, fetched, wanted)),
