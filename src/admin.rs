@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::App;
-use crate::body::Body;
+use crate::server::Body;
 use crate::server::{Handler, text};
 
 /// The admin endpoints of one app.
@@ -18,10 +18,12 @@ use crate::server::{Handler, text};
 pub struct Admin(pub App);
 
 impl Handler for Admin {
+    type Connection = ();
+
     fn call(
         &self,
         request: Request<Incoming>,
-        _connection: crate::server::ConnectionLocal,
+        _connection: (),
     ) -> impl Future<Output = Response<Body>> + Send {
         let app = self.0.clone();
         async move {

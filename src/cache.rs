@@ -14,11 +14,11 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 
 use crate::config::CacheConfig;
+use crate::memfile::{FileWriter, MIN_FILE_SIZE, StoredFile};
 use crate::metrics::{CacheEvent, Metrics};
 use crate::policy::{Permit, Read};
 use crate::response::CacheStatus;
 use crate::s3::{Answer, Fetched, GetOptions, ObjectMeta, S3Client, S3Error, S3Object};
-use crate::sendfile::{FileWriter, MIN_FILE_SIZE, StoredFile};
 
 /// Bytes an entry costs beyond its body (key, metadata, bookkeeping), for weighing.
 const ENTRY_OVERHEAD: u64 = 512;

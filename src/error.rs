@@ -5,9 +5,9 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::auth::TokenError;
-use crate::body::Body;
 use crate::route::KeyError;
 use crate::s3::S3Error;
+use crate::server::Body;
 
 /// Everything that can end a request early.
 #[derive(Debug, thiserror::Error)]

@@ -5,20 +5,18 @@
 
 pub mod admin;
 pub mod auth;
-pub mod body;
 pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod error;
-pub mod framing;
+pub mod memfile;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod response;
 pub mod route;
 pub mod s3;
-pub mod sendfile;
 pub mod server;
 pub mod sign;
 

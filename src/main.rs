@@ -101,7 +101,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    s3warden::sendfile::raise_descriptor_limit();
+    s3warden::memfile::raise_descriptor_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,9 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use mediatype::MediaType;
 
-use crate::body::Body;
 use crate::policy::{Permit, Read};
 use crate::s3::ObjectMeta;
+use crate::server::Body;
 
 /// `X-Cache` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,6 @@ use super::Identity;
 use super::jwks::Jwks;
 use crate::config::{Config, Validator};
 use crate::metrics::Metrics;
-use crate::server::ConnectionLocal;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -218,15 +217,16 @@ impl Verifier {
     pub async fn verify_on(
         &self,
         token: &str,
-        connection: Option<&ConnectionLocal>,
+        connection: Option<&ConnectionMemo>,
     ) -> Result<Arc<Identity>, TokenError> {
         if let Some(connection) = connection {
-            let remembered = connection.with(|local| {
-                local
-                    .get::<TokenMemo>()
-                    .filter(|m| m.verifier == self.id && &*m.token == token)
-                    .map(|m| m.identity.clone())
-            });
+            let remembered = connection
+                .0
+                .lock()
+                .expect("lock not poisoned")
+                .as_ref()
+                .filter(|m| m.verifier == self.id && &*m.token == token)
+                .map(|m| m.identity.clone());
             if let Some(identity) = remembered
                 && identity.exp + self.leeway > now()
             {
@@ -240,7 +240,7 @@ impl Verifier {
                 token: token.into(),
                 identity: identity.clone(),
             };
-            connection.with(|local| local.insert(memo));
+            *connection.0.lock().expect("lock not poisoned") = Some(memo);
         }
         Ok(identity)
     }
@@ -315,6 +315,11 @@ impl Verifier {
         &self.algorithms
     }
 }
+
+/// What one client connection proved: the last token verified on it. A browser sends the same
+/// token again and again on one connection, and then nothing needs hashing or looking up.
+#[derive(Clone, Default)]
+pub struct ConnectionMemo(Arc<std::sync::Mutex<Option<TokenMemo>>>);
 
 /// The last token verified on a connection, by which verifier (a reload makes a new one).
 #[derive(Clone)]

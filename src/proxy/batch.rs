@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Ctx;
 use crate::auth::Authenticated;
-use crate::body::{Body, BoxError};
 use crate::config::{Acl, Method};
 use crate::error::ProxyError;
 use crate::policy::{Permit, Sign, UploadTerms};
 use crate::route::Key;
+use crate::server::{Body, BoxError};
 use crate::sign::UrlSigner;
 
 /// The request body.

@@ -2,9 +2,9 @@
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use crate::body::Body;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::server::Body;
 
 /// Request headers a cross-origin page may send.
 const ALLOWED_REQUEST_HEADERS: &[&str] = &[

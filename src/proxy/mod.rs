@@ -6,6 +6,7 @@ pub mod cors;
 mod object;
 mod upload;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,9 +15,9 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, header};
+use hyper::body::Incoming;
 
-use crate::auth::{Authenticated, Identity, Verifier, find_signature, find_tokens};
-use crate::body::{Body, BoxError};
+use crate::auth::{Authenticated, ConnectionMemo, Identity, Verifier, find_signature, find_tokens};
 use crate::cache::ObjectCache;
 use crate::config::{Config, Method};
 use crate::error::ProxyError;
@@ -25,8 +26,7 @@ use crate::policy::{Action, Delete, Denied, Permit, Policy, Principal, Read, Sig
 use crate::response::ResponseSettings;
 use crate::route::{Key, ObjectAction, ObjectRoute, Route, route};
 use crate::s3::S3Client;
-use crate::sendfile::Sink;
-use crate::server::ConnectionLocal;
+use crate::server::{Body, BoxError, Handler};
 use crate::sign::{UrlError, UrlSigner};
 use cors::Cors;
 
@@ -79,7 +79,7 @@ impl Live {
 struct Ctx<'a> {
     shared: &'a Inner,
     live: Arc<Live>,
-    connection: Option<&'a ConnectionLocal>,
+    connection: Option<&'a ConnectionMemo>,
 }
 
 /// The app could not be built from the config.
@@ -217,7 +217,7 @@ impl App {
     pub async fn handle_on<B>(
         &self,
         request: Request<B>,
-        connection: Option<&ConnectionLocal>,
+        connection: Option<&ConnectionMemo>,
     ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -284,6 +284,26 @@ impl App {
     }
 }
 
+/// The public listener's handler: each connection remembers the token it proved.
+impl Handler for App {
+    type Connection = ConnectionMemo;
+
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        connection: ConnectionMemo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        let app = self.clone();
+        async move { app.handle_on(request, Some(&connection)).await }
+    }
+    fn connections(&self, delta: i64) {
+        self.metrics().connections().inc_by(delta);
+    }
+    fn shed(&self) {
+        self.metrics().shed();
+    }
+}
+
 /// Whose upload this is, for their share of the upload buffer memory: a token's subject, one
 /// signed URL, or everyone anonymous together.
 fn uploader(auth: &Authenticated, permit: &Permit<Write>) -> Arc<str> {
@@ -326,8 +346,7 @@ impl Ctx<'_> {
             Route::Object(ObjectRoute { alias, key, action }) => match action {
                 ObjectAction::Read(read) => {
                     let permit = self.authorize::<Read>(&auth, &alias, &key)?;
-                    let sink = parts.extensions.get::<Sink>().cloned();
-                    self.read_object(&permit, &read, sink).await
+                    self.read_object(&permit, &read, &parts.extensions).await
                 }
                 ObjectAction::Write => {
                     let permit = self.authorize::<Write>(&auth, &alias, &key)?;

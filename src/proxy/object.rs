@@ -5,20 +5,18 @@ use std::ops::Range;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::Ctx;
-use crate::body::Body;
 use crate::cache::{CachedObject, Lookup, OnMiss, Stored};
 use crate::error::ProxyError;
 use crate::policy::{Permit, Read};
 use crate::response::{self, CacheStatus, Part};
 use crate::route::{Conditionals, IfNoneMatch, ReadRequest};
 use crate::s3::{Answer, Fetched, GetOptions, S3Error};
-use crate::sendfile::{FileBody, Sink};
+use crate::server::Body;
 
-/// A read as the route decided it, and where its answer goes.
+/// A read as the route decided it, and what its connection left in the request.
 struct Wanted<'a> {
     read: &'a ReadRequest,
-    /// The connection's `sendfile` queue (plain HTTP/1 only).
-    sink: Option<Sink>,
+    extensions: &'a http::Extensions,
 }
 
 impl Ctx<'_> {
@@ -27,9 +25,9 @@ impl Ctx<'_> {
         &self,
         permit: &Permit<Read>,
         read: &ReadRequest,
-        sink: Option<Sink>,
+        extensions: &http::Extensions,
     ) -> Result<Response<Body>, ProxyError> {
-        let wanted = Wanted { read, sink };
+        let wanted = Wanted { read, extensions };
         let head = read.head;
         // HEAD and ranged misses do not pull whole objects into the cache.
         let on_miss = if head || read.range.is_some() {
@@ -104,12 +102,12 @@ impl Ctx<'_> {
             Stored::Memory(bytes) => {
                 Body::full(bytes.slice(range.start as usize..range.end as usize))
             }
-            Stored::File(file) => Body::File(FileBody::new(
+            Stored::File(file) => Body::from_file(
                 file.clone(),
                 range,
-                wanted.sink.clone(),
+                wanted.extensions,
                 self.shared.metrics.sendfile_bytes().clone(),
-            )),
+            ),
         }
     }
 

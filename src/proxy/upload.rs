@@ -18,11 +18,11 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Ctx;
-use crate::body::{Body, BoxError, ByteStream};
 use crate::config::{Acl, UploadConfig};
 use crate::error::ProxyError;
 use crate::policy::{Delete, Permit, Write};
 use crate::s3::{Part, PutOptions, S3Error};
+use crate::server::{Body, BoxError, ByteStream};
 
 /// S3's largest single PutObject; larger (or unknown-length) bodies go up in parts.
 const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;

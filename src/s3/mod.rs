@@ -15,11 +15,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 
-use crate::body::{BoxError, ByteStream};
 use crate::config::{Addressing, Config};
 use crate::metrics::Metrics;
 use crate::policy::{Permit, Read};
 use crate::route::ByteRange;
+use crate::server::{BoxError, ByteStream};
 use sign::{Payload, SignError, Signer};
 
 /// Characters S3 wants percent-encoded in a key: all but the unreserved set and `/`.

@@ -11,9 +11,9 @@ use tokio::sync::Notify;
 
 use super::sign::Payload;
 use super::{S3Client, S3Error};
-use crate::body::ByteStream;
 use crate::config::Acl;
 use crate::policy::{Delete, Permit, Write};
+use crate::server::ByteStream;
 
 /// What an upload stores besides its bytes.
 #[derive(Debug, Clone)]

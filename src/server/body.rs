@@ -2,12 +2,17 @@
 //! cached object's memory file, or a stream
 //! (pass-through from S3) that fails loudly instead of ending short.
 
+use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::{Frame, SizeHint};
+
+use super::sendfile::{FileBody, Sink};
+use crate::memfile::StoredFile;
 
 /// Errors a streamed body can end with; they abort the client connection.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,7 +27,7 @@ pub enum Body {
     /// One buffer, sent as one frame.
     Full(Option<Bytes>),
     /// A range of a cached object's memory file.
-    File(crate::sendfile::FileBody),
+    File(FileBody),
     /// Chunks from elsewhere; `len` is the exact length when known.
     Stream {
         /// The chunks.
@@ -50,6 +55,21 @@ impl Body {
             stream,
             remaining: len,
         }
+    }
+}
+
+impl Body {
+    /// Bytes `range` of a cached object's memory file. On a plain HTTP/1 connection the kernel
+    /// sends them with `sendfile` (the connection left its queue in the request's
+    /// `extensions`; `sent` counts those bytes); elsewhere they are copied out in small frames.
+    pub fn from_file(
+        file: Arc<StoredFile>,
+        range: Range<u64>,
+        extensions: &http::Extensions,
+        sent: prometheus_client::metrics::counter::Counter,
+    ) -> Body {
+        let sink = extensions.get::<Sink>().cloned();
+        Body::File(FileBody::new(file, range, sink, sent))
     }
 }
 

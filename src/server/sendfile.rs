@@ -10,19 +10,26 @@
 //! and how far it has been written), or the write fails and the connection closes: a mix-up can
 //! cost a connection, never send the wrong bytes. Placeholders are never read: they are pages
 //! of a zeroed allocation that are never touched.
+//!
+//! **What this rests on.** hyper must hand the stream the very `Bytes` a body frame gave it,
+//! uncopied (HTTP/1 writes queued body buffers with `writev`), so their addresses still point
+//! into the placeholder allocation. If a hyper upgrade started copying body frames, the copies
+//! would not be recognized and their zeros would go out. The integration tests
+//! `cache::pipelined_answers_from_memory_files_keep_their_order` (five pipelined keep-alive
+//! answers from memory files, every byte compared with the source) and
+//! `cache::large_objects_go_out_with_sendfile_whole_and_in_ranges` fail then. Only
+//! plain-TCP HTTP/1 connections get a [`Sink`]; TLS and HTTP/2 bodies are real copies.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use std::task::{Context, Poll};
 
-/// Objects at least this large are kept in memory files; below it one copy costs less than the
-/// extra system call.
-pub const MIN_FILE_SIZE: u64 = 32 * 1024;
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use crate::memfile::StoredFile;
 
 /// The most a body frame covers, and so the size of a placeholder window.
 const FRAME: usize = 1 << 20;
@@ -38,146 +45,6 @@ const WINDOWS: usize = 16;
 
 /// Zeroed, never written, never read: the pages are never touched and cost no memory.
 static PLACEHOLDER: LazyLock<Bytes> = LazyLock::new(|| Bytes::from(vec![0u8; FRAME * WINDOWS]));
-
-/// Memory files open now; each holds a file descriptor.
-static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
-
-/// At most this many memory files: half the descriptor limit, so that connections and S3
-/// requests always have the other half. Beyond it, large bodies stay on the heap.
-fn file_budget() -> usize {
-    static BUDGET: LazyLock<usize> = LazyLock::new(|| {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-        limit.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
-    });
-    *BUDGET
-}
-
-/// Raises the soft descriptor limit to the hard one (a cache of memory files and many
-/// connections both need descriptors; systemd's `LimitNOFILE=` sets both).
-pub fn raise_descriptor_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
-        && soft < hard
-    {
-        limit.current = Some(hard);
-        if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            tracing::debug!(error = %e, "could not raise the descriptor limit");
-        }
-    }
-}
-
-/// One memory file's place in the budget, given back when the file closes.
-#[derive(Debug)]
-struct Slot;
-
-impl Slot {
-    fn take() -> io::Result<Slot> {
-        if OPEN_FILES.fetch_add(1, Ordering::Relaxed) >= file_budget() {
-            OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
-            return Err(io::Error::other(
-                "memory files would use half the descriptor limit",
-            ));
-        }
-        Ok(Slot)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An object body in a sealed memory file.
-#[derive(Debug)]
-pub struct StoredFile {
-    file: File,
-    len: u64,
-    _slot: Slot,
-}
-
-impl StoredFile {
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Copies `len` bytes from `offset` into memory (for connections that cannot use
-    /// `sendfile`: TLS, HTTP/2).
-    pub fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let mut buf = BytesMut::zeroed(len);
-        self.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf.freeze())
-    }
-}
-
-impl std::os::fd::AsFd for StoredFile {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.file.as_fd()
-    }
-}
-
-/// Writes a body into a new memory file.
-pub struct FileWriter {
-    file: File,
-    len: u64,
-    slot: Slot,
-}
-
-impl FileWriter {
-    /// A new, empty memory file; fails where `memfd_create` is not allowed, or when memory files
-    /// already hold half the descriptor limit.
-    pub fn new() -> io::Result<FileWriter> {
-        use rustix::fs::{MemfdFlags, memfd_create};
-        let slot = Slot::take()?;
-        let fd = memfd_create(
-            "s3warden-object",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        Ok(FileWriter {
-            file: File::from(fd),
-            len: 0,
-            slot,
-        })
-    }
-
-    /// Appends bytes.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Seals the file: from now on nobody can change, grow or shrink it.
-    pub fn finish(self) -> io::Result<StoredFile> {
-        use rustix::fs::{SealFlags, fcntl_add_seals};
-        fcntl_add_seals(
-            &self.file,
-            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-        )?;
-        Ok(StoredFile {
-            file: self.file,
-            len: self.len,
-            _slot: self.slot,
-        })
-    }
-}
 
 /// One body frame's file range, waiting to be sent.
 struct Segment {
@@ -319,22 +186,64 @@ impl FileBody {
     }
 }
 
+/// Writes the first non-empty slice of `bufs` when a placeholder is among them: bytes before a
+/// placeholder go out with `MSG_MORE` (so the head and the body share packets), a placeholder's
+/// file range with `sendfile`.
+pub(super) fn poll_write_files(
+    tcp: &TcpStream,
+    sink: &Sink,
+    cx: &mut Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    use rustix::net::SendFlags;
+    let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+        return Poll::Ready(Ok(0));
+    };
+    let slice: &[u8] = &bufs[first];
+    let file = if is_placeholder(slice) {
+        Some(sink.locate(slice)?)
+    } else {
+        None
+    };
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        let written = tcp.try_io(tokio::io::Interest::WRITABLE, || match &file {
+            Some((file, offset)) => {
+                let mut offset = *offset;
+                let n = rustix::fs::sendfile(tcp, &**file, Some(&mut offset), slice.len())?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                Ok(n)
+            }
+            None => Ok(rustix::net::send(
+                tcp,
+                slice,
+                SendFlags::MORE | SendFlags::NOSIGNAL,
+            )?),
+        });
+        match written {
+            Ok(n) => {
+                if file.is_some() {
+                    sink.advance(n);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stored(bytes: &[u8]) -> Arc<StoredFile> {
+        use crate::memfile::FileWriter;
         let mut writer = FileWriter::new().unwrap();
         writer.write(bytes).unwrap();
         Arc::new(writer.finish().unwrap())
-    }
-
-    #[test]
-    fn a_sealed_file_cannot_change() {
-        let file = stored(b"hello");
-        assert!((&file.file).write_all(b"x").is_err());
-        assert!(file.file.set_len(1).is_err());
-        assert_eq!(file.read(1, 3).unwrap(), "ell");
     }
 
     #[test]

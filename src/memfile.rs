@@ -1,0 +1,170 @@
+//! Sealed memory files (`memfd`) for large cached bodies: they stay off the heap, cannot change
+//! once written, and a plain HTTP/1 connection can `sendfile` them to the socket (the server
+//! does that). Each holds a file descriptor, so together they take at most half the limit.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+
+/// Objects at least this large are kept in memory files; below it one copy costs less than the
+/// extra system call.
+pub const MIN_FILE_SIZE: u64 = 32 * 1024;
+
+/// Memory files open now; each holds a file descriptor.
+static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
+
+/// At most this many memory files: half the descriptor limit, so that connections and S3
+/// requests always have the other half. Beyond it, large bodies stay on the heap.
+fn file_budget() -> usize {
+    static BUDGET: LazyLock<usize> = LazyLock::new(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+    });
+    *BUDGET
+}
+
+/// Raises the soft descriptor limit to the hard one (a cache of memory files and many
+/// connections both need descriptors; systemd's `LimitNOFILE=` sets both).
+pub fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "could not raise the descriptor limit");
+        }
+    }
+}
+
+/// One memory file's place in the budget, given back when the file closes.
+#[derive(Debug)]
+struct Slot;
+
+impl Slot {
+    fn take() -> io::Result<Slot> {
+        if OPEN_FILES.fetch_add(1, Ordering::Relaxed) >= file_budget() {
+            OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::other(
+                "memory files would use half the descriptor limit",
+            ));
+        }
+        Ok(Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An object body in a sealed memory file.
+#[derive(Debug)]
+pub struct StoredFile {
+    file: File,
+    len: u64,
+    _slot: Slot,
+}
+
+impl StoredFile {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `len` bytes from `offset` into memory (for connections that cannot use
+    /// `sendfile`: TLS, HTTP/2).
+    pub fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf.freeze())
+    }
+}
+
+impl std::os::fd::AsFd for StoredFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Writes a body into a new memory file.
+pub struct FileWriter {
+    file: File,
+    len: u64,
+    slot: Slot,
+}
+
+impl FileWriter {
+    /// A new, empty memory file; fails where `memfd_create` is not allowed, or when memory files
+    /// already hold half the descriptor limit.
+    pub fn new() -> io::Result<FileWriter> {
+        use rustix::fs::{MemfdFlags, memfd_create};
+        let slot = Slot::take()?;
+        let fd = memfd_create(
+            "s3warden-object",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        Ok(FileWriter {
+            file: File::from(fd),
+            len: 0,
+            slot,
+        })
+    }
+
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Seals the file: from now on nobody can change, grow or shrink it.
+    pub fn finish(self) -> io::Result<StoredFile> {
+        use rustix::fs::{SealFlags, fcntl_add_seals};
+        fcntl_add_seals(
+            &self.file,
+            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+        )?;
+        Ok(StoredFile {
+            file: self.file,
+            len: self.len,
+            _slot: self.slot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_file_cannot_change() {
+        let mut writer = FileWriter::new().unwrap();
+        writer.write(b"hello").unwrap();
+        let file = writer.finish().unwrap();
+        assert!((&file.file).write_all(b"x").is_err());
+        assert!(file.file.set_len(1).is_err());
+        assert_eq!(file.read(1, 3).unwrap(), "ell");
+    }
+}

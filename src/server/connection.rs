@@ -1,0 +1,404 @@
+//! One client connection: the protocol it speaks (ALPN on TLS, detected on plain TCP), the
+//! stream that watches its bytes (framing for the smuggling check, progress for the idle and
+//! header timeouts), and the timers that close it.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+
+use super::framing::{FrameScan, FramingWatch};
+use super::sendfile::{self, Sink, poll_write_files};
+use super::tls::handshake;
+use super::{Body, Builders, Handler, Limits};
+
+/// One accepted client connection and what serving it needs.
+pub(super) struct Connection<H> {
+    pub(super) handler: H,
+    pub(super) builders: Arc<Builders>,
+    pub(super) limits: Limits,
+    pub(super) watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl<H: Handler> Connection<H> {
+    /// Serves the connection until it ends, goes idle, or misses its header timeout.
+    pub(super) async fn serve(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
+        let (idle_timeout, head_timeout) =
+            (self.limits.idle_timeout, self.limits.header_read_timeout);
+        let max_head = self.limits.max_header_size.max(8192);
+        let (stream, builder, framing) = match tls {
+            None => (
+                Transport::Plain(stream),
+                &self.builders.either,
+                FramingWatch::new(max_head),
+            ),
+            Some(config) => {
+                let Some(tls) = handshake(stream, config, head_timeout).await else {
+                    return;
+                };
+                let alpn = tls.get_ref().1.alpn_protocol();
+                let framing = if alpn == Some(b"h2") {
+                    FramingWatch::http2(max_head)
+                } else {
+                    FramingWatch::http1(max_head)
+                };
+                let builder = self.builders.for_alpn(alpn);
+                (Transport::Tls(Box::new(tls)), builder, framing)
+            }
+        };
+        let framing = Arc::new(std::sync::Mutex::new(framing));
+        let io = IdleIo::new(stream, framing.clone());
+        let activity = io.activity.clone();
+        let sink = io.sink.clone();
+        let local = H::Connection::default();
+        let service = {
+            let (handler, activity, framing) =
+                (self.handler.clone(), activity.clone(), framing.clone());
+            service_fn(move |mut request: Request<Incoming>| {
+                if let Some(sink) = &sink
+                    && request.version() < http::Version::HTTP_2
+                {
+                    request.extensions_mut().insert(sink.clone());
+                }
+                let local = local.clone();
+                let handler = handler.clone();
+                let busy = activity.busy();
+                let ambiguous = framing.lock().expect("lock").next_is_ambiguous();
+                async move {
+                    if ambiguous {
+                        return Ok(smuggling_refused());
+                    }
+                    let response = handler.call(request, local).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::select! {
+            result = self.watcher.watch(connection) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            _ = activity.idle_for(idle_timeout) => {
+                tracing::debug!("closing idle connection");
+            }
+            _ = activity.head_overdue(&framing, head_timeout) => {
+                tracing::debug!("closing a connection whose request head is overdue");
+            }
+        }
+    }
+}
+
+/// 400 for an ambiguous request, closing the connection so nothing after it is read.
+fn smuggling_refused() -> Response<Body> {
+    const BODY: &str = "{\"error\":\"bad_request\",\"message\":\"ambiguous request framing\"}";
+    let mut response = Response::new(Body::full(Bytes::from_static(BODY.as_bytes())));
+    *response.status_mut() = http::StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// What a connection runs on.
+enum Transport {
+    /// Plain TCP: large cached bodies go out with `sendfile`.
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Whether a connection makes progress (every byte on HTTP/1; heads and data on HTTP/2), and
+/// whether a handler is working on a request (a connection waiting for its answer is not
+/// idle). Counting, not timestamps: no clock is read on the I/O path.
+#[derive(Clone, Default)]
+struct Activity(Arc<Counters>);
+
+#[derive(Default)]
+struct Counters {
+    /// Reads and writes that made progress.
+    moved: AtomicU64,
+    /// Writes that made progress.
+    sent: AtomicU64,
+    /// Handlers running.
+    busy: AtomicU64,
+}
+
+/// Marks a connection busy while a handler runs.
+struct Busy(Activity);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// The idle and head checks look this many times per timeout; a connection is closed after
+/// between `timeout` and `timeout * (1 + 1/QUIET_CHECKS)`.
+const QUIET_CHECKS: u32 = 4;
+
+impl Activity {
+    fn touch(&self) {
+        self.0.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sent(&self) {
+        self.0.sent.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn busy(&self) -> Busy {
+        self.0.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn answering(&self) -> bool {
+        self.0.busy.load(Ordering::Relaxed) > 0
+    }
+
+    /// Resolves once nothing has moved for `timeout` while no handler was running.
+    async fn idle_for(&self, timeout: Duration) {
+        unchanged_for(timeout, || {
+            (!self.answering()).then(|| self.0.moved.load(Ordering::Relaxed))
+        })
+        .await
+    }
+
+    /// Resolves once the connection has waited `timeout` for an HTTP/1 request head — its
+    /// first, the next one on a kept-alive connection, or one trickling in (slowloris) — with no
+    /// handler running and no answer going out.
+    async fn head_overdue(&self, framing: &std::sync::Mutex<FramingWatch>, timeout: Duration) {
+        unchanged_for(timeout, || {
+            let framing = framing.lock().expect("lock");
+            (!self.answering() && framing.awaiting_head())
+                .then(|| (framing.heads(), self.0.sent.load(Ordering::Relaxed)))
+        })
+        .await
+    }
+}
+
+/// Resolves once `probe` has given the same `Some` for `timeout`; `None` restarts the wait.
+async fn unchanged_for<T: PartialEq>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) {
+    let tick = timeout / QUIET_CHECKS;
+    let mut seen = probe();
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = probe();
+        if now.is_none() || now != seen {
+            seen = now;
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        if quiet >= QUIET_CHECKS {
+            return;
+        }
+    }
+}
+
+/// A stream that records when a connection makes progress (for the idle and header timeouts)
+/// and follows request framing (for the smuggling check and the header timeout).
+struct IdleIo {
+    inner: Transport,
+    activity: Activity,
+    framing: Arc<std::sync::Mutex<FramingWatch>>,
+    /// File ranges waiting to be sent with `sendfile` (plain TCP only).
+    sink: Option<Sink>,
+    /// On HTTP/2, the frames written: only heads and data are progress.
+    written: Option<FrameScan>,
+}
+
+impl IdleIo {
+    fn new(inner: Transport, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
+        let written = framing
+            .lock()
+            .expect("lock")
+            .is_http2()
+            .then(FrameScan::default);
+        IdleIo {
+            sink: matches!(inner, Transport::Plain(_)).then(Sink::default),
+            inner,
+            framing,
+            activity: Activity::default(),
+            written,
+        }
+    }
+
+    /// Records that the first `n` bytes of `bufs` went out.
+    fn wrote(&mut self, bufs: &[std::io::IoSlice<'_>], mut n: usize) {
+        let Some(scan) = &mut self.written else {
+            if n > 0 {
+                self.activity.sent();
+            }
+            return;
+        };
+        let mut progress = false;
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let take = n.min(buf.len());
+            progress |= scan.scan(&buf[..take]).progress;
+            n -= take;
+        }
+        if progress {
+            self.activity.sent();
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Transport::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let (progress, http2) = {
+                let mut framing = self.framing.lock().expect("lock");
+                (framing.feed(&buf.filled()[before..]), framing.is_http2())
+            };
+            if http2 && self.written.is_none() {
+                // HTTP/2 by prior knowledge: the server writes nothing before the preface.
+                self.written = Some(FrameScan::default());
+            }
+            if progress {
+                self.activity.touch();
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if sendfile::is_placeholder(data) {
+            return self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)]);
+        }
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = result {
+            self.wrote(&[std::io::IoSlice::new(data)], n);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = match (&this.inner, &this.sink) {
+            (Transport::Plain(tcp), Some(sink))
+                if bufs.iter().any(|b| sendfile::is_placeholder(b)) =>
+            {
+                poll_write_files(tcp, sink, cx, bufs)
+            }
+            _ => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(n)) = result {
+            self.wrote(bufs, n);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
