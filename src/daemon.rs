@@ -3,17 +3,14 @@
 //! drain and exit.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::App;
-use crate::admin::Admin;
+use crate::Running;
 use crate::config::{Config, Environment};
-use crate::server::{Server, Tls, tls_config};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +23,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
-    /// The app could not be built.
+    /// The app could not be built or served.
     #[error(transparent)]
-    App(#[from] crate::proxy::AppError),
-    /// The TLS certificate or key cannot be used.
-    #[error(transparent)]
-    Tls(#[from] crate::server::TlsError),
+    Start(#[from] crate::StartError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -47,31 +41,25 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
             what: admin_addr.to_string(),
             source,
         })?;
-    let tls = Tls::default();
-    tls.store(load_tls(&config)?.map(Arc::new));
-    let limits = crate::limits(&config);
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
-    let app = App::new(config).await?;
-    let public = Server::start_tls(public, app.clone(), limits.clone(), tls.clone());
-    let admin = Server::start(vec![admin], Admin(app.clone()), limits);
-    tracing::info!(listen = ?public.local_addrs(), admin = ?admin.local_addrs(), "s3warden ready");
+    let running = Running::start(config, public, admin, None).await?;
+    tracing::info!(listen = ?running.public_addrs(), admin = %running.admin_addr(), "s3warden ready");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     let watchdog = start_watchdog();
 
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&app, &path, &tls).await,
+            _ = hup.recv() => reload(&running, &path).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     tracing::info!("shutting down: draining in-flight requests");
-    public.shutdown().await;
-    admin.shutdown().await;
+    running.shutdown().await;
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -111,25 +99,15 @@ async fn public_listeners(config: &Config) -> Result<Vec<TcpListener>, DaemonErr
     Ok(listeners)
 }
 
-fn load_tls(config: &Config) -> Result<Option<tokio_rustls::rustls::ServerConfig>, DaemonError> {
-    match &config.secrets.tls {
-        Some((cert, key)) => Ok(Some(tls_config(cert, key)?)),
-        None => Ok(None),
-    }
-}
-
 /// Re-reads the config file; a bad one is logged and the running config stays.
-async fn reload(app: &App, path: &Path, tls: &Tls) {
+async fn reload(running: &Running, path: &Path) {
     notify(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
     ]);
     let result = async {
         let config = Config::load(path, &Environment::from_process()).map_err(|e| e.to_string())?;
-        let new_tls = load_tls(&config).map_err(|e| e.to_string())?;
-        app.reload(config).await.map_err(|e| e.to_string())?;
-        tls.store(new_tls.map(Arc::new));
-        Ok::<_, String>(())
+        running.reload(config).await.map_err(|e| e.to_string())
     }
     .await;
     match result {

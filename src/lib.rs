@@ -20,12 +20,108 @@ pub mod s3;
 pub mod server;
 pub mod sign;
 
-pub use proxy::App;
+pub use proxy::{App, Clock};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use admin::Admin;
+use config::Config;
+use server::{Limits, Server, Tls};
+
+/// A running s3warden: the app, its public listeners (TLS when configured) and its admin
+/// listener. `serve`, `demo` and the tests all start it here.
+pub struct Running {
+    app: App,
+    tls: Tls,
+    public: Server,
+    admin: Server,
+}
+
+/// s3warden could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The app could not be built.
+    #[error(transparent)]
+    App(#[from] proxy::AppError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+}
+
+impl Running {
+    /// Builds the app from `config` (on `clock`, or the system's) and serves `public` and
+    /// `admin`.
+    pub async fn start(
+        config: Config,
+        public: Vec<TcpListener>,
+        admin: TcpListener,
+        clock: Option<Clock>,
+    ) -> Result<Running, StartError> {
+        let tls = Tls::default();
+        tls.store(tls_of(&config)?.map(Arc::new));
+        let limits = limits(&config);
+        let app = match clock {
+            Some(clock) => App::with_clock(config, clock).await?,
+            None => App::new(config).await?,
+        };
+        let public = Server::start_tls(public, app.clone(), limits.clone(), tls.clone());
+        let admin = Server::start(vec![admin], Admin(app.clone()), limits);
+        Ok(Running {
+            app,
+            tls,
+            public,
+            admin,
+        })
+    }
+
+    /// The app being served.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// The public listeners' addresses.
+    pub fn public_addrs(&self) -> &[SocketAddr] {
+        self.public.local_addrs()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addrs()[0]
+    }
+
+    /// Replaces rules, keys, secrets, S3 settings, cache lifetimes and the TLS certificate with
+    /// those of `config`; nothing changes when any of them cannot be used.
+    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
+        let tls = tls_of(&config)?;
+        self.app.reload(config).await?;
+        self.tls.store(tls.map(Arc::new));
+        Ok(())
+    }
+
+    /// Stops accepting and drains in-flight requests (up to `server.shutdown_grace`).
+    pub async fn shutdown(self) {
+        self.public.shutdown().await;
+        self.admin.shutdown().await;
+    }
+}
+
+/// The TLS settings a config names, if any.
+fn tls_of(config: &Config) -> Result<Option<server::TlsConfig>, server::TlsError> {
+    config
+        .secrets
+        .tls
+        .as_ref()
+        .map(|(cert, key)| server::tls_config(cert, key))
+        .transpose()
+}
 
 /// The connection limits a config asks for.
-pub fn limits(config: &config::Config) -> server::Limits {
+fn limits(config: &Config) -> Limits {
     let s = &config.server;
-    server::Limits {
+    Limits {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         max_connections: s.max_connections,

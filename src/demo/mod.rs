@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::admin::Admin;
 use crate::config::{Config, ConfigError, Environment};
-use crate::server::Server;
-use crate::{App, auth};
+use crate::{Running, auth};
 use s3::EmbeddedS3;
 
 /// The demo config, as shipped in `config/demo.toml`.
@@ -52,21 +50,17 @@ pub enum DemoError {
     /// The demo config did not load.
     #[error("{0}")]
     Config(#[from] ConfigError),
-    /// The app did not build.
+    /// s3warden did not start.
     #[error("{0}")]
-    App(#[from] crate::proxy::AppError),
+    Start(#[from] crate::StartError),
 }
 
 /// A running demo.
 pub struct Demo {
     /// The embedded S3.
     pub s3: EmbeddedS3,
-    /// The app serving it.
-    pub app: App,
-    /// Public listener.
-    pub public: Server,
-    /// Admin listener.
-    pub admin: Server,
+    /// s3warden serving it.
+    pub running: Running,
     /// A token for `alice` (an employee).
     pub alice_token: String,
     /// A token for an admin.
@@ -112,10 +106,7 @@ impl Demo {
             ("AWS_SECRET_ACCESS_KEY", secret_key.as_str()),
         ]);
         let config = Config::from_toml(&text, dir.path(), &env)?;
-        let limits = crate::limits(&config);
-        let app = App::new(config).await?;
-        let public = Server::start(vec![public_listener], app.clone(), limits.clone());
-        let admin = Server::start(vec![admin_listener], Admin(app.clone()), limits);
+        let running = Running::start(config, vec![public_listener], admin_listener, None).await?;
 
         let day = Duration::from_secs(12 * 3600);
         let claims = |sub: &str, roles: &[&str]| {
@@ -131,9 +122,7 @@ impl Demo {
         let admin_token = auth::mint_hs256(jwt_secret.as_bytes(), claims("admin", &["admin"]), day);
         Ok(Demo {
             s3,
-            app,
-            public,
-            admin,
+            running,
             alice_token,
             admin_token,
             _dir: dir,
@@ -142,12 +131,12 @@ impl Demo {
 
     /// The base URL of the public listener.
     pub fn url(&self) -> String {
-        format!("http://{}", self.public.local_addrs()[0])
+        format!("http://{}", self.running.public_addrs()[0])
     }
 
     /// The base URL of the admin listener.
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin.local_addrs()[0])
+        format!("http://{}", self.running.admin_addr())
     }
 
     /// What to try, with the tokens filled in.
@@ -192,8 +181,7 @@ impl Demo {
 
     /// Stops s3warden (draining requests) and the embedded S3.
     pub async fn stop(self) {
-        self.public.shutdown().await;
-        self.admin.shutdown().await;
+        self.running.shutdown().await;
         self.s3.stop();
     }
 }

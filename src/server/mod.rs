@@ -29,6 +29,8 @@ use tokio_rustls::rustls;
 
 pub use body::{Body, BoxError, ByteStream};
 pub use tls::{Tls, TlsError, tls_config};
+/// A TLS server configuration (rustls).
+pub type TlsConfig = rustls::ServerConfig;
 
 use connection::Connection;
 use tls::handshake;

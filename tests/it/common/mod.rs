@@ -14,11 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use s3warden::App;
-use s3warden::admin::Admin;
 use s3warden::config::{Config, Environment};
 use s3warden::demo::s3::{EmbeddedS3, S3Log};
-use s3warden::server::Server;
+use s3warden::{App, Running};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -240,8 +238,7 @@ pub struct Harness {
     pub addr: std::net::SocketAddr,
     pub http: reqwest::Client,
     text: String,
-    server: Option<Server>,
-    admin: Option<Server>,
+    running: Option<Running>,
 }
 
 impl Harness {
@@ -263,30 +260,19 @@ impl Harness {
         ]);
         let config = Config::from_toml(&text, dir.path(), &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-        let limits = s3warden::limits(&config);
-        let tls = s3warden::server::Tls::default();
-        if let Some((cert, key)) = &config.secrets.tls {
-            let tls_config = s3warden::server::tls_config(cert, key).expect("test TLS config");
-            tls.store(Some(Arc::new(tls_config)));
-        }
-        let app = match setup.clock.clone() {
-            Some(clock) => App::with_clock(config, clock).await,
-            None => App::new(config).await,
-        }
-        .expect("app");
-        let server = Server::start_tls(vec![public], app.clone(), limits.clone(), tls);
-        let admin = Server::start(vec![admin], Admin(app.clone()), limits);
+        let running = Running::start(config, vec![public], admin, setup.clock.clone())
+            .await
+            .expect("s3warden starts");
         Harness {
             dir,
             s3,
-            app,
+            app: running.app().clone(),
             url,
             admin_url,
             addr,
             http: client(),
             text,
-            server: Some(server),
-            admin: Some(admin),
+            running: Some(running),
         }
     }
 
@@ -345,11 +331,8 @@ impl Harness {
 
     /// Stops the listeners (drains).
     pub async fn shutdown(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-        if let Some(s) = self.admin.take() {
-            s.shutdown().await;
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
         }
     }
 }
