@@ -48,7 +48,7 @@ async fn main() {
         ("AWS_SECRET_ACCESS_KEY", "bench-secret"),
         ("BENCH_HMAC", secret),
     ]);
-    let config = Config::from_toml(CONFIG, dir.path(), &env).unwrap();
+    let config = Config::from_toml(CONFIG, dir.path(), &env, &s3warden::check_config).unwrap();
     let app = App::new(config).await.unwrap();
     let token = s3warden::auth::mint_hs256(
         secret.as_bytes(),

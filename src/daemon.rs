@@ -106,7 +106,8 @@ async fn reload(running: &Running, path: &Path) {
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
     ]);
     let result = async {
-        let config = Config::load(path, &Environment::from_process()).map_err(|e| e.to_string())?;
+        let config = Config::load(path, &Environment::from_process(), &crate::check_config)
+            .map_err(|e| e.to_string())?;
         running.reload(config).await.map_err(|e| e.to_string())
     }
     .await;

@@ -131,13 +131,14 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Serve { config: path } => {
-            let config = Config::load(&path, &Environment::from_process())?;
+            let config =
+                Config::load(&path, &Environment::from_process(), &s3warden::check_config)?;
             init_logging(config.log.format, &config.log.level);
             s3warden::daemon::run(config, path).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path } => {
-            match Config::load(&path, &Environment::from_process()) {
+            match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
                 Ok(_) => {
                     println!("{}: ok", path.display());
                     Ok(ExitCode::SUCCESS)
@@ -161,7 +162,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             acl,
             objects,
         } => {
-            let config = Config::load(&config, &Environment::from_process())?;
+            let config = Config::load(
+                &config,
+                &Environment::from_process(),
+                &s3warden::check_config,
+            )?;
             let request = s3warden::sign::CliRequest {
                 kind: &kind,
                 method: &method,
@@ -186,8 +191,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 .map_err(|e| format!("cannot read {}: {e}", config.display()))
                 .and_then(|text| {
                     let base = config.parent().unwrap_or(std::path::Path::new("."));
-                    Config::parse(&text, base, &Environment::from_process())
-                        .map_err(|e| e.to_string())
+                    Config::parse(
+                        &text,
+                        base,
+                        &Environment::from_process(),
+                        &s3warden::check_config,
+                    )
+                    .map_err(|e| e.to_string())
                 });
             let admins = if fleet.is_empty() {
                 vec![format!(
@@ -224,7 +234,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             claims,
             ttl,
         } => {
-            let config = Config::load(&config, &Environment::from_process())?;
+            let config = Config::load(
+                &config,
+                &Environment::from_process(),
+                &s3warden::check_config,
+            )?;
             let secret = config.secrets.hmac_secret.as_deref().ok_or(
                 "no HMAC secret configured (auth.hmac_secret_file or auth.hmac_secret_env)",
             )?;

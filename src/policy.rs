@@ -11,7 +11,7 @@ use http::HeaderValue;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::config::{Acl, AllowConfig, Config, Method};
+use crate::config::{Acl, AllowConfig, Config, Method, Problem, Validator};
 use crate::route::Key;
 use crate::s3::S3Object;
 
@@ -357,8 +357,32 @@ fn claim_text(value: &Value) -> Option<&str> {
     value.as_str()
 }
 
+/// What the rules and bucket aliases need of their sections: prefixes that are key prefixes,
+/// templates that name something, and rules that can match at all.
+pub(crate) fn check(config: &Config, v: &mut Validator) {
+    for (alias, bucket) in &config.buckets {
+        let prefix = &bucket.prefix;
+        let is_key_prefix = prefix.is_empty()
+            || (prefix.ends_with('/') && Key::parse(prefix.trim_end_matches('/')).is_ok());
+        if !is_key_prefix {
+            v.problem(
+                format!("buckets.{alias}.prefix"),
+                "must be a key prefix ending in '/', without empty, '.' or '..' segments",
+            );
+        }
+    }
+    for (i, rule) in config.rules.iter().enumerate() {
+        if let Err(message) = check_prefix_template(&rule.prefix) {
+            v.problem(format!("rules[{i}].prefix"), message);
+        }
+    }
+    for (i, message) in Policy::dead_rules(config) {
+        v.problem(format!("rules[{i}].prefix"), message);
+    }
+}
+
 /// Checks a rule prefix for `check-config`.
-pub fn check_prefix_template(prefix: &str) -> Result<(), String> {
+fn check_prefix_template(prefix: &str) -> Result<(), String> {
     let template = Template::parse(prefix)?;
     if prefix.starts_with('/') {
         return Err("must not start with '/' (keys are relative to the bucket)".into());
@@ -408,8 +432,15 @@ fn claim_matches(value: &Value, wanted: &str, spaced: bool) -> bool {
 }
 
 impl Policy {
-    /// Compiles the rules of a validated config.
-    pub fn new(config: &Config) -> Policy {
+    /// Compiles the rules and bucket aliases of a config; every problem [`check`] finds refuses
+    /// it.
+    pub fn new(config: &Config) -> Result<Policy, Vec<Problem>> {
+        let mut v = Validator::default();
+        check(config, &mut v);
+        let problems = v.into_problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let buckets = config
             .buckets
             .iter()
@@ -425,9 +456,11 @@ impl Policy {
         let rules = config
             .rules
             .iter()
-            .map(|r| Rule {
+            // Every template parses: `check` said so.
+            .filter_map(|r| Some((r, Template::parse(&r.prefix).ok()?)))
+            .map(|(r, prefix)| Rule {
                 alias: r.bucket.clone(),
-                prefix: Template::parse(&r.prefix).expect("validated template"),
+                prefix,
                 methods: r.methods.clone(),
                 allow: match &r.allow {
                     AllowConfig::Keyword(w) if w == "public" => Allow::Public,
@@ -447,11 +480,11 @@ impl Policy {
                 acls: AclSet::of(&r.acls),
             })
             .collect();
-        Policy { buckets, rules }
+        Ok(Policy { buckets, rules })
     }
 
     /// Problems that make a rule unable to ever match, for `check-config`.
-    pub fn dead_rules(config: &Config) -> Vec<(usize, String)> {
+    fn dead_rules(config: &Config) -> Vec<(usize, String)> {
         let mut out = Vec::new();
         for (i, rule) in config.rules.iter().enumerate() {
             let Ok(template) = Template::parse(&rule.prefix) else {
@@ -639,8 +672,10 @@ mod tests {
             ("AWS_ACCESS_KEY_ID", "a"),
             ("AWS_SECRET_ACCESS_KEY", "b"),
         ]);
-        let config = Config::from_toml(&text, std::path::Path::new("."), &env).unwrap();
-        Policy::new(&config)
+        let config =
+            Config::from_toml(&text, std::path::Path::new("."), &env, &crate::check_config)
+                .unwrap();
+        Policy::new(&config).unwrap()
     }
 
     fn key(k: &str) -> Key {

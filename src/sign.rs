@@ -346,7 +346,13 @@ pub fn sign_for_cli(
         None => None,
     };
     let signer = UrlSigner::new(config);
-    let policy = crate::policy::Policy::new(config);
+    let policy = crate::policy::Policy::new(config).map_err(|problems| {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
     let window = signer.window(SystemTime::now());
     targets
         .iter()

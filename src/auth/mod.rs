@@ -45,13 +45,10 @@ pub struct Authenticated {
     pub signed: Option<SignedParams>,
 }
 
-/// Checks of `[auth]` values.
-pub(crate) fn validate_config(config: &Config, v: &mut Validator) {
+/// What token verification needs of `[auth]`: algorithms it knows with keys for them, a JWKS
+/// URL it may fetch, and key files that hold keys (once they are read).
+pub(crate) fn check(config: &Config, v: &mut Validator) {
     jwt::validate_config(config, v);
-}
-
-/// Checks of the key files `[auth]` names, once they are read.
-pub(crate) fn check_keys(config: &Config, v: &mut Validator) {
     jwt::check_keys(config, v);
 }
 

@@ -14,9 +14,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use secrets::{AwsCredentials, Environment, Secrets};
-pub(crate) use values::Validator;
+pub use values::Validator;
 pub use values::{ByteSize, MAX_CACHEABLE_OBJECT, Method, S3_MAX_PRESIGN, is_valid_alias};
 use values::{de_duration, de_opt_string};
+
+/// What the components built from a config need of their sections (rules, keys, CORS), checked
+/// when it is loaded so that every problem is reported at once, with its key and line. The
+/// config knows none of them: the caller passes their checks (`s3warden::check_config`).
+pub type Checks<'a> = &'a (dyn Fn(&Config, &mut Validator) + Sync);
 
 /// Where s3warden looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3warden/s3warden.toml";
@@ -592,25 +597,36 @@ fn list(problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`, then loads the secrets it names.
-    pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
+    /// Reads, parses and validates the file at `path`, then loads the secrets it names;
+    /// `checks` adds what the components built from it need of their sections.
+    pub fn load(path: &Path, env: &Environment, checks: Checks<'_>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base, env).map_err(|e| e.with_path(path))
+        Self::from_toml(&text, base, env, checks).map_err(|e| e.with_path(path))
     }
 
     /// Parses and validates TOML text, then reads the files it names; relative file paths are
     /// taken from `base`.
-    pub fn from_toml(text: &str, base: &Path, env: &Environment) -> Result<Config, ConfigError> {
-        Self::build(text, base, env, true)
+    pub fn from_toml(
+        text: &str,
+        base: &Path,
+        env: &Environment,
+        checks: Checks<'_>,
+    ) -> Result<Config, ConfigError> {
+        Self::build(text, base, env, true, checks)
     }
 
     /// Parses and validates TOML text without reading the files it names.
-    pub fn parse(text: &str, base: &Path, env: &Environment) -> Result<Config, ConfigError> {
-        Self::build(text, base, env, false)
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        env: &Environment,
+        checks: Checks<'_>,
+    ) -> Result<Config, ConfigError> {
+        Self::build(text, base, env, false, checks)
     }
 
     fn build(
@@ -618,6 +634,7 @@ impl Config {
         base: &Path,
         env: &Environment,
         read_files: bool,
+        checks: Checks<'_>,
     ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: PathBuf::new(),
@@ -628,15 +645,13 @@ impl Config {
         let mut problems = config.validate();
         if read_files {
             match Secrets::load(&config, env) {
-                Ok(secrets) => {
-                    config.secrets = secrets;
-                    let mut v = Validator::default();
-                    crate::auth::check_keys(&config, &mut v);
-                    problems.extend(v.into_problems());
-                }
+                Ok(secrets) => config.secrets = secrets,
                 Err(more) => problems.extend(more),
             }
         }
+        let mut v = Validator::default();
+        checks(&config, &mut v);
+        problems.extend(v.into_problems());
         if problems.is_empty() {
             return Ok(config);
         }

@@ -104,12 +104,13 @@ pub(super) fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Path
 
 /// Collects problems as the checks run.
 #[derive(Default)]
-pub(crate) struct Validator {
+pub struct Validator {
     problems: Vec<Problem>,
 }
 
 impl Validator {
-    pub(crate) fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    /// Records a problem with the value at `key`.
+    pub fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -127,7 +128,8 @@ impl Validator {
         self.check(!d.is_zero(), key, "must be greater than zero");
     }
 
-    pub(super) fn into_problems(self) -> Vec<Problem> {
+    /// The problems found.
+    pub fn into_problems(self) -> Vec<Problem> {
         self.problems
     }
 }
@@ -243,18 +245,7 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
             &format!("{key}.bucket"),
             "is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
         );
-        if !b.prefix.is_empty() {
-            v.check(
-                b.prefix.ends_with('/')
-                    && crate::route::Key::parse(b.prefix.trim_end_matches('/')).is_ok(),
-                &format!("{key}.prefix"),
-                "must be a key prefix ending in '/', without empty, '.' or '..' segments",
-            );
-        }
     }
-
-    // [auth]
-    crate::auth::validate_config(c, v);
 
     // [[rules]]
     if c.rules.is_empty() {
@@ -298,9 +289,6 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
                 "must name at least one claim",
             );
         }
-        if let Err(message) = crate::policy::check_prefix_template(&rule.prefix) {
-            v.problem(format!("{key}.prefix"), message);
-        }
         if rule.acls.contains(&Acl::None) {
             v.problem(
                 format!("{key}.acls"),
@@ -318,10 +306,6 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
                  naming no ACL would be refused (add \"public-read\" or change the default)",
             );
         }
-    }
-
-    for (i, message) in crate::policy::Policy::dead_rules(c) {
-        v.problem(format!("rules[{i}].prefix"), message);
     }
 
     // [cache]
@@ -382,15 +366,6 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
                 ByteSize(2 * part),
                 ByteSize(part)
             ),
-        );
-    }
-
-    // [cors]
-    for (i, origin) in c.cors.allowed_origins.iter().enumerate() {
-        v.check(
-            crate::proxy::cors::is_valid_origin(origin),
-            &format!("cors.allowed_origins[{i}]"),
-            "must be an origin like \"https://app.example.com\" (scheme, host, optional port; no path)",
         );
     }
 

@@ -105,7 +105,7 @@ impl Demo {
             ("AWS_ACCESS_KEY_ID", access_key),
             ("AWS_SECRET_ACCESS_KEY", secret_key.as_str()),
         ]);
-        let config = Config::from_toml(&text, dir.path(), &env)?;
+        let config = Config::from_toml(&text, dir.path(), &env, &crate::check_config)?;
         let running = Running::start(config, vec![public_listener], admin_listener, None).await?;
 
         let day = Duration::from_secs(12 * 3600);

@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use crate::config::Config;
+use crate::config::{Config, Validator};
 use crate::error::ProxyError;
 use crate::server::Body;
 
@@ -22,8 +22,20 @@ const ALLOWED_REQUEST_HEADERS: &[&str] = &[
 const EXPOSED: &str =
     "ETag, Last-Modified, Content-Length, Content-Range, Content-Type, X-Cache, Location";
 
+/// What CORS needs of `[cors]`: origins, each `scheme://host[:port]`.
+pub(crate) fn check(config: &Config, v: &mut Validator) {
+    for (i, origin) in config.cors.allowed_origins.iter().enumerate() {
+        if !is_valid_origin(origin) {
+            v.problem(
+                format!("cors.allowed_origins[{i}]"),
+                "must be an origin like \"https://app.example.com\" (scheme, host, optional port; no path)",
+            );
+        }
+    }
+}
+
 /// True for `scheme://host[:port]` with an http(s) scheme and nothing after it.
-pub fn is_valid_origin(origin: &str) -> bool {
+fn is_valid_origin(origin: &str) -> bool {
     reqwest::Url::parse(origin).is_ok_and(|u| {
         matches!(u.scheme(), "http" | "https") && u.origin().ascii_serialization() == origin
     })

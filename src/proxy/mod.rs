@@ -63,7 +63,7 @@ struct Live {
 impl Live {
     async fn new(config: Config, metrics: &Arc<Metrics>) -> Result<Live, AppError> {
         Ok(Live {
-            policy: Policy::new(&config),
+            policy: Policy::new(&config).map_err(AppError::Rules)?,
             verifier: Verifier::new(&config, metrics.clone()).await,
             s3: S3Client::new(&config, metrics.clone())?,
             signer: UrlSigner::new(&config),
@@ -88,6 +88,9 @@ pub enum AppError {
     /// The HTTP client for S3 could not be built.
     #[error("cannot build the S3 client: {0}")]
     S3Client(#[from] reqwest::Error),
+    /// The rules or bucket aliases cannot be used.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Rules(Vec<crate::config::Problem>),
 }
 
 /// What the access log records about a request besides method, path and status.

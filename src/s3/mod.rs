@@ -579,7 +579,9 @@ mod tests {
         );
         let env =
             Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
-        let config = Config::from_toml(&text, std::path::Path::new("."), &env).unwrap();
+        let config =
+            Config::from_toml(&text, std::path::Path::new("."), &env, &crate::check_config)
+                .unwrap();
         S3Client::new(&config, Arc::new(Metrics::new())).unwrap()
     }
 

@@ -798,7 +798,9 @@ async fn hmac_secrets_from_the_environment() {
         ("AWS_SECRET_ACCESS_KEY", "b"),
         ("JWT_SECRET", HMAC_SECRET),
     ]);
-    let config = s3warden::config::Config::from_toml(&text, dir.path(), &env).unwrap();
+    let config =
+        s3warden::config::Config::from_toml(&text, dir.path(), &env, &s3warden::check_config)
+            .unwrap();
     assert_eq!(
         config.secrets.hmac_secret.as_deref(),
         Some(HMAC_SECRET.as_bytes())
@@ -808,7 +810,8 @@ async fn hmac_secrets_from_the_environment() {
         ("AWS_SECRET_ACCESS_KEY", "b"),
         ("JWT_SECRET", "short"),
     ]);
-    let e = s3warden::config::Config::from_toml(&text, dir.path(), &short).unwrap_err();
+    let e = s3warden::config::Config::from_toml(&text, dir.path(), &short, &s3warden::check_config)
+        .unwrap_err();
     assert!(e.to_string().contains("auth.hmac_secret_env"), "{e}");
 }
 
@@ -842,10 +845,14 @@ async fn check_config_rejects_rules_that_can_never_match() {
         ),
     ] {
         let text = format!("{base}[[rules]]\n{rule}\n");
-        let e =
-            s3warden::config::Config::parse(&text, std::path::Path::new("."), &Default::default())
-                .expect_err(rule)
-                .to_string();
+        let e = s3warden::config::Config::parse(
+            &text,
+            std::path::Path::new("."),
+            &Default::default(),
+            &s3warden::check_config,
+        )
+        .expect_err(rule)
+        .to_string();
         assert!(e.contains(needle), "{rule}: {e}");
     }
 }
@@ -867,7 +874,13 @@ async fn a_reload_forgets_what_connections_proved() {
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
     ]);
-    let config = s3warden::config::Config::from_toml(h.config_text(), h.dir.path(), &env).unwrap();
+    let config = s3warden::config::Config::from_toml(
+        h.config_text(),
+        h.dir.path(),
+        &env,
+        &s3warden::check_config,
+    )
+    .unwrap();
     h.app.reload(config).await.unwrap();
     assert_refused(&h, &t).await;
 }

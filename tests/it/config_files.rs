@@ -17,8 +17,13 @@ fn every_shipped_config_parses_and_validates() {
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => {
                 let text = std::fs::read_to_string(&path).unwrap();
-                Config::parse(&text, path.parent().unwrap(), &Environment::default())
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                Config::parse(
+                    &text,
+                    path.parent().unwrap(),
+                    &Environment::default(),
+                    &s3warden::check_config,
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 seen += 1;
             }
             Some("json") => {
@@ -38,7 +43,13 @@ fn the_example_documents_every_key_with_its_default() {
     // Every section and key the example sets is accepted, and the example sets the defaults:
     // parsing it gives the same values as parsing nothing for sections it only documents.
     let text = std::fs::read_to_string(config_dir().join("s3warden.example.toml")).unwrap();
-    let example = Config::parse(&text, &config_dir(), &Environment::default()).unwrap();
+    let example = Config::parse(
+        &text,
+        &config_dir(),
+        &Environment::default(),
+        &s3warden::check_config,
+    )
+    .unwrap();
     let defaults = Config::default();
     assert_eq!(example.cache.capacity, defaults.cache.capacity);
     assert_eq!(example.cache.ttl, defaults.cache.ttl);
@@ -75,7 +86,12 @@ allow = "public"
 "#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, Path::new("/nonexistent"), &Environment::default())
+    Config::parse(
+        text,
+        Path::new("/nonexistent"),
+        &Environment::default(),
+        &s3warden::check_config,
+    )
 }
 
 fn problems(text: &str) -> Vec<String> {
@@ -102,7 +118,7 @@ fn endpoint_and_region_come_from_the_environment() {
         "",
     );
     let env = Environment::from_pairs([("AWS_REGION", "eu-west-1")]);
-    let c = Config::parse(&text, Path::new("."), &env).unwrap();
+    let c = Config::parse(&text, Path::new("."), &env, &s3warden::check_config).unwrap();
     assert_eq!(
         c.s3.endpoint.as_deref(),
         Some("https://s3.eu-west-1.amazonaws.com")
@@ -111,7 +127,7 @@ fn endpoint_and_region_come_from_the_environment() {
         ("AWS_REGION", "x"),
         ("AWS_ENDPOINT_URL_S3", "http://minio:9000"),
     ]);
-    let c = Config::parse(&text, Path::new("."), &env).unwrap();
+    let c = Config::parse(&text, Path::new("."), &env, &s3warden::check_config).unwrap();
     assert_eq!(c.s3.endpoint.as_deref(), Some("http://minio:9000"));
     assert!(problems(&text).iter().any(|p| p.contains("s3.region")));
 }
@@ -152,16 +168,26 @@ fn unknown_keys_and_bad_values_name_the_key_and_line() {
 fn missing_secret_files_are_reported_when_loading() {
     let text = format!("{MINIMAL}\n[auth]\nhmac_secret_file = \"missing-secret\"\n");
     let env = Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
-    let e = Config::from_toml(&text, Path::new("/nonexistent"), &env)
-        .unwrap_err()
-        .to_string();
+    let e = Config::from_toml(
+        &text,
+        Path::new("/nonexistent"),
+        &env,
+        &s3warden::check_config,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("auth.hmac_secret_file") && e.contains("missing-secret"),
         "{e}"
     );
-    let e = Config::from_toml(MINIMAL, Path::new("."), &Environment::default())
-        .unwrap_err()
-        .to_string();
+    let e = Config::from_toml(
+        MINIMAL,
+        Path::new("."),
+        &Environment::default(),
+        &s3warden::check_config,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("no S3 credentials"), "{e}");
 }
 
@@ -171,7 +197,7 @@ fn short_hmac_secrets_are_refused() {
     std::fs::write(dir.path().join("short"), "too-short\n").unwrap();
     let text = format!("{MINIMAL}\n[auth]\nhmac_secret_file = \"short\"\n");
     let env = Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
-    let e = Config::from_toml(&text, dir.path(), &env)
+    let e = Config::from_toml(&text, dir.path(), &env, &s3warden::check_config)
         .unwrap_err()
         .to_string();
     assert!(e.contains("9 bytes; at least 32"), "{e}");
@@ -230,12 +256,12 @@ fn s3_credentials_from_files_environment_or_systemd() {
         ("AWS_ACCESS_KEY_ID", "ENVID"),
         ("AWS_SECRET_ACCESS_KEY", "envsecret"),
     ]);
-    let c = Config::from_toml(&with_files, dir.path(), &env).unwrap();
+    let c = Config::from_toml(&with_files, dir.path(), &env, &s3warden::check_config).unwrap();
     assert_eq!(c.secrets.aws.access_key_id, "FILEID");
     assert_eq!(c.secrets.aws.secret_access_key, "filesecret");
     assert_eq!(c.secrets.aws.session_token.as_deref(), Some("filetoken"));
 
-    let c = Config::from_toml(MINIMAL, dir.path(), &env).unwrap();
+    let c = Config::from_toml(MINIMAL, dir.path(), &env, &s3warden::check_config).unwrap();
     assert_eq!(c.secrets.aws.access_key_id, "ENVID");
     assert_eq!(c.secrets.aws.session_token, None);
 
@@ -244,7 +270,7 @@ fn s3_credentials_from_files_environment_or_systemd() {
     std::fs::write(creds.join("aws_access_key_id"), "CREDID").unwrap();
     std::fs::write(creds.join("aws_secret_access_key"), "credsecret").unwrap();
     let env = Environment::from_pairs([("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
-    let c = Config::from_toml(MINIMAL, dir.path(), &env).unwrap();
+    let c = Config::from_toml(MINIMAL, dir.path(), &env, &s3warden::check_config).unwrap();
     assert_eq!(c.secrets.aws.access_key_id, "CREDID");
     assert_eq!(c.secrets.aws.secret_access_key, "credsecret");
 }

@@ -258,7 +258,7 @@ impl Harness {
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
         ]);
-        let config = Config::from_toml(&text, dir.path(), &env)
+        let config = Config::from_toml(&text, dir.path(), &env, &s3warden::check_config)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let running = Running::start(config, vec![public], admin, setup.clock.clone())
             .await
