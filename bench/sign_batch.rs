@@ -50,7 +50,7 @@ async fn main() {
     ]);
     let config = Config::from_toml(CONFIG, dir.path(), &env, &s3warden::check_config).unwrap();
     let app = App::new(config).await.unwrap();
-    let token = s3warden::auth::mint_hs256(
+    let token = s3warden::mint_hs256(
         secret.as_bytes(),
         serde_json::json!({"sub": "bench"}),
         Duration::from_secs(3600),

@@ -46,16 +46,11 @@ pub enum Stored {
 
 impl Stored {
     /// Length in bytes.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Stored::Memory(bytes) => bytes.len() as u64,
             Stored::File(file) => file.len(),
         }
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -129,7 +124,6 @@ impl From<&CacheConfig> for CacheSettings {
 pub struct ObjectCache {
     entries: Cache<S3Object, Arc<Entry>>,
     settings: ArcSwap<CacheSettings>,
-    capacity: u64,
     /// Bumped by every invalidation; a fetch that saw another value does not store its result,
     /// so a write that happened during a fetch is never hidden by the older bytes.
     epoch: AtomicU64,
@@ -157,7 +151,6 @@ impl ObjectCache {
         ObjectCache {
             entries,
             settings: ArcSwap::from_pointee(CacheSettings::from(config)),
-            capacity,
             epoch: AtomicU64::new(0),
             metrics,
         }
@@ -166,11 +159,6 @@ impl ObjectCache {
     /// Applies new settings (on reload); cached entries stay.
     pub fn reconfigure(&self, config: &CacheConfig) {
         self.settings.store(Arc::new(CacheSettings::from(config)));
-    }
-
-    /// The configured capacity in bytes.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
     }
 
     /// Bytes held (after pending maintenance) and entries.

@@ -3,24 +3,30 @@
 //! repeated reads cost no S3 transfer.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
+// What the binary, the tests and the benchmarks use is public; the rest is the crate's own.
+pub(crate) mod admin;
+pub(crate) mod auth;
 pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod demo;
-pub mod error;
-pub mod memfile;
+pub(crate) mod error;
+pub(crate) mod memfile;
 pub mod metrics;
 pub mod policy;
-pub mod proxy;
-pub mod response;
-pub mod route;
+pub(crate) mod proxy;
+pub(crate) mod response;
+pub(crate) mod route;
 pub mod s3;
-pub mod server;
-pub mod sign;
+pub(crate) mod server;
+pub(crate) mod sign;
 
-pub use proxy::{App, Clock};
+pub use admin::purge_fleet;
+pub use auth::mint_hs256;
+pub use memfile::raise_descriptor_limit;
+pub use proxy::{App, AppError, Clock};
+pub use server::{Body, TlsError};
+pub use sign::{CliRequest, sign_for_cli};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -101,7 +101,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    s3warden::memfile::raise_descriptor_limit();
+    s3warden::raise_descriptor_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,13 +167,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 &Environment::from_process(),
                 &s3warden::check_config,
             )?;
-            let request = s3warden::sign::CliRequest {
+            let request = s3warden::CliRequest {
                 kind: &kind,
                 method: &method,
                 content_type: content_type.as_deref(),
                 acl: acl.as_deref(),
             };
-            for url in s3warden::sign::sign_for_cli(&config, &request, &objects)? {
+            for url in s3warden::sign_for_cli(&config, &request, &objects)? {
                 println!("{url}");
             }
             Ok(ExitCode::SUCCESS)
@@ -217,7 +217,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ),
                 None => None,
             };
-            match s3warden::admin::purge_fleet(&admins, token.as_deref(), &objects, all).await {
+            match s3warden::purge_fleet(&admins, token.as_deref(), &objects, all).await {
                 Ok(lines) => {
                     lines.iter().for_each(|l| println!("{l}"));
                     Ok(ExitCode::SUCCESS)
@@ -267,7 +267,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             println!(
                 "{}",
-                s3warden::auth::mint_hs256(secret, serde_json::Value::Object(map), ttl)
+                s3warden::mint_hs256(secret, serde_json::Value::Object(map), ttl)
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -78,11 +78,6 @@ impl StoredFile {
         self.len
     }
 
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Copies `len` bytes from `offset` into memory (for connections that cannot use
     /// `sendfile`: TLS, HTTP/2).
     pub fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
@@ -132,11 +127,6 @@ impl FileWriter {
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.len
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Seals the file: from now on nobody can change, grow or shrink it.

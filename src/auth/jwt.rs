@@ -129,7 +129,6 @@ impl VerifyKey {
 
 /// Verifies tokens; rebuilt (with an empty cache) whenever the config is reloaded.
 pub struct Verifier {
-    algorithms: Vec<Algorithm>,
     validations: HashMap<Algorithm, Validation>,
     static_keys: Vec<VerifyKey>,
     jwks: Option<Arc<Jwks>>,
@@ -196,7 +195,6 @@ impl Verifier {
             .expire_after(UntilExp { leeway })
             .build();
         Verifier {
-            algorithms,
             validations,
             static_keys,
             jwks,
@@ -308,11 +306,6 @@ impl Verifier {
             keys.extend(found);
         }
         keys
-    }
-
-    /// The accepted algorithms.
-    pub fn algorithms(&self) -> &[Algorithm] {
-        &self.algorithms
     }
 }
 

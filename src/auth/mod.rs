@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub use jwt::{ConnectionMemo, TokenError, Verifier};
-pub use token::{Found, SignedParams, Source, find_signature, find_tokens};
+pub use token::{SignedParams, Source, find_signature, find_tokens};
 
 use crate::config::{Config, Validator};
 

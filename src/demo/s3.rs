@@ -85,11 +85,6 @@ impl S3Log {
             .expect("lock")
             .insert(format!("{bucket}/{key}"), acl.unwrap_or_default());
     }
-
-    /// Forgets all counts.
-    pub fn reset(&self) {
-        self.counts.lock().expect("lock").clear();
-    }
 }
 
 fn op_name(op: &str) -> &'static str {

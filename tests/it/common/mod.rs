@@ -76,7 +76,7 @@ pub struct Setup {
     sections: BTreeMap<String, BTreeMap<String, String>>,
     rules: String,
     endpoint: Option<String>,
-    clock: Option<s3warden::proxy::Clock>,
+    clock: Option<s3warden::Clock>,
     port: u16,
 }
 
@@ -163,7 +163,7 @@ impl Setup {
     }
 
     /// Runs the app on this clock instead of the system's.
-    pub fn clock(mut self, clock: s3warden::proxy::Clock) -> Self {
+    pub fn clock(mut self, clock: s3warden::Clock) -> Self {
         self.clock = Some(clock);
         self
     }
@@ -514,7 +514,7 @@ impl ManualClock {
     pub fn set(&self, secs: u64) {
         self.0.store(secs, std::sync::atomic::Ordering::SeqCst);
     }
-    pub fn clock(&self) -> s3warden::proxy::Clock {
+    pub fn clock(&self) -> s3warden::Clock {
         let secs = self.0.clone();
         Arc::new(move || {
             UNIX_EPOCH + Duration::from_secs(secs.load(std::sync::atomic::Ordering::SeqCst))
