@@ -194,10 +194,7 @@ pub async fn purge_fleet(
             .split_once('/')
             .ok_or_else(|| vec![format!("{object}: expected BUCKET/KEY")])?;
         let key = crate::route::Key::parse(raw).map_err(|e| vec![format!("{object}: {e}")])?;
-        targets.push((
-            object,
-            format!("/cache/{alias}/{}", crate::sign::encode_key(&key)),
-        ));
+        targets.push((object, format!("/cache/{alias}/{}", key.encoded())));
     }
     for admin in admins {
         let admin = admin.trim_end_matches('/');

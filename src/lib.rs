@@ -19,14 +19,14 @@ pub(crate) mod response;
 pub(crate) mod route;
 pub mod s3;
 pub(crate) mod server;
-pub(crate) mod sign;
+pub(crate) mod urls;
 
 pub use admin::purge_fleet;
 pub use auth::mint_hs256;
 pub use memfile::raise_descriptor_limit;
 pub use proxy::{App, AppError, Clock};
 pub use server::{Body, TlsError};
-pub use sign::{CliRequest, sign_for_cli};
+pub use urls::{CliRequest, sign_for_cli};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

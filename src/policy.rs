@@ -11,7 +11,7 @@ use http::HeaderValue;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::config::{Acl, AllowConfig, Config, Method, Problem, Validator};
+use crate::config::{Acl, AllowConfig, Config, Permission, Problem, Validator};
 use crate::route::Key;
 use crate::s3::S3Object;
 
@@ -55,7 +55,7 @@ pub struct Permit<A> {
 /// An action a rule can grant; the method rules and signatures name it by.
 pub trait Action {
     /// The method in `[[rules]]` that grants it.
-    const METHOD: Method;
+    const METHOD: Permission;
 }
 
 /// Reading an object: GET and HEAD, through the cache.
@@ -75,15 +75,15 @@ pub struct Delete;
 pub struct Sign;
 
 impl Action for Read {
-    const METHOD: Method = Method::Get;
+    const METHOD: Permission = Permission::Get;
 }
 
 impl Action for Write {
-    const METHOD: Method = Method::Put;
+    const METHOD: Permission = Permission::Put;
 }
 
 impl Action for Delete {
-    const METHOD: Method = Method::Delete;
+    const METHOD: Permission = Permission::Delete;
 }
 
 /// What a signed PUT URL fixes about the upload: the signer decides, not the URL's holder.
@@ -246,7 +246,7 @@ struct Bucket {
 struct Rule {
     alias: String,
     prefix: Template,
-    methods: Vec<Method>,
+    methods: Vec<Permission>,
     allow: Allow,
     inline_active_content: bool,
     acls: AclSet,
@@ -270,10 +270,10 @@ struct ClaimTest {
 
 /// A key prefix that may name the token's subject or claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Template(Vec<Part>);
+struct Template(Vec<Piece>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+enum Piece {
     Literal(String),
     Sub,
     Claim(String),
@@ -285,7 +285,7 @@ impl Template {
         let mut rest = text;
         while let Some(open) = rest.find('{') {
             if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
+                parts.push(Piece::Literal(rest[..open].to_owned()));
             }
             let close = rest[open..]
                 .find('}')
@@ -293,10 +293,10 @@ impl Template {
                 + open;
             let name = &rest[open + 1..close];
             parts.push(match name {
-                "sub" => Part::Sub,
+                "sub" => Piece::Sub,
                 _ => match name.strip_prefix("claim.") {
                     Some(claim) if !claim.is_empty() && !claim.contains(['{', '}']) => {
-                        Part::Claim(claim.to_owned())
+                        Piece::Claim(claim.to_owned())
                     }
                     _ => {
                         return Err(format!(
@@ -311,13 +311,13 @@ impl Template {
             return Err("has a '}' without a matching '{'".into());
         }
         if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
+            parts.push(Piece::Literal(rest.to_owned()));
         }
         Ok(Template(parts))
     }
 
     fn is_literal(&self) -> bool {
-        self.0.iter().all(|p| matches!(p, Part::Literal(_)))
+        self.0.iter().all(|p| matches!(p, Piece::Literal(_)))
     }
 
     /// The prefix for this identity; `None` when a value it needs is missing or unsafe.
@@ -325,15 +325,15 @@ impl Template {
         // Literal prefixes (the common case) need no allocation.
         match self.0.as_slice() {
             [] => return Some(Cow::Borrowed("")),
-            [Part::Literal(s)] => return Some(Cow::Borrowed(s)),
+            [Piece::Literal(s)] => return Some(Cow::Borrowed(s)),
             _ => {}
         }
         let mut out = String::new();
         for part in &self.0 {
             match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Sub => out.push_str(safe_segment(who?.sub.as_deref()?)?),
-                Part::Claim(name) => {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Sub => out.push_str(safe_segment(who?.sub.as_deref()?)?),
+                Piece::Claim(name) => {
                     out.push_str(safe_segment(claim_text(who?.claims.get(name)?)?)?)
                 }
             }
@@ -392,8 +392,8 @@ fn check_prefix_template(prefix: &str) -> Result<(), String> {
         .0
         .iter()
         .map(|p| match p {
-            Part::Literal(s) => s.as_str(),
-            Part::Sub | Part::Claim(_) => "x",
+            Piece::Literal(s) => s.as_str(),
+            Piece::Sub | Piece::Claim(_) => "x",
         })
         .collect();
     let trimmed = sample.trim_end_matches('/');
@@ -531,7 +531,7 @@ impl Policy {
         who: Principal<'_>,
         alias: &str,
         key: &Key,
-        method: Method,
+        method: Permission,
     ) -> Result<Permit<Sign>, Denied> {
         self.grant(who, alias, key, method)
     }
@@ -541,7 +541,7 @@ impl Policy {
         who: Principal<'_>,
         alias: &str,
         key: &Key,
-        method: Method,
+        method: Permission,
     ) -> Result<Permit<A>, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
         let identity = match who {

@@ -65,7 +65,7 @@ impl ResponseSettings {
 
 /// Which part of the object a response carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub enum Portion {
     /// The whole object (200).
     Whole,
     /// Bytes `first..=last` (206).
@@ -80,12 +80,12 @@ pub fn object(
     settings: &ResponseSettings,
     permit: &Permit<Read>,
     meta: &ObjectMeta,
-    part: Part,
+    part: Portion,
     cache: CacheStatus,
     body: Body,
 ) -> Response<Body> {
     let (status, headers) = match part {
-        Part::NotModified => {
+        Portion::NotModified => {
             let mut headers = validators(meta, 8);
             headers.insert(
                 header::X_CONTENT_TYPE_OPTIONS,
@@ -93,8 +93,8 @@ pub fn object(
             );
             (StatusCode::NOT_MODIFIED, headers)
         }
-        Part::Whole => (StatusCode::OK, whole_headers(meta)),
-        Part::Range(first, last) => {
+        Portion::Whole => (StatusCode::OK, whole_headers(meta)),
+        Portion::Range(first, last) => {
             let mut headers = whole_headers(meta);
             headers.insert(
                 header::CONTENT_RANGE,

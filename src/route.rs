@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, Method, header};
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::config::is_valid_alias;
 use crate::error::ProxyError;
@@ -74,6 +74,25 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key as it appears in a URL path: percent-encoded, `/` kept.
+    pub fn encoded(&self) -> String {
+        encode_path(&self.0).to_string()
+    }
+}
+
+/// Characters kept as they are in a URL path (ours, or S3's): RFC 3986's unreserved ones and
+/// `/`. S3 wants everything else percent-encoded, `+` and space included.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// `path` percent-encoded for a URL path, `/` kept.
+pub fn encode_path(path: &str) -> impl fmt::Display + '_ {
+    utf8_percent_encode(path, PATH_KEEP)
 }
 
 impl fmt::Debug for Key {

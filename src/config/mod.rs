@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub use secrets::{AwsCredentials, Environment, Secrets};
 pub use values::Validator;
-pub use values::{ByteSize, MAX_CACHEABLE_OBJECT, Method, S3_MAX_PRESIGN, is_valid_alias};
+pub use values::{ByteSize, MAX_CACHEABLE_OBJECT, Permission, S3_MAX_PRESIGN, is_valid_alias};
 use values::{de_duration, de_opt_string};
 
 /// What the components built from a config need of their sections (rules, keys, CORS), checked
@@ -256,7 +256,7 @@ pub struct RuleConfig {
     pub prefix: String,
     /// `GET` (implies `HEAD`), `PUT` (PUT and POST uploads), `DELETE`.
     #[serde(default = "default_rule_methods")]
-    pub methods: Vec<Method>,
+    pub methods: Vec<Permission>,
     /// Who: `"public"`, `"authenticated"` or `{ claims = {...} }`.
     pub allow: AllowConfig,
     /// Serve every type inline (HTML, SVG, XML and JavaScript included) instead of only the
@@ -466,8 +466,8 @@ fn default_space_separated_claims() -> Vec<String> {
 fn default_token_cache_entries() -> u64 {
     100_000
 }
-fn default_rule_methods() -> Vec<Method> {
-    vec![Method::Get]
+fn default_rule_methods() -> Vec<Permission> {
+    vec![Permission::Get]
 }
 fn default_rule_acls() -> Vec<Acl> {
     vec![Acl::Private]

@@ -56,9 +56,10 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A method named in a rule.
+/// What a rule grants (its `methods`), and what a signed URL is for: named by HTTP methods,
+/// but a permission, not a request method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-pub enum Method {
+pub enum Permission {
     /// Read (`GET` and `HEAD`).
     #[serde(rename = "GET")]
     Get,
@@ -70,13 +71,13 @@ pub enum Method {
     Delete,
 }
 
-impl Method {
-    /// The method's name as rules and signatures spell it.
+impl Permission {
+    /// The permission's name as rules and signatures spell it.
     pub fn as_str(self) -> &'static str {
         match self {
-            Method::Get => "GET",
-            Method::Put => "PUT",
-            Method::Delete => "DELETE",
+            Permission::Get => "GET",
+            Permission::Put => "PUT",
+            Permission::Delete => "DELETE",
         }
     }
 }
@@ -296,7 +297,7 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
             );
         }
         let default_acl = c.upload.default_acl;
-        if rule.methods.contains(&Method::Put)
+        if rule.methods.contains(&Permission::Put)
             && default_acl == Acl::PublicRead
             && !rule.acls.contains(&Acl::PublicRead)
         {

@@ -8,14 +8,14 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
-use super::Ctx;
+use super::Exchange;
 use crate::auth::Authenticated;
-use crate::config::{Acl, Method};
+use crate::config::{Acl, Permission};
 use crate::error::ProxyError;
 use crate::policy::{Permit, Sign, UploadTerms};
 use crate::route::Key;
 use crate::server::{Body, BoxError};
-use crate::sign::UrlSigner;
+use crate::urls::UrlSigner;
 
 /// The request body.
 #[derive(Deserialize)]
@@ -26,7 +26,7 @@ struct SignRequest {
     #[serde(default)]
     kind: Kind,
     #[serde(default = "default_method")]
-    method: Method,
+    method: Permission,
     /// PUT only: the type every upload is stored with (default: guessed from each key).
     #[serde(default)]
     content_type: Option<String>,
@@ -84,8 +84,8 @@ enum Kind {
     S3,
 }
 
-fn default_method() -> Method {
-    Method::Get
+fn default_method() -> Permission {
+    Permission::Get
 }
 
 #[derive(Serialize)]
@@ -164,7 +164,7 @@ where
     out
 }
 
-impl Ctx<'_> {
+impl Exchange<'_> {
     /// Whether the caller may have a URL for `item`, and for a PUT, the type and ACL it fixes.
     fn approve(
         &self,
@@ -173,7 +173,7 @@ impl Ctx<'_> {
         item: &KeyItem,
     ) -> Result<Approved, &'static str> {
         let method = request.method;
-        if method == Method::Put
+        if method == Permission::Put
             && request.kind == Kind::S3
             && !self.live.config.signing.allow_s3_put
         {
@@ -183,7 +183,7 @@ impl Ctx<'_> {
         let permit = self
             .authorize_signing(auth, &request.bucket, &key, method)
             .map_err(|_| "forbidden")?;
-        if method != Method::Put {
+        if method != Permission::Put {
             return Ok(Approved {
                 permit,
                 terms: None,
@@ -252,7 +252,7 @@ impl Ctx<'_> {
         let names_terms = request.content_type.is_some()
             || request.acl.is_some()
             || request.keys.iter().any(|k| matches!(k, KeyItem::Upload(_)));
-        if names_terms && request.method != Method::Put {
+        if names_terms && request.method != Permission::Put {
             return Err(ProxyError::BadRequest(
                 "content_type and acl are for PUT URLs".into(),
             ));

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use crate::auth::{Authenticated, ConnectionMemo, Identity, Verifier, find_signature, find_tokens};
 use crate::cache::ObjectCache;
-use crate::config::{Config, Method};
+use crate::config::{Config, Permission};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::policy::{Action, Delete, Denied, Permit, Policy, Principal, Read, Sign, Write};
@@ -27,21 +27,21 @@ use crate::response::ResponseSettings;
 use crate::route::{Key, ObjectAction, ObjectRoute, Route, route};
 use crate::s3::S3Client;
 use crate::server::{Body, BoxError, Handler};
-use crate::sign::{UrlError, UrlSigner};
+use crate::urls::{UrlError, UrlSigner};
 use cors::Cors;
 
 /// The request handler with everything it needs; cheap to clone.
 #[derive(Clone)]
 pub struct App {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
 }
 
 /// The time source: the system clock, or a fixed one in tests of signing windows.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// What lives as long as the process: the cache survives reloads.
-struct Inner {
-    live: ArcSwap<Live>,
+struct Shared {
+    live: ArcSwap<Generation>,
     cache: ObjectCache,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -50,7 +50,7 @@ struct Inner {
 }
 
 /// What a reload replaces: everything built from the config.
-struct Live {
+struct Generation {
     config: Arc<Config>,
     policy: Policy,
     verifier: Verifier,
@@ -60,9 +60,9 @@ struct Live {
     responses: ResponseSettings,
 }
 
-impl Live {
-    async fn new(config: Config, metrics: &Arc<Metrics>) -> Result<Live, AppError> {
-        Ok(Live {
+impl Generation {
+    async fn new(config: Config, metrics: &Arc<Metrics>) -> Result<Generation, AppError> {
+        Ok(Generation {
             policy: Policy::new(&config).map_err(AppError::Rules)?,
             verifier: Verifier::new(&config, metrics.clone()).await,
             s3: S3Client::new(&config, metrics.clone())?,
@@ -76,9 +76,9 @@ impl Live {
 
 /// One request's view: the shared parts and the config generation it started with (a reload
 /// in the middle of a request does not change the rules under it).
-struct Ctx<'a> {
-    shared: &'a Inner,
-    live: Arc<Live>,
+struct Exchange<'a> {
+    shared: &'a Shared,
+    live: Arc<Generation>,
     connection: Option<&'a ConnectionMemo>,
 }
 
@@ -95,7 +95,7 @@ pub enum AppError {
 
 /// What the access log records about a request besides method, path and status.
 #[derive(Debug, Default)]
-struct Outcome {
+struct AccessRecord {
     route: &'static str,
     /// Who the request's token names (`sub`).
     identity: Option<Arc<Identity>>,
@@ -112,8 +112,8 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let cache = ObjectCache::new(&config.cache, metrics.clone());
         let upload_memory = upload::UploadMemory::new(&config.upload);
-        let live = Live::new(config, &metrics).await?;
-        let inner = Inner {
+        let live = Generation::new(config, &metrics).await?;
+        let inner = Shared {
             live: ArcSwap::from_pointee(live),
             cache,
             metrics,
@@ -139,7 +139,7 @@ impl App {
             tracing::warn!("listen address changes take effect at the next restart");
         }
         self.inner.cache.reconfigure(&config.cache);
-        let live = Live::new(config, &self.inner.metrics).await?;
+        let live = Generation::new(config, &self.inner.metrics).await?;
         self.inner.live.store(Arc::new(live));
         Ok(())
     }
@@ -228,7 +228,7 @@ impl App {
     {
         // The access log is off in some deployments (and benchmarks): no clock read for it then.
         let started = tracing::enabled!(target: "access", tracing::Level::INFO).then(Instant::now);
-        let ctx = Ctx {
+        let ctx = Exchange {
             shared: &self.inner,
             live: self.inner.live.load_full(),
             connection,
@@ -236,7 +236,7 @@ impl App {
         let metrics = &self.inner.metrics;
         metrics.in_flight().inc();
         let (parts, body) = request.into_parts();
-        let mut outcome = Outcome::default();
+        let mut outcome = AccessRecord::default();
         let mut response = match ctx.dispatch(&parts, body, &mut outcome).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -320,12 +320,12 @@ fn uploader(auth: &Authenticated, permit: &Permit<Write>) -> Arc<str> {
     }
 }
 
-impl Ctx<'_> {
+impl Exchange<'_> {
     async fn dispatch<B>(
         &self,
         parts: &Parts,
         body: B,
-        outcome: &mut Outcome,
+        outcome: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -395,7 +395,7 @@ impl Ctx<'_> {
     async fn authenticate(
         &self,
         parts: &Parts,
-        outcome: &mut Outcome,
+        outcome: &mut AccessRecord,
     ) -> Result<Authenticated, ProxyError> {
         let auth = &self.live.config.auth;
         let found = find_tokens(
@@ -459,7 +459,7 @@ impl Ctx<'_> {
                     UrlError::BadSignature => ProxyError::BadSignature,
                     UrlError::Expired => ProxyError::Expired,
                 })?;
-            let left = signed.expires.saturating_sub(crate::sign::unix(now));
+            let left = signed.expires.saturating_sub(crate::urls::unix(now));
             return self
                 .live
                 .policy
@@ -476,7 +476,7 @@ impl Ctx<'_> {
         auth: &Authenticated,
         alias: &str,
         key: &Key,
-        method: Method,
+        method: Permission,
     ) -> Result<Permit<Sign>, ProxyError> {
         self.live
             .policy

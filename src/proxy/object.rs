@@ -4,22 +4,22 @@ use std::ops::Range;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use super::Ctx;
+use super::Exchange;
 use crate::cache::{CachedObject, Lookup, OnMiss, Stored};
 use crate::error::ProxyError;
 use crate::policy::{Permit, Read};
-use crate::response::{self, CacheStatus, Part};
+use crate::response::{self, CacheStatus, Portion};
 use crate::route::{Conditionals, IfNoneMatch, ReadRequest};
 use crate::s3::{Answer, Fetched, GetOptions, S3Error};
 use crate::server::Body;
 
 /// A read as the route decided it, and what its connection left in the request.
-struct Wanted<'a> {
+struct ReadPlan<'a> {
     read: &'a ReadRequest,
     extensions: &'a http::Extensions,
 }
 
-impl Ctx<'_> {
+impl Exchange<'_> {
     /// GET or HEAD of an object the permit allows reading.
     pub(super) async fn read_object(
         &self,
@@ -27,7 +27,7 @@ impl Ctx<'_> {
         read: &ReadRequest,
         extensions: &http::Extensions,
     ) -> Result<Response<Body>, ProxyError> {
-        let wanted = Wanted { read, extensions };
+        let wanted = ReadPlan { read, extensions };
         let head = read.head;
         // HEAD and ranged misses do not pull whole objects into the cache.
         let on_miss = if head || read.range.is_some() {
@@ -57,7 +57,7 @@ impl Ctx<'_> {
         permit: &Permit<Read>,
         object: &CachedObject,
         status: CacheStatus,
-        wanted: &Wanted<'_>,
+        wanted: &ReadPlan<'_>,
     ) -> Response<Body> {
         let settings = &self.live.responses;
         let meta = &object.meta;
@@ -67,7 +67,7 @@ impl Ctx<'_> {
                 settings,
                 permit,
                 meta,
-                Part::NotModified,
+                Portion::NotModified,
                 status,
                 Body::Empty,
             );
@@ -80,7 +80,7 @@ impl Ctx<'_> {
                     settings,
                     permit,
                     meta,
-                    Part::Range(first, last),
+                    Portion::Range(first, last),
                     status,
                     self.cached_body(&object.body, first..last + 1, wanted),
                 ),
@@ -97,7 +97,7 @@ impl Ctx<'_> {
 
     /// The bytes `range` of a cached body: a `Bytes` slice, or a memory file range that a plain
     /// HTTP/1 connection sends with `sendfile`.
-    fn cached_body(&self, stored: &Stored, range: Range<u64>, wanted: &Wanted<'_>) -> Body {
+    fn cached_body(&self, stored: &Stored, range: Range<u64>, wanted: &ReadPlan<'_>) -> Body {
         match stored {
             Stored::Memory(bytes) => {
                 Body::full(bytes.slice(range.start as usize..range.end as usize))
@@ -116,7 +116,7 @@ impl Ctx<'_> {
         &self,
         permit: &Permit<Read>,
         fetched: Fetched,
-        wanted: &Wanted<'_>,
+        wanted: &ReadPlan<'_>,
     ) -> Response<Body> {
         let settings = &self.live.responses;
         let meta = &fetched.meta;
@@ -130,14 +130,14 @@ impl Ctx<'_> {
                 settings,
                 permit,
                 meta,
-                Part::NotModified,
+                Portion::NotModified,
                 CacheStatus::Bypass,
                 Body::Empty,
             );
         }
         let part = match fetched.answer {
-            Answer::Partial { first, last } => Part::Range(first, last),
-            _ => Part::Whole,
+            Answer::Partial { first, last } => Portion::Range(first, last),
+            _ => Portion::Whole,
         };
         let body = if wanted.read.head {
             Body::Empty
@@ -152,7 +152,7 @@ impl Ctx<'_> {
     async fn pass_through(
         &self,
         permit: &Permit<Read>,
-        wanted: &Wanted<'_>,
+        wanted: &ReadPlan<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let s3 = &self.live.s3;
         let settings = &self.live.responses;
@@ -166,9 +166,9 @@ impl Ctx<'_> {
                 .conditionals
                 .not_modified(meta.etag_str(), meta.last_modified)
             {
-                Part::NotModified
+                Portion::NotModified
             } else {
-                Part::Whole
+                Portion::Whole
             };
             return Ok(response::object(
                 settings,

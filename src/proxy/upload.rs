@@ -17,11 +17,11 @@ use mediatype::MediaType;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Ctx;
+use super::Exchange;
 use crate::config::{Acl, UploadConfig};
 use crate::error::ProxyError;
 use crate::policy::{Delete, Permit, Write};
-use crate::s3::{Part, PutOptions, S3Error};
+use crate::s3::{PutOptions, S3Error, UploadedPart};
 use crate::server::{Body, BoxError, ByteStream};
 
 /// S3's largest single PutObject; larger (or unknown-length) bodies go up in parts.
@@ -190,7 +190,7 @@ struct Uploaded<'a> {
     url: String,
 }
 
-impl Ctx<'_> {
+impl Exchange<'_> {
     /// `PUT /{bucket}/{key}`: the permit is for writing this key.
     pub(super) async fn put_object<B>(
         &self,
@@ -480,7 +480,7 @@ impl Ctx<'_> {
             return s3.put_bytes(permit, bytes, options).await;
         }
         let upload_id = s3.create_multipart(permit, options).await?;
-        let mut parts: Vec<Part> = Vec::new();
+        let mut parts: Vec<UploadedPart> = Vec::new();
         let mut next = Some(first);
         let result = async {
             while let Some(buffer) = next.take() {
@@ -520,7 +520,7 @@ impl Ctx<'_> {
                 "{}/{}/{}",
                 self.live.config.public_url(),
                 permit.alias(),
-                crate::sign::encode_key(permit.key())
+                permit.key().encoded()
             ),
         };
         let answer = Uploaded {

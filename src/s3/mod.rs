@@ -1,18 +1,17 @@
 //! The S3 client: builds each upstream request from an allow-list (nothing from the client's
 //! request is forwarded), signs it with SigV4, and applies timeouts and retries.
 
-pub mod sign;
+pub mod sigv4;
 mod write;
 mod xml;
 
-pub use write::{Part, PutOptions};
+pub use write::{PutOptions, UploadedPart};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 
 use crate::config::{Addressing, Config};
@@ -20,15 +19,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Permit, Read};
 use crate::route::ByteRange;
 use crate::server::{BoxError, ByteStream};
-use sign::{Payload, SignError, Signer};
-
-/// Characters S3 wants percent-encoded in a key: all but the unreserved set and `/`.
-const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
+use sigv4::{Payload, SignError, Signer};
 
 /// An object's address in S3: the real bucket and the full key (bucket prefix included).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -189,7 +180,7 @@ impl Addresser {
 
     /// The URL of an object.
     pub fn object_url(&self, object: &S3Object) -> Url {
-        let key = utf8_percent_encode(&object.key, KEY_ENCODE);
+        let key = crate::route::encode_path(&object.key);
         let mut url = self.bucket_url(&object.bucket);
         match self.addressing {
             Addressing::Path => url.set_path(&format!("/{}/{key}", object.bucket)),

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, header};
 use reqwest::Url;
 use tokio::sync::Notify;
 
-use super::sign::Payload;
+use super::sigv4::Payload;
 use super::{S3Client, S3Error};
 use crate::config::Acl;
 use crate::policy::{Delete, Permit, Write};
@@ -45,7 +45,7 @@ fn acl_header(acl: Acl) -> Option<HeaderValue> {
 
 /// One uploaded part of a multipart upload.
 #[derive(Debug, Clone)]
-pub struct Part {
+pub struct UploadedPart {
     /// 1-based part number.
     pub number: u32,
     /// The part's ETag, as S3 returned it.
@@ -124,7 +124,7 @@ impl S3Client {
         upload_id: &str,
         number: u32,
         bytes: Bytes,
-    ) -> Result<Part, S3Error> {
+    ) -> Result<UploadedPart, S3Error> {
         let number_text = number.to_string();
         let url = self.multipart_url(
             permit,
@@ -147,7 +147,7 @@ impl S3Client {
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| S3Error::Unreachable("no ETag for an uploaded part".into()))?;
-        Ok(Part {
+        Ok(UploadedPart {
             number,
             etag: etag.to_owned(),
         })
@@ -158,7 +158,7 @@ impl S3Client {
         &self,
         permit: &Permit<Write>,
         upload_id: &str,
-        parts: &[Part],
+        parts: &[UploadedPart],
     ) -> Result<Option<HeaderValue>, S3Error> {
         let url = self.multipart_url(permit, &[("uploadId", upload_id)]);
         let xml = super::xml::complete_multipart(parts.iter().map(|p| (p.number, p.etag.as_str())));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use reqwest::Method;
 use s3warden::config::AwsCredentials;
-use s3warden::s3::sign::{Payload, Signer};
+use s3warden::s3::sigv4::{Payload, Signer};
 use serde_json::json;
 
 use crate::common::faults::{Fault, FaultyUpstream};

@@ -537,7 +537,7 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 /// A SigV4-signed PutObject straight to the embedded S3, with `headers` sent as given; the
 /// answer must be a success.
 pub async fn put_to_s3(s3: &EmbeddedS3, key: &str, bytes: &[u8], headers: &[(&str, &[u8])]) {
-    use s3warden::s3::sign::{Payload, Signer};
+    use s3warden::s3::sigv4::{Payload, Signer};
     let url =
         reqwest::Url::parse(&format!("{}/{BUCKET}/{}", s3.endpoint(), encode_key(key))).unwrap();
     let mut map = http::HeaderMap::new();

@@ -10,33 +10,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use sha2::Sha256;
 
 use http::HeaderValue;
 
 use crate::auth::SignedParams;
-use crate::config::{Acl, Config, Method};
+use crate::config::{Acl, Config, Permission};
 use crate::policy::UploadTerms;
 use crate::route::Key;
-use crate::s3::sign::{QUERY_VALUE, SignError, Signer};
+use crate::s3::sigv4::{QUERY_VALUE, SignError, Signer};
 use crate::s3::{Addresser, S3Object};
 
 /// Domain separation: these MACs mean "s3warden URL, version 1" and nothing else.
 const DOMAIN: &str = "s3warden-url-v1";
-
-/// Characters kept as they are in the key part of a URL path.
-const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
-
-/// A key as it appears in a URL path: percent-encoded, `/` kept.
-pub fn encode_key(key: &Key) -> String {
-    utf8_percent_encode(key.as_str(), PATH_KEEP).to_string()
-}
 
 /// The window a moment falls in: URLs minted in it are identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +88,7 @@ pub struct UrlSigner {
 #[derive(Default)]
 struct WindowUrls {
     start: u64,
-    urls: HashMap<(Method, S3Object), Arc<str>>,
+    urls: HashMap<(Permission, S3Object), Arc<str>>,
 }
 
 /// Most S3 URLs remembered per window (about 500 bytes each).
@@ -148,7 +135,7 @@ impl UrlSigner {
     /// The MAC over a URL's fields; a PUT URL's `terms` (type, ACL) are covered too.
     fn mac(
         keyed: &Hmac<Sha256>,
-        method: Method,
+        method: Permission,
         alias: &str,
         key: &Key,
         terms: Option<(&str, &str)>,
@@ -177,7 +164,7 @@ impl UrlSigner {
     /// A PUT URL also carries its `terms` (`&ct=…&acl=…`), which the signature covers.
     pub fn proxy_url(
         &self,
-        method: Method,
+        method: Permission,
         alias: &str,
         key: &Key,
         terms: Option<&UploadTerms>,
@@ -191,7 +178,7 @@ impl UrlSigner {
         let mut url = format!(
             "{}/{alias}/{}?exp={}&sig={}",
             self.public_url,
-            encode_key(key),
+            key.encoded(),
             window.expires,
             URL_SAFE_NO_PAD.encode(tag)
         );
@@ -208,7 +195,7 @@ impl UrlSigner {
     /// A PUT URL must carry the terms it was signed with; they are returned.
     pub fn verify(
         &self,
-        method: Method,
+        method: Permission,
         alias: &str,
         key: &Key,
         signed: &SignedParams,
@@ -219,8 +206,8 @@ impl UrlSigner {
             .decode_slice(&signed.sig, &mut tag)
             .map_err(|_| UrlError::BadSignature)?;
         let terms = match (method, &signed.content_type, &signed.acl) {
-            (Method::Put, Some(content_type), Some(acl)) => Some((content_type.as_str(), acl)),
-            (Method::Put, _, _) => return Err(UrlError::BadSignature),
+            (Permission::Put, Some(content_type), Some(acl)) => Some((content_type.as_str(), acl)),
+            (Permission::Put, _, _) => return Err(UrlError::BadSignature),
             _ => None,
         };
         let valid = self.keys.iter().any(|keyed| {
@@ -258,7 +245,7 @@ impl UrlSigner {
     /// its `terms` as headers (`content-type`, `x-amz-acl`), so S3 refuses any other.
     pub fn s3_url(
         &self,
-        method: Method,
+        method: Permission,
         object: &S3Object,
         terms: Option<&UploadTerms>,
         window: Window,
@@ -292,15 +279,15 @@ impl UrlSigner {
 
     fn presign_s3(
         &self,
-        method: Method,
+        method: Permission,
         object: &S3Object,
         headers: &[(&str, &str)],
         window: Window,
     ) -> Result<String, SignError> {
         let http_method = match method {
-            Method::Get => http::Method::GET,
-            Method::Put => http::Method::PUT,
-            Method::Delete => http::Method::DELETE,
+            Permission::Get => http::Method::GET,
+            Permission::Put => http::Method::PUT,
+            Permission::Delete => http::Method::DELETE,
         };
         let url = self.addresser.object_url(object);
         let date = UNIX_EPOCH + Duration::from_secs(window.start);
@@ -330,12 +317,12 @@ pub fn sign_for_cli(
 ) -> Result<Vec<String>, String> {
     let (kind, method) = (request.kind, request.method);
     let method = match method {
-        "GET" => Method::Get,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
+        "GET" => Permission::Get,
+        "PUT" => Permission::Put,
+        "DELETE" => Permission::Delete,
         other => return Err(format!("unknown method {other}")),
     };
-    if method != Method::Put && (request.content_type.is_some() || request.acl.is_some()) {
+    if method != Permission::Put && (request.content_type.is_some() || request.acl.is_some()) {
         return Err("--content-type and --acl are for PUT URLs".into());
     }
     let acl = match request.acl {
@@ -364,7 +351,7 @@ pub fn sign_for_cli(
             let object = policy
                 .object_for(alias, &key)
                 .ok_or_else(|| format!("{target}: no bucket alias {alias:?} in the config"))?;
-            let terms = (method == Method::Put)
+            let terms = (method == Permission::Put)
                 .then(|| {
                     UploadTerms::new(&key, request.content_type, acl, config.upload.default_acl)
                         .map_err(|_| "--content-type: not a media type".to_owned())
