@@ -38,11 +38,12 @@ use config::Config;
 use server::{Limits, Server, Tls};
 
 /// What the components need of the config's sections: the rules and bucket aliases, token
-/// verification, CORS. Pass it to [`Config::load`] and friends.
+/// verification, CORS, S3 addressing. Pass it to [`Config::load`] and friends.
 pub fn check_config(config: &Config, v: &mut config::Validator) {
     policy::check(config, v);
     auth::check(config, v);
     proxy::cors::check(config, v);
+    s3::check(config, v);
 }
 
 /// A running s3warden: the app, its public listeners (TLS when configured) and its admin

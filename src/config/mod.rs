@@ -132,6 +132,9 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Addressing {
+    /// Virtual-hosted where it can work, path-style elsewhere (IP and `localhost` endpoints,
+    /// bucket names that are not DNS names, dotted names over https), as the AWS SDKs do.
+    Auto,
     /// `https://{bucket}.{endpoint host}/{key}`
     Virtual,
     /// `https://{endpoint host}/{bucket}/{key}`
@@ -148,7 +151,7 @@ pub struct S3Config {
     /// Signing region; else `AWS_REGION` or `AWS_DEFAULT_REGION`.
     #[serde(default, deserialize_with = "de_opt_string")]
     pub region: Option<String>,
-    /// `virtual` or `path`.
+    /// `auto` (the default), `virtual` or `path`.
     #[serde(default = "default_addressing")]
     pub addressing: Addressing,
     /// File holding the access key id (else `AWS_ACCESS_KEY_ID` or `$CREDENTIALS_DIRECTORY`).
@@ -437,7 +440,7 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 fn default_addressing() -> Addressing {
-    Addressing::Virtual
+    Addressing::Auto
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use reqwest::Url;
 
-use crate::config::{Addressing, Config};
+use crate::config::{Addressing, Config, Validator};
 use crate::metrics::Metrics;
 use crate::policy::{Permit, Read};
 use crate::route::ByteRange;
@@ -181,26 +181,110 @@ impl Addresser {
     /// The URL of an object.
     pub fn object_url(&self, object: &S3Object) -> Url {
         let key = crate::route::encode_path(&object.key);
-        let mut url = self.bucket_url(&object.bucket);
-        match self.addressing {
-            Addressing::Path => url.set_path(&format!("/{}/{key}", object.bucket)),
-            Addressing::Virtual => url.set_path(&format!("/{key}")),
+        let (mut url, style) = self.base(&object.bucket);
+        match style {
+            Style::Path => url.set_path(&format!("/{}/{key}", object.bucket)),
+            Style::Virtual => url.set_path(&format!("/{key}")),
         }
         url
     }
 
     /// The URL of a bucket.
     pub fn bucket_url(&self, bucket: &str) -> Url {
+        self.base(bucket).0
+    }
+
+    /// The bucket's URL and how it was addressed. Virtual-hosted only where that works; a
+    /// host name that cannot be built falls back to path-style rather than failing.
+    fn base(&self, bucket: &str) -> (Url, Style) {
         let mut url = self.endpoint.clone();
-        match self.addressing {
-            Addressing::Path => url.set_path(&format!("/{bucket}")),
-            Addressing::Virtual => {
-                let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
-                url.set_host(Some(&host))
-                    .expect("bucket names are valid hosts");
+        let wanted = match self.addressing {
+            Addressing::Path => Style::Path,
+            Addressing::Virtual | Addressing::Auto => {
+                if virtual_host_works(&self.endpoint, bucket).is_ok() {
+                    Style::Virtual
+                } else {
+                    Style::Path
+                }
+            }
+        };
+        if wanted == Style::Virtual {
+            let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
+            if url.set_host(Some(&host)).is_ok() {
+                return (url, Style::Virtual);
             }
         }
-        url
+        url.set_path(&format!("/{bucket}"));
+        (url, Style::Path)
+    }
+}
+
+/// How one bucket is addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Path,
+    Virtual,
+}
+
+/// Whether `{bucket}.{endpoint host}` can reach the bucket; why not, when it cannot.
+fn virtual_host_works(endpoint: &Url, bucket: &str) -> Result<(), &'static str> {
+    let host = endpoint.host_str().unwrap_or_default();
+    if host.eq_ignore_ascii_case("localhost") {
+        return Err("the endpoint is localhost");
+    }
+    let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
+    if unbracketed.parse::<std::net::IpAddr>().is_ok() {
+        return Err("the endpoint is an IP address");
+    }
+    if !is_dns_name(bucket) {
+        return Err("the bucket name is not a DNS name");
+    }
+    if bucket.contains('.') && endpoint.scheme() == "https" {
+        return Err("a bucket name with dots cannot match the endpoint's TLS certificate");
+    }
+    Ok(())
+}
+
+/// A bucket name that can be a DNS label sequence: lowercase letters, digits and hyphens in
+/// labels joined by single dots, no label starting or ending in a hyphen, and not an IP address.
+fn is_dns_name(bucket: &str) -> bool {
+    (3..=63).contains(&bucket.len())
+        && bucket.parse::<std::net::Ipv4Addr>().is_err()
+        && bucket.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// What the S3 client needs of `[s3]` and the buckets: `addressing = "virtual"` only where
+/// virtual-hosted URLs can reach every bucket.
+pub(crate) fn check(config: &Config, v: &mut Validator) {
+    let Some(endpoint) = config
+        .s3
+        .endpoint
+        .as_deref()
+        .and_then(|e| Url::parse(e).ok())
+    else {
+        return;
+    };
+    if config.s3.addressing != Addressing::Virtual {
+        return;
+    }
+    for (alias, bucket) in &config.buckets {
+        if let Err(why) = virtual_host_works(&endpoint, &bucket.bucket) {
+            v.problem(
+                "s3.addressing",
+                format!(
+                    "\"virtual\" cannot reach bucket {:?} (buckets.{alias}): {why}; use \"auto\" \
+                     or \"path\"",
+                    bucket.bucket
+                ),
+            );
+        }
     }
 }
 
@@ -617,6 +701,133 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert_eq!(skew(t + Duration::from_secs(1800), t), 1800);
         assert_eq!(skew(t, t + Duration::from_secs(90)), -90);
+    }
+
+    fn addresser(endpoint: &str, addressing: Addressing) -> Addresser {
+        Addresser {
+            endpoint: Url::parse(endpoint).unwrap(),
+            addressing,
+        }
+    }
+
+    fn object(bucket: &str) -> S3Object {
+        S3Object {
+            bucket: bucket.into(),
+            key: "k/a.png".into(),
+        }
+    }
+
+    #[test]
+    fn auto_addressing_goes_virtual_only_where_that_works() {
+        let url = |endpoint: &str, bucket: &str| {
+            addresser(endpoint, Addressing::Auto)
+                .object_url(&object(bucket))
+                .to_string()
+        };
+        let aws = "https://s3.eu-west-1.amazonaws.com";
+        assert_eq!(
+            url(aws, "photos"),
+            "https://photos.s3.eu-west-1.amazonaws.com/k/a.png"
+        );
+        // IP endpoints (MinIO, Garage, Ceph by address) and localhost.
+        assert_eq!(
+            url("http://10.0.0.5:9000", "photos"),
+            "http://10.0.0.5:9000/photos/k/a.png"
+        );
+        assert_eq!(
+            url("http://[::1]:9000", "photos"),
+            "http://[::1]:9000/photos/k/a.png"
+        );
+        assert_eq!(
+            url("http://localhost:9000", "photos"),
+            "http://localhost:9000/photos/k/a.png"
+        );
+        // Dots over https cannot match a wildcard certificate; over http they can.
+        assert_eq!(
+            url(aws, "my.photos"),
+            "https://s3.eu-west-1.amazonaws.com/my.photos/k/a.png"
+        );
+        assert_eq!(
+            url("http://minio.internal:9000", "my.photos"),
+            "http://my.photos.minio.internal:9000/k/a.png"
+        );
+        // Names that are no DNS names.
+        for bucket in ["192.168.1.1", "a..b", "a-.b", "a.-b"] {
+            assert!(
+                url(aws, bucket).starts_with(&format!("{aws}/{bucket}/")),
+                "{bucket}"
+            );
+        }
+    }
+
+    #[test]
+    fn virtual_addressing_that_cannot_work_is_a_config_problem_never_a_panic() {
+        let problems = |endpoint: &str, bucket: &str| {
+            let text = format!(
+                "[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naddressing = \"virtual\"\n\
+                 [buckets.a]\nbucket = \"{bucket}\"\n[[rules]]\nbucket = \"a\"\nallow = \"public\"\n"
+            );
+            let env = Environment::from_pairs([
+                ("AWS_ACCESS_KEY_ID", "a"),
+                ("AWS_SECRET_ACCESS_KEY", "b"),
+            ]);
+            match Config::parse(&text, std::path::Path::new("."), &env, &crate::check_config) {
+                Ok(_) => Vec::new(),
+                Err(crate::config::ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(ToString::to_string).collect()
+                }
+                Err(e) => vec![e.to_string()],
+            }
+        };
+        let found = problems("http://10.0.0.5:9000", "photos");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("s3.addressing") && p.contains("IP address")),
+            "{found:?}"
+        );
+        assert!(!problems("https://s3.amazonaws.com", "my.photos").is_empty());
+        assert!(problems("https://s3.amazonaws.com", "photos").is_empty());
+        // Whatever slips through is addressed path-style, not a panic.
+        let url =
+            addresser("http://10.0.0.5:9000", Addressing::Virtual).object_url(&object("photos"));
+        assert_eq!(url.as_str(), "http://10.0.0.5:9000/photos/k/a.png");
+    }
+
+    proptest::proptest! {
+        /// Object, bucket and pre-signed URLs for any endpoint, bucket name and addressing mode:
+        /// no panic, and the bucket is in the host or first in the path.
+        #[test]
+        fn urls_never_panic(
+            scheme in "https?",
+            host in "(localhost|[a-z][a-z0-9-]{0,10}(\\.[a-z0-9-]{1,8}){0,3}|[0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[::[0-9a-f]{1,4}\\])",
+            port in proptest::option::of(1u16..65535),
+            bucket in "[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+            mode in 0usize..3,
+        ) {
+            let endpoint = match port {
+                Some(p) => format!("{scheme}://{host}:{p}"),
+                None => format!("{scheme}://{host}"),
+            };
+            let Ok(endpoint) = Url::parse(&endpoint) else { return Ok(()) };
+            let addressing = [Addressing::Auto, Addressing::Virtual, Addressing::Path][mode];
+            let addresser = Addresser { endpoint, addressing };
+            let url = addresser.object_url(&object(&bucket));
+            let in_host = url.host_str().is_some_and(|h| h.starts_with(&format!("{bucket}.")));
+            let in_path = url.path().starts_with(&format!("/{bucket}/"));
+            proptest::prop_assert!(in_host || in_path, "{}", url);
+            let _ = addresser.bucket_url(&bucket);
+            let signer = sigv4::Signer::new(
+                &crate::config::AwsCredentials {
+                    access_key_id: "a".into(),
+                    secret_access_key: "b".into(),
+                    session_token: None,
+                },
+                "us-east-1",
+            );
+            let presigned = signer.presign(&Method::GET, &url, &[], SystemTime::now(), Duration::from_secs(60));
+            proptest::prop_assert!(presigned.is_ok());
+        }
     }
 
     #[test]

@@ -772,3 +772,55 @@ async fn sign_without_a_token_is_401_before_the_body_and_a_slow_body_is_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+#[tokio::test]
+async fn an_ip_endpoint_with_the_default_addressing_serves_and_signs() {
+    // The embedded S3 is at http://127.0.0.1:PORT; no `addressing` key: "auto".
+    let h = Setup::default().unset("s3.addressing").start().await;
+    h.put("photos/ip.png", b"by address");
+    let r = h.get("photos/ip.png", Some(&token("alice"))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "by address");
+    let ready = h
+        .http
+        .get(format!("{}/readyz", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let v = sign_ok(
+        &h,
+        json!({"bucket": "files", "keys": ["photos/ip.png"], "kind": "s3"}),
+    )
+    .await;
+    let url = url_of(&v, 0);
+    assert!(
+        url.starts_with(&format!("{}/{BUCKET}/", h.s3.endpoint())),
+        "{url}"
+    );
+    assert_eq!(
+        h.http.get(&url).send().await.unwrap().text().await.unwrap(),
+        "by address"
+    );
+    let config_path = h.dir.path().join("s3warden.toml");
+    std::fs::write(&config_path, h.config_text()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_s3warden"))
+        .args(["sign", "--kind", "s3", "--config"])
+        .arg(&config_path)
+        .arg("files/photos/ip.png")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        h.http.get(&url).send().await.unwrap().text().await.unwrap(),
+        "by address"
+    );
+}
