@@ -64,6 +64,15 @@ mod tests {
             "<CompleteMultipartUploadResult><ETag>&quot;x-2&quot;</ETag></CompleteMultipartUploadResult>",
         );
         assert_eq!(a.etag.as_deref(), Some("\"x-2\""));
+        // Some S3 implementations write the quotes as numeric character references.
+        let a = answer(
+            "<CompleteMultipartUploadResult><ETag>&#34;x-3&#34;</ETag></CompleteMultipartUploadResult>",
+        );
+        assert_eq!(a.etag.as_deref(), Some("\"x-3\""));
+        let a = answer(
+            "<CompleteMultipartUploadResult><ETag>&#x22;x-4&#x22;</ETag></CompleteMultipartUploadResult>",
+        );
+        assert_eq!(a.etag.as_deref(), Some("\"x-4\""));
         let a = answer(
             "<Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the \
              request time and the current time is too large.</Message><RequestTime>\
