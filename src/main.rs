@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use s3warden::config::{Config, DEFAULT_CONFIG_PATH, Environment, LogFormat};
+use s3warden::config::{Config, DEFAULT_CONFIG_PATH, Environment, LogFormat, Needs};
 
 #[derive(Parser)]
 #[command(
@@ -162,10 +162,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             acl,
             objects,
         } => {
-            let config = Config::load(
+            // Proxy URLs need the URL keys; S3 URLs the S3 credentials.
+            let needs = Needs {
+                s3: kind == "s3",
+                url_keys: kind != "s3",
+                ..Needs::NOTHING
+            };
+            let config = Config::load_needing(
                 &config,
                 &Environment::from_process(),
                 &s3warden::check_config,
+                needs,
             )?;
             let request = s3warden::CliRequest {
                 kind: &kind,
@@ -234,10 +241,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             claims,
             ttl,
         } => {
-            let config = Config::load(
+            let needs = Needs {
+                tokens: true,
+                ..Needs::NOTHING
+            };
+            let config = Config::load_needing(
                 &config,
                 &Environment::from_process(),
                 &s3warden::check_config,
+                needs,
             )?;
             let secret = config.secrets.hmac_secret.as_deref().ok_or(
                 "no HMAC secret configured (auth.hmac_secret_file or auth.hmac_secret_env)",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use secrets::{AwsCredentials, Environment, Secrets};
+pub use secrets::{AwsCredentials, Environment, Needs, Secrets};
 pub use values::Validator;
 pub use values::{ByteSize, MAX_CACHEABLE_OBJECT, Permission, S3_MAX_PRESIGN, is_valid_alias};
 use values::{de_duration, de_opt_string};
@@ -603,12 +603,23 @@ impl Config {
     /// Reads, parses and validates the file at `path`, then loads the secrets it names;
     /// `checks` adds what the components built from it need of their sections.
     pub fn load(path: &Path, env: &Environment, checks: Checks<'_>) -> Result<Config, ConfigError> {
+        Self::load_needing(path, env, checks, Needs::ALL)
+    }
+
+    /// As [`Config::load`], reading only the secrets `needs` names (for commands that use a
+    /// few of them: `s3warden token` needs no S3 credentials).
+    pub fn load_needing(
+        path: &Path,
+        env: &Environment,
+        checks: Checks<'_>,
+        needs: Needs,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base, env, checks).map_err(|e| e.with_path(path))
+        Self::build(&text, base, env, needs, checks).map_err(|e| e.with_path(path))
     }
 
     /// Parses and validates TOML text, then reads the files it names; relative file paths are
@@ -619,7 +630,7 @@ impl Config {
         env: &Environment,
         checks: Checks<'_>,
     ) -> Result<Config, ConfigError> {
-        Self::build(text, base, env, true, checks)
+        Self::build(text, base, env, Needs::ALL, checks)
     }
 
     /// Parses and validates TOML text without reading the files it names.
@@ -629,14 +640,14 @@ impl Config {
         env: &Environment,
         checks: Checks<'_>,
     ) -> Result<Config, ConfigError> {
-        Self::build(text, base, env, false, checks)
+        Self::build(text, base, env, Needs::NOTHING, checks)
     }
 
     fn build(
         text: &str,
         base: &Path,
         env: &Environment,
-        read_files: bool,
+        needs: Needs,
         checks: Checks<'_>,
     ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
@@ -646,8 +657,8 @@ impl Config {
         config.resolve_paths(base);
         config.apply_environment(env);
         let mut problems = config.validate();
-        if read_files {
-            match Secrets::load(&config, env) {
+        if needs != Needs::NOTHING {
+            match Secrets::load(&config, env, needs) {
                 Ok(secrets) => config.secrets = secrets,
                 Err(more) => problems.extend(more),
             }

@@ -90,13 +90,92 @@ impl fmt::Debug for Secrets {
 /// HMAC secrets shorter than this are refused (RFC 7518 §3.2: at least the hash size).
 pub const MIN_HMAC_SECRET: usize = 32;
 
+/// Which secrets a command reads: the daemon all of them, `s3warden token` only the token keys,
+/// `s3warden sign` only what its kind of URL is signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// S3 credentials.
+    pub s3: bool,
+    /// The HMAC secret and public keys tokens are verified (or minted) with.
+    pub tokens: bool,
+    /// The URL-signing secrets.
+    pub url_keys: bool,
+    /// What the listeners use: the TLS certificate and the admin token.
+    pub listeners: bool,
+}
+
+impl Needs {
+    /// Everything: what the daemon runs with.
+    pub const ALL: Needs = Needs {
+        s3: true,
+        tokens: true,
+        url_keys: true,
+        listeners: true,
+    };
+    /// Nothing at all.
+    pub const NOTHING: Needs = Needs {
+        s3: false,
+        tokens: false,
+        url_keys: false,
+        listeners: false,
+    };
+}
+
 /// Admin tokens shorter than this are refused.
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
 impl Secrets {
-    /// Reads everything `config` names; every file that cannot be used is a problem.
-    pub(super) fn load(config: &Config, env: &Environment) -> Result<Secrets, Vec<Problem>> {
+    /// Reads what `needs` asks for of what `config` names; every file that cannot be used is a
+    /// problem.
+    pub(super) fn load(
+        config: &Config,
+        env: &Environment,
+        needs: Needs,
+    ) -> Result<Secrets, Vec<Problem>> {
         let mut problems = Vec::new();
+        let aws = if needs.s3 {
+            Self::aws(config, env, &mut problems)
+        } else {
+            AwsCredentials::default()
+        };
+        let hmac_secret = if needs.tokens {
+            Self::hmac(config, env, &mut problems)
+        } else {
+            None
+        };
+        let public_keys = if needs.tokens {
+            Self::public_keys(config, &mut problems)
+        } else {
+            Vec::new()
+        };
+        let signing_secrets = if needs.url_keys {
+            Self::signing(config, &mut problems)
+        } else {
+            Vec::new()
+        };
+        let (tls, admin_token) = if needs.listeners {
+            (
+                Self::tls(config, &mut problems),
+                Self::admin_token(config, &mut problems),
+            )
+        } else {
+            (None, None)
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Secrets {
+            aws,
+            hmac_secret,
+            public_keys,
+            signing_secrets,
+            tls,
+            admin_token,
+        })
+    }
+
+    /// S3 credentials: key id, secret and session token.
+    fn aws(config: &Config, env: &Environment, problems: &mut Vec<Problem>) -> AwsCredentials {
         let mut read = |key: &str, path: &Path| -> Option<Vec<u8>> {
             read_file(key, path).map_err(|p| problems.push(p)).ok()
         };
@@ -133,7 +212,7 @@ impl Secrets {
             "AWS_SESSION_TOKEN",
             "aws_session_token",
         );
-        let aws = match (access_key_id, secret_access_key) {
+        match (access_key_id, secret_access_key) {
             (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => AwsCredentials {
                 access_key_id: id,
                 secret_access_key: secret,
@@ -148,15 +227,18 @@ impl Secrets {
                 ));
                 AwsCredentials::default()
             }
-        };
+        }
+    }
 
+    /// The HMAC secret for HS256/384/512 tokens.
+    fn hmac(config: &Config, env: &Environment, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
         let auth = &config.auth;
-        let hmac_secret = match (&auth.hmac_secret_file, &auth.hmac_secret_env) {
+        match (&auth.hmac_secret_file, &auth.hmac_secret_env) {
             (Some(path), _) => match read_file("auth.hmac_secret_file", path) {
                 Ok(b) => Some(check_hmac(
                     trimmed(&b).into_bytes(),
                     "auth.hmac_secret_file",
-                    &mut problems,
+                    problems,
                 )),
                 Err(p) => {
                     problems.push(p);
@@ -167,7 +249,7 @@ impl Secrets {
                 Some(value) => Some(check_hmac(
                     value.into_bytes(),
                     "auth.hmac_secret_env",
-                    &mut problems,
+                    problems,
                 )),
                 None => {
                     problems.push(problem(
@@ -178,8 +260,12 @@ impl Secrets {
                 }
             },
             (None, None) => None,
-        };
-        let public_keys = (auth.public_key_files.iter().enumerate())
+        }
+    }
+
+    /// PEM public keys, with the file each came from.
+    fn public_keys(config: &Config, problems: &mut Vec<Problem>) -> Vec<(PathBuf, Vec<u8>)> {
+        (config.auth.public_key_files.iter().enumerate())
             .filter_map(|(i, path)| {
                 let key = format!("auth.public_key_files[{i}]");
                 read_file(&key, path)
@@ -187,9 +273,12 @@ impl Secrets {
                     .ok()
                     .map(|pem| (path.clone(), pem))
             })
-            .collect();
+            .collect()
+    }
 
-        let signing_secrets = (config.signing.secret_files.iter().enumerate())
+    /// URL-signing secrets; the first signs.
+    fn signing(config: &Config, problems: &mut Vec<Problem>) -> Vec<Vec<u8>> {
+        (config.signing.secret_files.iter().enumerate())
             .filter_map(|(i, path)| {
                 let key = format!("signing.secret_files[{i}]");
                 let secret = read_file(&key, path).map_err(|p| problems.push(p)).ok()?;
@@ -206,47 +295,37 @@ impl Secrets {
                 }
                 Some(secret)
             })
-            .collect();
+            .collect()
+    }
 
-        let tls = config.server.tls.as_ref().and_then(|tls| {
-            let cert = read_file("server.tls.cert_file", &tls.cert_file);
-            let key = read_file("server.tls.key_file", &tls.key_file);
-            let (cert, key) = (
-                cert.map_err(|p| problems.push(p)),
-                key.map_err(|p| problems.push(p)),
-            );
-            Some((cert.ok()?, key.ok()?))
-        });
+    /// The TLS certificate chain and key.
+    fn tls(config: &Config, problems: &mut Vec<Problem>) -> Option<(Vec<u8>, Vec<u8>)> {
+        let tls = config.server.tls.as_ref()?;
+        let cert = read_file("server.tls.cert_file", &tls.cert_file);
+        let key = read_file("server.tls.key_file", &tls.key_file);
+        let (cert, key) = (
+            cert.map_err(|p| problems.push(p)),
+            key.map_err(|p| problems.push(p)),
+        );
+        Some((cert.ok()?, key.ok()?))
+    }
 
-        let admin_token = config.admin.token_file.as_ref().and_then(|path| {
-            let token = trimmed(
-                &read_file("admin.token_file", path)
-                    .map_err(|p| problems.push(p))
-                    .ok()?,
-            );
-            if token.len() < MIN_ADMIN_TOKEN || token.contains(char::is_whitespace) {
-                problems.push(problem(
-                    "admin.token_file",
-                    format!(
-                        "the token must be at least {MIN_ADMIN_TOKEN} characters, without spaces"
-                    ),
-                ));
-                return None;
-            }
-            Some(token)
-        });
-
-        if !problems.is_empty() {
-            return Err(problems);
+    /// The admin listener's bearer token.
+    fn admin_token(config: &Config, problems: &mut Vec<Problem>) -> Option<String> {
+        let path = config.admin.token_file.as_ref()?;
+        let token = trimmed(
+            &read_file("admin.token_file", path)
+                .map_err(|p| problems.push(p))
+                .ok()?,
+        );
+        if token.len() < MIN_ADMIN_TOKEN || token.contains(char::is_whitespace) {
+            problems.push(problem(
+                "admin.token_file",
+                format!("the token must be at least {MIN_ADMIN_TOKEN} characters, without spaces"),
+            ));
+            return None;
         }
-        Ok(Secrets {
-            aws,
-            hmac_secret,
-            public_keys,
-            signing_secrets,
-            tls,
-            admin_token,
-        })
+        Some(token)
     }
 }
 

@@ -824,3 +824,47 @@ async fn an_ip_endpoint_with_the_default_addressing_serves_and_signs() {
         "by address"
     );
 }
+
+#[tokio::test]
+async fn token_and_proxy_sign_commands_need_no_s3_credentials() {
+    let h = Setup::default().start().await;
+    h.put("photos/cli.png", b"no keys needed");
+    let config_path = h.dir.path().join("s3warden.toml");
+    std::fs::write(&config_path, h.config_text()).unwrap();
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_s3warden"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        command.output()
+    };
+    let out = run(&["token", "--sub", "alice"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let r = h.get("photos/cli.png", Some(&minted)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let out = run(&["sign", "files/photos/cli.png"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        h.http.get(&url).send().await.unwrap().text().await.unwrap(),
+        "no keys needed"
+    );
+    // S3 URLs do need S3 credentials, and say so.
+    let out = run(&["sign", "--kind", "s3", "files/photos/cli.png"])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no S3 credentials"));
+}
