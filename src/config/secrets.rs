@@ -176,48 +176,67 @@ impl Secrets {
 
     /// S3 credentials: key id, secret and session token.
     fn aws(config: &Config, env: &Environment, problems: &mut Vec<Problem>) -> AwsCredentials {
-        let mut read = |key: &str, path: &Path| -> Option<Vec<u8>> {
-            read_file(key, path).map_err(|p| problems.push(p)).ok()
-        };
+        // One source gives key id, secret and session token together: key files win, then the
+        // AWS_* environment, then systemd credentials. A token is never taken from another
+        // source than its key pair.
         let s3 = &config.s3;
-        let creds_dir = env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        // Explicit files win, then the AWS_* environment, then systemd credentials.
-        let mut text = |key: &str, file: &Option<PathBuf>, var: &str, credential: &str| {
-            if let Some(path) = file {
-                return read(key, path).map(|b| trimmed(&b));
-            }
-            if let Some(value) = env.get(var) {
-                return Some(value);
-            }
-            let path = creds_dir.as_ref()?.join(credential);
-            path.exists()
-                .then(|| read(key, &path).map(|b| trimmed(&b)))
-                .flatten()
+        let mut read = |key: &str, path: &Path| -> Option<String> {
+            read_file(key, path)
+                .map_err(|p| problems.push(p))
+                .ok()
+                .map(|b| trimmed(&b))
         };
-        let access_key_id = text(
-            "s3.access_key_id_file",
-            &s3.access_key_id_file,
-            "AWS_ACCESS_KEY_ID",
-            "aws_access_key_id",
-        );
-        let secret_access_key = text(
-            "s3.secret_access_key_file",
-            &s3.secret_access_key_file,
-            "AWS_SECRET_ACCESS_KEY",
-            "aws_secret_access_key",
-        );
-        let session_token = text(
-            "s3.session_token_file",
-            &s3.session_token_file,
-            "AWS_SESSION_TOKEN",
-            "aws_session_token",
-        );
-        match (access_key_id, secret_access_key) {
-            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => AwsCredentials {
-                access_key_id: id,
-                secret_access_key: secret,
-                session_token,
-            },
+        let found = if s3.access_key_id_file.is_some()
+            || s3.secret_access_key_file.is_some()
+            || s3.session_token_file.is_some()
+        {
+            let id = s3
+                .access_key_id_file
+                .as_ref()
+                .and_then(|p| read("s3.access_key_id_file", p));
+            let secret = (s3.secret_access_key_file.as_ref())
+                .and_then(|p| read("s3.secret_access_key_file", p));
+            let token =
+                (s3.session_token_file.as_ref()).and_then(|p| read("s3.session_token_file", p));
+            if s3.access_key_id_file.is_none() || s3.secret_access_key_file.is_none() {
+                problems.push(problem(
+                    "s3.access_key_id_file",
+                    "key files go together: set s3.access_key_id_file and \
+                     s3.secret_access_key_file (and s3.session_token_file for temporary keys)",
+                ));
+                return AwsCredentials::default();
+            }
+            Some((id, secret, token))
+        } else if let (Some(id), Some(secret)) = (
+            env.get("AWS_ACCESS_KEY_ID"),
+            env.get("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            Some((Some(id), Some(secret), env.get("AWS_SESSION_TOKEN")))
+        } else if let Some(dir) = env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from)
+            && dir.join("aws_access_key_id").exists()
+        {
+            let mut optional = |name: &str| {
+                let path = dir.join(name);
+                path.exists().then(|| read(name, &path)).flatten()
+            };
+            Some((
+                optional("aws_access_key_id"),
+                optional("aws_secret_access_key"),
+                optional("aws_session_token"),
+            ))
+        } else {
+            None
+        };
+        match found {
+            Some((Some(id), Some(secret), session_token))
+                if !id.is_empty() && !secret.is_empty() =>
+            {
+                AwsCredentials {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: session_token.filter(|t| !t.is_empty()),
+                }
+            }
             _ => {
                 problems.push(problem(
                     "s3.access_key_id_file",

@@ -327,3 +327,41 @@ fn a_jwks_url_over_plain_http_must_be_loopback() {
         assert_eq!(problems(&with(ok)), Vec::<String>::new(), "{ok}");
     }
 }
+
+#[test]
+fn a_key_pair_never_takes_a_session_token_from_another_source() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("id"), "FILEID").unwrap();
+    std::fs::write(dir.path().join("secret"), "filesecret").unwrap();
+    let with_files = MINIMAL.replace(
+        "region = \"us-east-1\"\n",
+        "region = \"us-east-1\"\naccess_key_id_file = \"id\"\nsecret_access_key_file = \"secret\"\n",
+    );
+    // A stale token in the environment does not pair with keys from files.
+    let env = Environment::from_pairs([("AWS_SESSION_TOKEN", "stale-env-token")]);
+    let c = Config::from_toml(&with_files, dir.path(), &env, &s3warden::check_config).unwrap();
+    assert_eq!(c.secrets.aws.access_key_id, "FILEID");
+    assert_eq!(c.secrets.aws.session_token, None);
+    // Nor with keys from systemd credentials.
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("aws_access_key_id"), "CREDID").unwrap();
+    std::fs::write(creds.join("aws_secret_access_key"), "credsecret").unwrap();
+    let env = Environment::from_pairs([
+        ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+        ("AWS_SESSION_TOKEN", "stale-env-token"),
+    ]);
+    let c = Config::from_toml(MINIMAL, dir.path(), &env, &s3warden::check_config).unwrap();
+    assert_eq!(c.secrets.aws.access_key_id, "CREDID");
+    assert_eq!(c.secrets.aws.session_token, None);
+    // Half a pair of key files is a problem, not a fall-through to the environment.
+    let half = MINIMAL.replace(
+        "region = \"us-east-1\"\n",
+        "region = \"us-east-1\"\naccess_key_id_file = \"id\"\n",
+    );
+    let env = Environment::from_pairs([("AWS_ACCESS_KEY_ID", "E"), ("AWS_SECRET_ACCESS_KEY", "e")]);
+    let e = Config::from_toml(&half, dir.path(), &env, &s3warden::check_config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s3.secret_access_key_file"), "{e}");
+}
