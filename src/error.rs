@@ -233,8 +233,9 @@ impl ProxyError {
 
 fn upstream_parts(e: &S3Error) -> (StatusCode, &'static str, String) {
     match e {
-        // Our clock, not S3, is at fault, and it can be fixed: try again later.
-        S3Error::ClockSkew { .. } => (
+        // Our clock or our credentials, not S3, are at fault, and they can be fixed: try
+        // again later.
+        S3Error::ClockSkew { .. } | S3Error::NoCredentials(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the storage backend cannot be reached right now".into(),

@@ -46,6 +46,20 @@ pub fn check_config(config: &Config, v: &mut config::Validator) {
     s3::check(config, v);
 }
 
+/// Where each store's S3 credentials come from, one line per store, for `check-config`: the
+/// default chain is asked once (never the keys themselves).
+pub async fn describe_credentials(config: &Config) -> Vec<String> {
+    let stores = s3::Stores::new(config, None).await;
+    let mut lines: Vec<String> = (stores.iter())
+        .map(|(id, store)| match store.keyring.describe() {
+            Ok(source) => format!("{id}: S3 credentials from {source}"),
+            Err(why) => format!("{id}: warning: {why}"),
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// A running s3warden: the app, its public listeners (TLS when configured) and its admin
 /// listener. `serve`, `demo` and the tests all start it here.
 pub struct Running {

@@ -139,7 +139,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::CheckConfig { config: path } => {
             match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
-                Ok(_) => {
+                Ok(config) => {
+                    for line in s3warden::describe_credentials(&config).await {
+                        println!("{line}");
+                    }
                     println!("{}: ok", path.display());
                     Ok(ExitCode::SUCCESS)
                 }
@@ -180,7 +183,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 content_type: content_type.as_deref(),
                 acl: acl.as_deref(),
             };
-            for url in s3warden::sign_for_cli(&config, &request, &objects)? {
+            for url in s3warden::sign_for_cli(&config, &request, &objects).await? {
                 println!("{url}");
             }
             Ok(ExitCode::SUCCESS)

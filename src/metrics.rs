@@ -261,6 +261,7 @@ impl Metrics {
             Err(S3Error::Status { .. }) => "server_error",
             Err(S3Error::Sign(_)) => "sign_error",
             Err(S3Error::ClockSkew { .. }) => "clock_skew",
+            Err(S3Error::NoCredentials(_)) => "no_credentials",
         };
         self.s3_requests
             .get_or_create(&S3Labels { method, outcome })

@@ -238,6 +238,8 @@ pub struct Policy {
 #[derive(Debug)]
 struct Bucket {
     alias: Arc<str>,
+    /// The id of the store that holds it.
+    store: Arc<str>,
     bucket: Arc<str>,
     prefix: String,
 }
@@ -447,6 +449,7 @@ impl Policy {
             .map(|(alias, b)| {
                 let bucket = Bucket {
                     alias: alias.as_str().into(),
+                    store: Config::store_of(b).into(),
                     bucket: b.bucket.as_str().into(),
                     prefix: b.prefix.clone(),
                 };
@@ -609,6 +612,7 @@ impl Bucket {
     /// Where `key` lives in S3.
     fn object(&self, key: &Key) -> S3Object {
         S3Object {
+            store: self.store.clone(),
             bucket: self.bucket.clone(),
             key: if self.prefix.is_empty() {
                 Arc::from(key.as_str())

@@ -19,8 +19,9 @@ use crate::auth::SignedParams;
 use crate::config::{Acl, Config, Permission};
 use crate::policy::UploadTerms;
 use crate::route::Key;
-use crate::s3::sigv4::{QUERY_VALUE, SignError, Signer};
-use crate::s3::{Addresser, S3Object};
+use crate::s3::credentials::Keys;
+use crate::s3::sigv4::{QUERY_VALUE, SignError};
+use crate::s3::{S3Object, Stores};
 
 /// Domain separation: these MACs mean "s3warden URL, version 1" and nothing else.
 const DOMAIN: &str = "s3warden-url-v1";
@@ -77,8 +78,7 @@ pub struct UrlSigner {
     public_url: String,
     window: Duration,
     grace: Duration,
-    s3: Signer,
-    addresser: Addresser,
+    stores: Stores,
     /// S3 URLs already signed in the current window: SigV4 costs microseconds per URL, and an
     /// application asks for the same ones on every page load.
     s3_urls: Arc<Mutex<WindowUrls>>,
@@ -88,20 +88,25 @@ pub struct UrlSigner {
 #[derive(Default)]
 struct WindowUrls {
     start: u64,
-    urls: HashMap<(Permission, S3Object), Arc<str>>,
+    /// By method, object and the serial of the keys that signed them.
+    urls: HashMap<(Permission, S3Object, u64), Arc<str>>,
 }
 
 /// Most S3 URLs remembered per window (about 500 bytes each).
 const MAX_REMEMBERED_URLS: usize = 32_768;
 
 impl UrlSigner {
-    /// From a loaded config.
-    pub fn new(config: &Config) -> UrlSigner {
-        if config.secrets.aws.session_token.is_some() {
-            tracing::warn!(
-                "S3 credentials are temporary (session token): S3 pre-signed URLs stop working \
-                 when the session expires, which may be before their window ends"
-            );
+    /// From a loaded config and its stores.
+    pub fn new(config: &Config, stores: &Stores) -> UrlSigner {
+        for (id, store) in stores.iter() {
+            if store.keyring.expires() {
+                tracing::warn!(
+                    store = %id,
+                    "S3 credentials are temporary: S3 pre-signed URLs (kind \"s3\") stop working \
+                     when the session expires, which may be before their window ends (the /_sign \
+                     answer's expires says when); use kind \"proxy\" URLs with roles"
+                );
+            }
         }
         UrlSigner {
             keys: config
@@ -113,11 +118,7 @@ impl UrlSigner {
             public_url: config.public_url(),
             window: config.signing.window,
             grace: config.signing.grace,
-            s3: Signer::new(
-                &config.secrets.aws,
-                config.s3.region.as_deref().unwrap_or_default(),
-            ),
-            addresser: Addresser::new(config),
+            stores: stores.clone(),
             s3_urls: Arc::default(),
         }
     }
@@ -240,11 +241,32 @@ impl UrlSigner {
             .transpose()
     }
 
+    /// The keys S3 URLs for `store` are signed with at `now`, and when URLs signed with them
+    /// in `window` stop working: the window's expiry, or the keys' if that comes first
+    /// (temporary credentials take their URLs with them).
+    pub fn s3_keys(
+        &self,
+        store: &str,
+        window: Window,
+        now: SystemTime,
+    ) -> Result<(Arc<Keys>, Window), String> {
+        let keyring = &(self.stores.get(store))
+            .ok_or_else(|| format!("no S3 credentials loaded for {store}"))?
+            .keyring;
+        let keys = keyring.current(now)?;
+        let expires = keys
+            .expires
+            .map_or(window.expires, |at| unix(at).min(window.expires));
+        Ok((keys, Window { expires, ..window }))
+    }
+
     /// A SigV4 query pre-signed S3 URL dated at the window start, so every call in the window
     /// gives the same URL; it lives `window + grace` (at most S3's seven days). A PUT URL signs
-    /// its `terms` as headers (`content-type`, `x-amz-acl`), so S3 refuses any other.
+    /// its `terms` as headers (`content-type`, `x-amz-acl`), so S3 refuses any other. `keys`
+    /// are the object's store's, from [`UrlSigner::s3_keys`].
     pub fn s3_url(
         &self,
+        keys: &Keys,
         method: Permission,
         object: &S3Object,
         terms: Option<&UploadTerms>,
@@ -253,10 +275,10 @@ impl UrlSigner {
         if let Some(terms) = terms {
             // Uploads are signed for one caller's choice of type and ACL: not remembered.
             return self
-                .presign_s3(method, object, terms.headers().as_slice(), window)
+                .presign_s3(keys, method, object, terms.headers().as_slice(), window)
                 .map(Into::into);
         }
-        let key = (method, object.clone());
+        let key = (method, object.clone(), keys.serial);
         {
             let remembered = self.s3_urls.lock().expect("lock not poisoned");
             if remembered.start == window.start
@@ -265,7 +287,7 @@ impl UrlSigner {
                 return Ok(url.clone());
             }
         }
-        let url: Arc<str> = self.presign_s3(method, object, &[], window)?.into();
+        let url: Arc<str> = self.presign_s3(keys, method, object, &[], window)?.into();
         let mut remembered = self.s3_urls.lock().expect("lock not poisoned");
         if remembered.start != window.start {
             remembered.start = window.start;
@@ -279,6 +301,7 @@ impl UrlSigner {
 
     fn presign_s3(
         &self,
+        keys: &Keys,
         method: Permission,
         object: &S3Object,
         headers: &[(&str, &str)],
@@ -289,10 +312,12 @@ impl UrlSigner {
             Permission::Put => http::Method::PUT,
             Permission::Delete => http::Method::DELETE,
         };
-        let url = self.addresser.object_url(object);
+        let store = (self.stores.get(&object.store))
+            .ok_or_else(|| SignError::new(format!("no store {}", object.store)))?;
+        let url = store.addresser.object_url(object);
         let date = UNIX_EPOCH + Duration::from_secs(window.start);
         let lifetime = Duration::from_secs(window.expires - window.start);
-        self.s3.presign(&http_method, &url, headers, date, lifetime)
+        (store.signer).presign(keys, &http_method, &url, headers, date, lifetime)
     }
 }
 
@@ -310,7 +335,7 @@ pub struct CliRequest<'a> {
 }
 
 /// `s3warden sign`: URLs for `BUCKET/KEY` targets, in the current window.
-pub fn sign_for_cli(
+pub async fn sign_for_cli(
     config: &Config,
     request: &CliRequest<'_>,
     targets: &[String],
@@ -332,7 +357,13 @@ pub fn sign_for_cli(
         ),
         None => None,
     };
-    let signer = UrlSigner::new(config);
+    // S3 URLs need the stores' credentials (the default chain is asked once).
+    let stores = if kind == "s3" {
+        Stores::new(config, None).await
+    } else {
+        Stores::default()
+    };
+    let signer = UrlSigner::new(config, &stores);
     let policy = crate::policy::Policy::new(config).map_err(|problems| {
         problems
             .iter()
@@ -358,10 +389,14 @@ pub fn sign_for_cli(
                 })
                 .transpose()?;
             match kind {
-                "s3" => signer
-                    .s3_url(method, &object, terms.as_ref(), window)
-                    .map(|url| url.to_string())
-                    .map_err(|e| e.to_string()),
+                "s3" => {
+                    let (keys, window) =
+                        signer.s3_keys(&object.store, window, SystemTime::now())?;
+                    signer
+                        .s3_url(&keys, method, &object, terms.as_ref(), window)
+                        .map(|url| url.to_string())
+                        .map_err(|e| e.to_string())
+                }
                 _ => signer
                     .proxy_url(method, alias, &key, terms.as_ref(), window)
                     .ok_or_else(|| "proxy URLs need signing.secret_files in the config".to_owned()),

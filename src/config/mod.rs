@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use secrets::{AwsCredentials, Environment, Needs, Secrets};
+pub use secrets::{AwsCredentials, AwsSource, Environment, Needs, Secrets};
 pub use values::Validator;
 pub use values::{ByteSize, MAX_CACHEABLE_OBJECT, Permission, S3_MAX_PRESIGN, is_valid_alias};
 use values::{de_duration, de_opt_string};
@@ -36,9 +36,12 @@ pub struct Config {
     /// The admin listener (health, metrics, cache purge).
     #[serde(default)]
     pub admin: AdminConfig,
-    /// The S3 endpoint and how to reach it.
+    /// The default S3 store: its endpoint, credentials and how to reach it.
     #[serde(default)]
     pub s3: S3Config,
+    /// More S3 stores (`[stores.NAME]`, the same keys as `[s3]`), picked by `buckets.ALIAS.store`.
+    #[serde(default)]
+    pub stores: BTreeMap<String, S3Config>,
     /// URL aliases for S3 buckets: `/{alias}/{key}`.
     #[serde(default)]
     pub buckets: BTreeMap<String, BucketConfig>,
@@ -141,8 +144,8 @@ pub enum Addressing {
     Path,
 }
 
-/// `[s3]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[s3]` and `[stores.NAME]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL; else `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, or AWS's endpoint for the region.
@@ -163,6 +166,10 @@ pub struct S3Config {
     /// File holding a session token (temporary credentials).
     #[serde(default)]
     pub session_token_file: Option<PathBuf>,
+    /// The AWS profile the default credential chain reads (else `AWS_PROFILE`), when no key
+    /// files (and, for `[s3]`, no `AWS_ACCESS_KEY_ID` or systemd credentials) give the keys.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub profile: Option<String>,
     /// TCP (and TLS) connect timeout.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
@@ -183,7 +190,13 @@ pub struct BucketConfig {
     /// Prefix inside the bucket that the alias maps to (`""` for the whole bucket).
     #[serde(default)]
     pub prefix: String,
+    /// The store (`[stores.NAME]`) that holds the bucket; `[s3]` when not set.
+    #[serde(default)]
+    pub store: Option<String>,
 }
+
+/// The id of the default store, `[s3]`.
+pub const DEFAULT_STORE: &str = "s3";
 
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
@@ -684,16 +697,21 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        let s3 = &mut self.s3;
-        for p in [
-            &mut s3.access_key_id_file,
-            &mut s3.secret_access_key_file,
-            &mut s3.session_token_file,
-            &mut self.auth.hmac_secret_file,
-            &mut self.admin.token_file,
-        ]
-        .into_iter()
-        .flatten()
+        for store in std::iter::once(&mut self.s3).chain(self.stores.values_mut()) {
+            for p in [
+                &mut store.access_key_id_file,
+                &mut store.secret_access_key_file,
+                &mut store.session_token_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(p);
+            }
+        }
+        for p in [&mut self.auth.hmac_secret_file, &mut self.admin.token_file]
+            .into_iter()
+            .flatten()
         {
             fix(p);
         }
@@ -705,22 +723,61 @@ impl Config {
         }
     }
 
-    /// Fills endpoint and region from the standard AWS environment when the file leaves them out.
+    /// Fills endpoint and region from the standard AWS environment when the file leaves them
+    /// out. `AWS_ENDPOINT_URL*` applies to `[s3]` only; another store without an endpoint is
+    /// AWS's for its region.
     fn apply_environment(&mut self, env: &Environment) {
+        let region = || {
+            env.get("AWS_REGION")
+                .or_else(|| env.get("AWS_DEFAULT_REGION"))
+        };
+        let aws_endpoint = |store: &S3Config| {
+            let region = store.region.as_deref()?;
+            Some(format!("https://s3.{region}.amazonaws.com"))
+        };
         let s3 = &mut self.s3;
         if s3.region.is_none() {
-            s3.region = env
-                .get("AWS_REGION")
-                .or_else(|| env.get("AWS_DEFAULT_REGION"));
+            s3.region = region();
         }
         if s3.endpoint.is_none() {
             s3.endpoint = env
                 .get("AWS_ENDPOINT_URL_S3")
                 .or_else(|| env.get("AWS_ENDPOINT_URL"))
-                .or_else(|| {
-                    let region = s3.region.as_deref()?;
-                    Some(format!("https://s3.{region}.amazonaws.com"))
-                });
+                .or_else(|| aws_endpoint(s3));
+        }
+        for store in self.stores.values_mut() {
+            if store.region.is_none() {
+                store.region = region();
+            }
+            if store.endpoint.is_none() {
+                store.endpoint = aws_endpoint(store);
+            }
+        }
+    }
+
+    /// Every store with its id: `s3` for `[s3]`, then `stores.NAME` for each `[stores.NAME]`.
+    /// The id is also the config key its settings are reported under.
+    pub fn stores(&self) -> impl Iterator<Item = (String, &S3Config)> {
+        std::iter::once((DEFAULT_STORE.to_owned(), &self.s3)).chain(
+            self.stores
+                .iter()
+                .map(|(name, store)| (format!("stores.{name}"), store)),
+        )
+    }
+
+    /// The id of the store that holds a bucket (see [`Config::stores`]).
+    pub fn store_of(bucket: &BucketConfig) -> String {
+        match &bucket.store {
+            Some(name) => format!("stores.{name}"),
+            None => DEFAULT_STORE.to_owned(),
+        }
+    }
+
+    /// A store's settings by id.
+    pub fn store(&self, id: &str) -> Option<&S3Config> {
+        match id.strip_prefix("stores.") {
+            Some(name) => self.stores.get(name),
+            None => (id == DEFAULT_STORE).then_some(&self.s3),
         }
     }
 

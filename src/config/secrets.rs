@@ -1,10 +1,10 @@
 //! Secrets and credentials the config names: read here, once, at load (and reload) time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{Config, Problem};
+use super::{Config, DEFAULT_STORE, Problem, S3Config};
 
 /// A snapshot of the process environment (tests pass their own).
 #[derive(Debug, Clone, Default)]
@@ -60,11 +60,39 @@ impl fmt::Debug for AwsCredentials {
     }
 }
 
+/// Where a store's S3 credentials come from.
+#[derive(Clone, Debug)]
+pub enum AwsSource {
+    /// Keys read from one configured source.
+    Keys {
+        /// The keys.
+        credentials: AwsCredentials,
+        /// Where they were read from, for logs (never the keys).
+        origin: &'static str,
+    },
+    /// None configured: the AWS default chain (profile files, web identity, container
+    /// credentials, IMDSv2, SSO, `credential_process`), refreshed while the daemon runs.
+    DefaultChain {
+        /// The profile to read instead of `AWS_PROFILE`'s.
+        profile: Option<String>,
+    },
+}
+
+impl AwsSource {
+    /// The keys, when they were read from the config's sources.
+    pub fn keys(&self) -> Option<&AwsCredentials> {
+        match self {
+            AwsSource::Keys { credentials, .. } => Some(credentials),
+            AwsSource::DefaultChain { .. } => None,
+        }
+    }
+}
+
 /// Every secret the configuration names, loaded.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    /// S3 credentials.
-    pub aws: AwsCredentials,
+    /// Each store's S3 credentials, by store id (`s3`, `stores.NAME`).
+    pub aws: BTreeMap<String, AwsSource>,
     /// HMAC secret for HS256/384/512 tokens.
     pub hmac_secret: Option<Vec<u8>>,
     /// PEM public keys, with the file they came from.
@@ -134,9 +162,14 @@ impl Secrets {
     ) -> Result<Secrets, Vec<Problem>> {
         let mut problems = Vec::new();
         let aws = if needs.s3 {
-            Self::aws(config, env, &mut problems)
+            (config.stores())
+                .map(|(id, store)| {
+                    let source = Self::aws(&id, store, env, &mut problems);
+                    (id, source)
+                })
+                .collect()
         } else {
-            AwsCredentials::default()
+            BTreeMap::new()
         };
         let hmac_secret = if needs.tokens {
             Self::hmac(config, env, &mut problems)
@@ -174,77 +207,90 @@ impl Secrets {
         })
     }
 
-    /// S3 credentials: key id, secret and session token.
-    fn aws(config: &Config, env: &Environment, problems: &mut Vec<Problem>) -> AwsCredentials {
-        // One source gives key id, secret and session token together: key files win, then the
-        // AWS_* environment, then systemd credentials. A token is never taken from another
-        // source than its key pair.
-        let s3 = &config.s3;
+    /// A store's S3 credentials: key id, secret and session token from one source, else the
+    /// AWS default chain.
+    fn aws(
+        id: &str,
+        store: &S3Config,
+        env: &Environment,
+        problems: &mut Vec<Problem>,
+    ) -> AwsSource {
+        // One source gives key id, secret and session token together: key files win, then (for
+        // [s3]) the AWS_* environment, then systemd credentials. A token is never taken from
+        // another source than its key pair.
+        let key = |name: &str| format!("{id}.{name}");
         let mut read = |key: &str, path: &Path| -> Option<String> {
             read_file(key, path)
                 .map_err(|p| problems.push(p))
                 .ok()
                 .map(|b| trimmed(&b))
         };
-        let found = if s3.access_key_id_file.is_some()
-            || s3.secret_access_key_file.is_some()
-            || s3.session_token_file.is_some()
+        let default_store = id == DEFAULT_STORE;
+        let (found, origin) = if store.access_key_id_file.is_some()
+            || store.secret_access_key_file.is_some()
+            || store.session_token_file.is_some()
         {
-            let id = s3
-                .access_key_id_file
-                .as_ref()
-                .and_then(|p| read("s3.access_key_id_file", p));
-            let secret = (s3.secret_access_key_file.as_ref())
-                .and_then(|p| read("s3.secret_access_key_file", p));
-            let token =
-                (s3.session_token_file.as_ref()).and_then(|p| read("s3.session_token_file", p));
-            if s3.access_key_id_file.is_none() || s3.secret_access_key_file.is_none() {
+            let id = (store.access_key_id_file.as_ref())
+                .and_then(|p| read(&key("access_key_id_file"), p));
+            let secret = (store.secret_access_key_file.as_ref())
+                .and_then(|p| read(&key("secret_access_key_file"), p));
+            let token = (store.session_token_file.as_ref())
+                .and_then(|p| read(&key("session_token_file"), p));
+            if store.access_key_id_file.is_none() || store.secret_access_key_file.is_none() {
                 problems.push(problem(
-                    "s3.access_key_id_file",
-                    "key files go together: set s3.access_key_id_file and \
-                     s3.secret_access_key_file (and s3.session_token_file for temporary keys)",
+                    &key("access_key_id_file"),
+                    format!(
+                        "key files go together: set {0} and {1} (and {2} for temporary keys)",
+                        key("access_key_id_file"),
+                        key("secret_access_key_file"),
+                        key("session_token_file")
+                    ),
                 ));
-                return AwsCredentials::default();
+                return AwsSource::DefaultChain { profile: None };
             }
-            Some((id, secret, token))
-        } else if let (Some(id), Some(secret)) = (
-            env.get("AWS_ACCESS_KEY_ID"),
-            env.get("AWS_SECRET_ACCESS_KEY"),
-        ) {
-            Some((Some(id), Some(secret), env.get("AWS_SESSION_TOKEN")))
+            ((id, secret, token), "key files")
+        } else if let Some(id) = env.get("AWS_ACCESS_KEY_ID").filter(|_| default_store) {
+            let secret = env.get("AWS_SECRET_ACCESS_KEY");
+            (
+                (Some(id), secret, env.get("AWS_SESSION_TOKEN")),
+                "environment",
+            )
         } else if let Some(dir) = env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from)
+            && default_store
             && dir.join("aws_access_key_id").exists()
         {
             let mut optional = |name: &str| {
                 let path = dir.join(name);
                 path.exists().then(|| read(name, &path)).flatten()
             };
-            Some((
+            let found = (
                 optional("aws_access_key_id"),
                 optional("aws_secret_access_key"),
                 optional("aws_session_token"),
-            ))
+            );
+            (found, "systemd credentials")
         } else {
-            None
+            return AwsSource::DefaultChain {
+                profile: store.profile.clone(),
+            };
         };
         match found {
-            Some((Some(id), Some(secret), session_token))
-                if !id.is_empty() && !secret.is_empty() =>
-            {
-                AwsCredentials {
-                    access_key_id: id,
-                    secret_access_key: secret,
-                    session_token: session_token.filter(|t| !t.is_empty()),
+            (Some(id), Some(secret), session_token) if !id.is_empty() && !secret.is_empty() => {
+                AwsSource::Keys {
+                    credentials: AwsCredentials {
+                        access_key_id: id,
+                        secret_access_key: secret,
+                        session_token: session_token.filter(|t| !t.is_empty()),
+                    },
+                    origin,
                 }
             }
             _ => {
                 problems.push(problem(
-                    "s3.access_key_id_file",
-                    "no S3 credentials: set s3.access_key_id_file and s3.secret_access_key_file, \
-                     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or systemd credentials \
-                     aws_access_key_id and aws_secret_access_key",
+                    &key("access_key_id_file"),
+                    format!("incomplete S3 credentials in the {origin}: a key id needs its secret"),
                 ));
-                AwsCredentials::default()
+                AwsSource::DefaultChain { profile: None }
             }
         }
     }

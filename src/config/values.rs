@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{Acl, AllowConfig, Config, Problem};
+use super::{Acl, AllowConfig, Config, DEFAULT_STORE, Problem, S3Config};
 
 /// A size in bytes, written `"512MiB"`, `"8 MB"` or as a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,6 +162,35 @@ fn is_http_url(s: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// One store's table (`s3` or `stores.NAME`).
+fn validate_store(id: &str, store: &S3Config, v: &mut Validator) {
+    let key = |name: &str| format!("{id}.{name}");
+    match &store.endpoint {
+        None if id == DEFAULT_STORE => v.problem(
+            key("endpoint"),
+            "not set: give s3.endpoint or s3.region (or AWS_ENDPOINT_URL_S3 / AWS_REGION)",
+        ),
+        None => v.problem(key("endpoint"), "not set: give an endpoint or a region"),
+        Some(e) if !is_http_url(e) => {
+            v.problem(key("endpoint"), "must be an http:// or https:// URL");
+        }
+        Some(e) => v.check(
+            reqwest::Url::parse(e).is_ok_and(|u| u.path() == "/" && u.query().is_none()),
+            &key("endpoint"),
+            "must not have a path or query (bucket and key are added by s3warden)",
+        ),
+    }
+    if store.region.is_none() {
+        v.problem(
+            key("region"),
+            format!("not set: give {id}.region or AWS_REGION"),
+        );
+    }
+    v.positive(store.connect_timeout, &key("connect_timeout"));
+    v.positive(store.timeout, &key("timeout"));
+    v.check(store.retries <= 10, &key("retries"), "must be 10 or fewer");
+}
+
 /// The largest weight moka can give one entry is `u32::MAX`; keep clear of it.
 pub const MAX_CACHEABLE_OBJECT: u64 = (u32::MAX as u64) - 64 * 1024;
 
@@ -208,27 +237,13 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         );
     }
 
-    // [s3]
-    match &c.s3.endpoint {
-        None => v.problem(
-            "s3.endpoint",
-            "not set: give s3.endpoint or s3.region (or AWS_ENDPOINT_URL_S3 / AWS_REGION)",
-        ),
-        Some(e) if !is_http_url(e) => {
-            v.problem("s3.endpoint", "must be an http:// or https:// URL");
+    // [s3] and [stores.NAME]
+    for (id, store) in c.stores() {
+        if id != DEFAULT_STORE && !is_valid_alias(id.trim_start_matches("stores.")) {
+            v.problem(&id, "store name must match [a-z0-9][a-z0-9.-]{0,62}");
         }
-        Some(e) => v.check(
-            reqwest::Url::parse(e).is_ok_and(|u| u.path() == "/" && u.query().is_none()),
-            "s3.endpoint",
-            "must not have a path or query (bucket and key are added by s3warden)",
-        ),
+        validate_store(&id, store, v);
     }
-    if c.s3.region.is_none() {
-        v.problem("s3.region", "not set: give s3.region or AWS_REGION");
-    }
-    v.positive(c.s3.connect_timeout, "s3.connect_timeout");
-    v.positive(c.s3.timeout, "s3.timeout");
-    v.check(c.s3.retries <= 10, "s3.retries", "must be 10 or fewer");
 
     // [buckets]
     if c.buckets.is_empty() {
@@ -246,6 +261,14 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
             &format!("{key}.bucket"),
             "is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
         );
+        if let Some(store) = &b.store
+            && !c.stores.contains_key(store)
+        {
+            v.problem(
+                format!("{key}.store"),
+                format!("unknown store {store:?}: define [stores.{store}]"),
+            );
+        }
     }
 
     // [[rules]]

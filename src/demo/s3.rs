@@ -298,6 +298,28 @@ impl EmbeddedS3 {
         credentials: Option<(&str, &str)>,
     ) -> std::io::Result<EmbeddedS3> {
         let (access_key, secret_key) = credentials.unwrap_or(("", ""));
+        let auth = credentials.map(|(id, secret)| s3s::auth::SimpleAuth::from_single(id, secret));
+        let mut s3 = Self::serve(root, addr, auth).await?;
+        s3.access_key = access_key.to_owned();
+        s3.secret_key = secret_key.to_owned();
+        Ok(s3)
+    }
+
+    /// As `start`, accepting the keys `auth` knows (rotating temporary keys in the tests of
+    /// credential refresh).
+    pub async fn start_with_auth(
+        root: &Path,
+        addr: SocketAddr,
+        auth: impl s3s::auth::S3Auth,
+    ) -> std::io::Result<EmbeddedS3> {
+        Self::serve(root, addr, Some(auth)).await
+    }
+
+    async fn serve(
+        root: &Path,
+        addr: SocketAddr,
+        auth: Option<impl s3s::auth::S3Auth>,
+    ) -> std::io::Result<EmbeddedS3> {
         let fs = FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let log = Arc::new(S3Log::default());
         let store = Store {
@@ -305,8 +327,8 @@ impl EmbeddedS3 {
             log: log.clone(),
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
-        if credentials.is_some() {
-            builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+        if let Some(auth) = auth {
+            builder.set_auth(auth);
         }
         let service = builder.build();
         let listener = TcpListener::bind(addr).await?;
@@ -331,8 +353,8 @@ impl EmbeddedS3 {
             root: root.to_owned(),
             log,
             tasks,
-            access_key: access_key.to_owned(),
-            secret_key: secret_key.to_owned(),
+            access_key: String::new(),
+            secret_key: String::new(),
         })
     }
 

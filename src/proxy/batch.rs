@@ -2,6 +2,7 @@
 //! application never makes N calls for N images. URLs are stable within the signing window.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
@@ -10,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Exchange;
 use crate::auth::Authenticated;
-use crate::config::{Acl, Permission};
+use crate::config::{Acl, Config, Permission};
 use crate::error::ProxyError;
 use crate::policy::{Permit, Sign, UploadTerms};
 use crate::route::Key;
+use crate::s3::S3Error;
 use crate::server::{Body, BoxError};
 use crate::urls::UrlSigner;
 
@@ -257,7 +259,19 @@ impl Exchange<'_> {
                 "content_type and acl are for PUT URLs".into(),
             ));
         }
-        let window = signer.window((self.shared.clock)());
+        let now = (self.shared.clock)();
+        let window = signer.window(now);
+        // S3 URLs are signed with the store's current keys, and die with them.
+        let (s3_keys, answer_window) = match request.kind {
+            Kind::S3 => {
+                let store = Config::store_of(&self.live.config.buckets[&request.bucket]);
+                let (keys, capped) = signer
+                    .s3_keys(&store, window, SystemTime::now())
+                    .map_err(|why| ProxyError::Upstream(S3Error::NoCredentials(why)))?;
+                (Some(keys), capped)
+            }
+            Kind::Proxy => (None, window),
+        };
         // Check every key against the rules first; only permitted keys are signed.
         let permits: Vec<Result<Approved, &'static str>> = request
             .keys
@@ -273,10 +287,13 @@ impl Exchange<'_> {
                     Kind::Proxy => signer
                         .proxy_url(method, &alias, permit.key(), terms, window)
                         .ok_or("internal_error"),
-                    Kind::S3 => signer
-                        .s3_url(method, permit.object(), terms, window)
-                        .map(|url| url.to_string())
-                        .map_err(|_| "internal_error"),
+                    Kind::S3 => match &s3_keys {
+                        Some(keys) => signer
+                            .s3_url(keys, method, permit.object(), terms, window)
+                            .map(|url| url.to_string())
+                            .map_err(|_| "internal_error"),
+                        None => Err("internal_error"),
+                    },
                 }
             },
             signer,
@@ -308,7 +325,7 @@ impl Exchange<'_> {
             })
             .collect();
         let body = serde_json::to_vec(&SignResponse {
-            expires: window.expires_rfc3339(),
+            expires: answer_window.expires_rfc3339(),
             items,
         })
         .map_err(|e| ProxyError::Internal(e.to_string()))?;

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Action, Delete, Denied, Permit, Policy, Principal, Read, Sign, Write};
 use crate::response::ResponseSettings;
 use crate::route::{Key, ObjectAction, ObjectRoute, Route, route};
-use crate::s3::S3Client;
+use crate::s3::{S3Client, Stores};
 use crate::server::{Body, BoxError, Handler};
 use crate::urls::{UrlError, UrlSigner};
 use cors::Cors;
@@ -54,6 +54,7 @@ struct Generation {
     config: Arc<Config>,
     policy: Policy,
     verifier: Verifier,
+    stores: Stores,
     s3: S3Client,
     signer: UrlSigner,
     cors: Cors,
@@ -61,12 +62,20 @@ struct Generation {
 }
 
 impl Generation {
-    async fn new(config: Config, metrics: &Arc<Metrics>) -> Result<Generation, AppError> {
+    /// Everything built from `config`; stores whose credentials come from an unchanged default
+    /// chain keep `previous`'s keys.
+    async fn new(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, AppError> {
+        let stores = Stores::new(&config, previous.map(|p| &p.stores)).await;
         Ok(Generation {
             policy: Policy::new(&config).map_err(AppError::Rules)?,
             verifier: Verifier::new(&config, metrics.clone()).await,
-            s3: S3Client::new(&config, metrics.clone())?,
-            signer: UrlSigner::new(&config),
+            s3: S3Client::new(&config, &stores, metrics.clone())?,
+            signer: UrlSigner::new(&config, &stores),
+            stores,
             cors: Cors::new(&config),
             responses: ResponseSettings::new(config.cache.browser_max_age),
             config: Arc::new(config),
@@ -112,7 +121,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let cache = ObjectCache::new(&config.cache, metrics.clone());
         let upload_memory = upload::UploadMemory::new(&config.upload);
-        let live = Generation::new(config, &metrics).await?;
+        let live = Generation::new(config, &metrics, None).await?;
         let inner = Shared {
             live: ArcSwap::from_pointee(live),
             cache,
@@ -139,7 +148,8 @@ impl App {
             tracing::warn!("listen address changes take effect at the next restart");
         }
         self.inner.cache.reconfigure(&config.cache);
-        let live = Generation::new(config, &self.inner.metrics).await?;
+        let previous = self.inner.live.load_full();
+        let live = Generation::new(config, &self.inner.metrics, Some(&previous)).await?;
         self.inner.live.store(Arc::new(live));
         Ok(())
     }
@@ -187,7 +197,8 @@ impl App {
         Ok(())
     }
 
-    /// True when keys are loaded and every configured bucket answers.
+    /// True when token keys are loaded, every store has usable credentials and every
+    /// configured bucket answers.
     pub async fn ready(&self) -> Result<(), String> {
         let live = self.inner.live.load_full();
         let auth = &live.config.auth;
@@ -198,8 +209,12 @@ impl App {
         if needs_keys && !live.verifier.has_keys() {
             return Err("no token verification keys loaded".into());
         }
+        for (_, store) in live.stores.iter() {
+            store.keyring.current(SystemTime::now())?;
+        }
         for b in live.config.buckets.values() {
-            if let Err(e) = live.s3.probe_bucket(&b.bucket).await {
+            let store = Config::store_of(b);
+            if let Err(e) = live.s3.probe_bucket(&store, &b.bucket).await {
                 return Err(format!("bucket {}: {e}", b.bucket));
             }
         }

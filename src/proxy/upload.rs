@@ -514,9 +514,13 @@ impl Exchange<'_> {
         etag: Option<HeaderValue>,
         options: &PutOptions,
     ) -> Result<Response<Body>, ProxyError> {
-        let url = match options.acl {
-            Some(Acl::PublicRead) => self.live.s3.object_url(permit.object()).to_string(),
-            _ => format!(
+        let public = match options.acl {
+            Some(Acl::PublicRead) => self.live.s3.object_url(permit.object()),
+            _ => None,
+        };
+        let url = match public {
+            Some(url) => url.to_string(),
+            None => format!(
                 "{}/{}/{}",
                 self.live.config.public_url(),
                 permit.alias(),

@@ -1,12 +1,14 @@
 //! The S3 client: builds each upstream request from an allow-list (nothing from the client's
 //! request is forwarded), signs it with SigV4, and applies timeouts and retries.
 
+pub mod credentials;
 pub mod sigv4;
 mod write;
 mod xml;
 
 pub use write::{PutOptions, UploadedPart};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,16 +16,20 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use reqwest::Url;
 
-use crate::config::{Addressing, Config, Validator};
+use crate::config::{Addressing, Config, S3Config, Validator};
 use crate::metrics::Metrics;
 use crate::policy::{Permit, Read};
 use crate::route::ByteRange;
 use crate::server::{BoxError, ByteStream};
+use credentials::Keyring;
 use sigv4::{Payload, SignError, Signer};
 
-/// An object's address in S3: the real bucket and the full key (bucket prefix included).
+/// An object's address in S3: the store, the real bucket and the full key (bucket prefix
+/// included).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct S3Object {
+    /// The store's id (`s3`, `stores.NAME`).
+    pub store: Arc<str>,
     /// S3 bucket name.
     pub bucket: Arc<str>,
     /// Full key inside the bucket.
@@ -51,6 +57,10 @@ pub enum S3Error {
     /// The request could not be signed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// No usable credentials: the default chain has given none yet, or they expired and could
+    /// not be refreshed.
+    #[error("{0}")]
+    NoCredentials(String),
     /// S3 refused the request's time: this machine's clock is off.
     #[error(
         "S3 refused the request time ({code}): this machine's clock is {} S3's; fix the \
@@ -87,7 +97,10 @@ impl S3Error {
             S3Error::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            S3Error::Timeout | S3Error::Sign(_) | S3Error::ClockSkew { .. } => false,
+            S3Error::Timeout
+            | S3Error::Sign(_)
+            | S3Error::ClockSkew { .. }
+            | S3Error::NoCredentials(_) => false,
         }
     }
 
@@ -169,12 +182,12 @@ pub struct Addresser {
 }
 
 impl Addresser {
-    /// From a validated config.
-    pub fn new(config: &Config) -> Addresser {
-        let endpoint = config.s3.endpoint.as_deref().unwrap_or_default();
+    /// From a validated store's settings.
+    pub fn new(store: &S3Config) -> Addresser {
+        let endpoint = store.endpoint.as_deref().unwrap_or_default();
         Addresser {
             endpoint: Url::parse(endpoint).expect("validated endpoint"),
-            addressing: config.s3.addressing,
+            addressing: store.addressing,
         }
     }
 
@@ -260,24 +273,23 @@ fn is_dns_name(bucket: &str) -> bool {
         })
 }
 
-/// What the S3 client needs of `[s3]` and the buckets: `addressing = "virtual"` only where
-/// virtual-hosted URLs can reach every bucket.
+/// What the S3 client needs of the stores and the buckets: `addressing = "virtual"` only where
+/// virtual-hosted URLs can reach every bucket of the store.
 pub(crate) fn check(config: &Config, v: &mut Validator) {
-    let Some(endpoint) = config
-        .s3
-        .endpoint
-        .as_deref()
-        .and_then(|e| Url::parse(e).ok())
-    else {
-        return;
-    };
-    if config.s3.addressing != Addressing::Virtual {
-        return;
-    }
     for (alias, bucket) in &config.buckets {
+        let id = Config::store_of(bucket);
+        let Some(store) = config.store(&id) else {
+            continue;
+        };
+        let Some(endpoint) = store.endpoint.as_deref().and_then(|e| Url::parse(e).ok()) else {
+            continue;
+        };
+        if store.addressing != Addressing::Virtual {
+            continue;
+        }
         if let Err(why) = virtual_host_works(&endpoint, &bucket.bucket) {
             v.problem(
-                "s3.addressing",
+                format!("{id}.addressing"),
                 format!(
                     "\"virtual\" cannot reach bucket {:?} (buckets.{alias}): {why}; use \"auto\" \
                      or \"path\"",
@@ -288,43 +300,115 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
     }
 }
 
-/// The S3 client, shared by all requests.
+/// One store's way in: where it is, how its buckets are addressed and the keys requests are
+/// signed with.
+#[derive(Clone)]
+pub struct Store {
+    /// Builds its object and bucket URLs.
+    pub addresser: Addresser,
+    /// Signs for its region.
+    pub signer: Signer,
+    /// Its credentials.
+    pub keyring: Keyring,
+}
+
+/// Every store of a config by id; built once per config and shared by the S3 client and the
+/// URL signer.
+#[derive(Clone, Default)]
+pub struct Stores(Arc<HashMap<Arc<str>, Store>>);
+
+impl Stores {
+    /// The stores of a loaded config (whose secrets include S3 credentials). A store on the
+    /// default chain keeps `previous`'s keyring (and its refresh task) when its settings did not
+    /// change.
+    pub async fn new(config: &Config, previous: Option<&Stores>) -> Stores {
+        let mut stores = HashMap::new();
+        for (id, settings) in config.stores() {
+            let Some(source) = config.secrets.aws.get(&id) else {
+                continue;
+            };
+            let region = settings.region.as_deref().unwrap_or_default();
+            let old = previous.and_then(|p| p.get(&id)).map(|s| &s.keyring);
+            let keyring = Keyring::new(&id, source, region, old).await;
+            match keyring.describe() {
+                Ok(source) => tracing::info!(store = %id, credentials = %source, "S3 store"),
+                Err(why) => tracing::warn!(store = %id, "{why}"),
+            }
+            let store = Store {
+                addresser: Addresser::new(settings),
+                signer: Signer::new(region),
+                keyring,
+            };
+            stores.insert(Arc::from(id), store);
+        }
+        Stores(Arc::new(stores))
+    }
+
+    /// A store by id.
+    pub fn get(&self, id: &str) -> Option<&Store> {
+        self.0.get(id)
+    }
+
+    /// Every store, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Store)> {
+        self.0.iter()
+    }
+}
+
+/// The S3 client, shared by all requests: one upstream per store.
 pub struct S3Client {
+    upstreams: HashMap<Arc<str>, Upstream>,
+}
+
+/// The client of one store.
+struct Upstream {
     http: reqwest::Client,
-    addresser: Addresser,
-    signer: Signer,
+    store: Store,
     timeout: Duration,
     retries: u32,
     metrics: Arc<Metrics>,
 }
 
 impl S3Client {
-    /// Builds the client from a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<S3Client, reqwest::Error> {
-        let s3 = &config.s3;
-        let http = reqwest::Client::builder()
-            .connect_timeout(s3.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(S3Client {
-            http,
-            addresser: Addresser::new(config),
-            signer: Signer::new(
-                &config.secrets.aws,
-                s3.region.as_deref().unwrap_or_default(),
-            ),
-            timeout: s3.timeout,
-            retries: s3.retries,
-            metrics,
-        })
+    /// Builds the client for a validated config's `stores`.
+    pub fn new(
+        config: &Config,
+        stores: &Stores,
+        metrics: Arc<Metrics>,
+    ) -> Result<S3Client, reqwest::Error> {
+        let mut upstreams = HashMap::new();
+        for (id, store) in stores.iter() {
+            let Some(settings) = config.store(id) else {
+                continue;
+            };
+            let http = reqwest::Client::builder()
+                .connect_timeout(settings.connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(50))
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?;
+            let upstream = Upstream {
+                http,
+                store: store.clone(),
+                timeout: settings.timeout,
+                retries: settings.retries,
+                metrics: metrics.clone(),
+            };
+            upstreams.insert(id.clone(), upstream);
+        }
+        Ok(S3Client { upstreams })
     }
 
-    /// The URL of an object, path-style or virtual-hosted as configured.
-    pub fn object_url(&self, object: &S3Object) -> Url {
-        self.addresser.object_url(object)
+    fn upstream(&self, object: &S3Object) -> Result<&Upstream, S3Error> {
+        self.upstreams
+            .get(&object.store)
+            .ok_or_else(|| S3Error::Unreachable(format!("no store {}", object.store)))
+    }
+
+    /// The URL of an object, path-style or virtual-hosted as its store is configured.
+    pub fn object_url(&self, object: &S3Object) -> Option<Url> {
+        Some(self.upstream(object).ok()?.object_url(object))
     }
 
     /// GET an object the permit allows reading.
@@ -342,8 +426,9 @@ impl S3Client {
         if let Some(etag) = &options.if_none_match {
             headers.insert(header::IF_NONE_MATCH, etag.clone());
         }
-        let response = self
-            .send_idempotent(Method::GET, self.object_url(object), headers)
+        let up = self.upstream(object)?;
+        let response = up
+            .send_idempotent(Method::GET, up.object_url(object), headers)
             .await?;
         let status = response.status();
         let mut meta = meta_from(response.headers(), &object.key);
@@ -366,7 +451,7 @@ impl S3Client {
                     ..meta
                 };
                 let body_len = last - first + 1;
-                let body = self.timed_body(response);
+                let body = up.timed_body(response);
                 return Ok(Fetched {
                     answer: Answer::Partial { first, last },
                     meta,
@@ -385,28 +470,34 @@ impl S3Client {
             answer,
             meta,
             body_len,
-            body: self.timed_body(response),
+            body: up.timed_body(response),
         })
     }
 
     /// HEAD an object the permit allows reading.
     pub async fn head(&self, permit: &Permit<Read>) -> Result<ObjectMeta, S3Error> {
-        let url = self.object_url(permit.object());
-        let response = self
+        let up = self.upstream(permit.object())?;
+        let url = up.object_url(permit.object());
+        let response = up
             .send_idempotent(Method::HEAD, url, HeaderMap::new())
             .await?;
         Ok(meta_from(response.headers(), &permit.object().key))
     }
 
-    /// HEAD a bucket: true when it exists and the credentials may use it.
-    pub async fn probe_bucket(&self, bucket: &str) -> Result<(), S3Error> {
-        self.send_idempotent(
-            Method::HEAD,
-            self.addresser.bucket_url(bucket),
-            HeaderMap::new(),
-        )
-        .await
-        .map(drop)
+    /// HEAD a bucket of a store: fine when it exists and the credentials may use it.
+    pub async fn probe_bucket(&self, store: &str, bucket: &str) -> Result<(), S3Error> {
+        let up = (self.upstreams.get(store))
+            .ok_or_else(|| S3Error::Unreachable(format!("no store {store}")))?;
+        let url = up.store.addresser.bucket_url(bucket);
+        up.send_idempotent(Method::HEAD, url, HeaderMap::new())
+            .await
+            .map(drop)
+    }
+}
+
+impl Upstream {
+    fn object_url(&self, object: &S3Object) -> Url {
+        self.store.addresser.object_url(object)
     }
 
     /// Sends a signed GET/HEAD, retrying connection failures and 5xx answers while the
@@ -463,8 +554,9 @@ impl S3Client {
         payload: Payload<'_>,
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, S3Error> {
-        self.signer
-            .sign_headers(&method, &url, &mut headers, payload, SystemTime::now())?;
+        let now = SystemTime::now();
+        let keys = (self.store.keyring.current(now)).map_err(S3Error::NoCredentials)?;
+        (self.store.signer).sign_headers(&keys, &method, &url, &mut headers, payload, now)?;
         let mut request = self.http.request(method.clone(), url).headers(headers);
         if let Some(body) = body {
             request = request.body(body);
@@ -631,15 +723,7 @@ fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
 /// An error with its sources, for logs (reqwest's top-level message alone says little).
 /// URLs are stripped: they name the endpoint and, for pre-signed ones, carry signatures.
 pub(crate) fn error_chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    credentials::error_text(&e.without_url())
 }
 
 #[cfg(test)]
@@ -647,7 +731,7 @@ mod tests {
     use super::*;
     use crate::config::Environment;
 
-    fn client(addressing: &str, endpoint: &str) -> S3Client {
+    fn client(addressing: &str, endpoint: &str) -> Addresser {
         let text = format!(
             "[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naddressing = \"{addressing}\"\n\
              [buckets.a]\nbucket = \"my-bucket\"\n[[rules]]\nbucket = \"a\"\nallow = \"public\"\n"
@@ -657,12 +741,13 @@ mod tests {
         let config =
             Config::from_toml(&text, std::path::Path::new("."), &env, &crate::check_config)
                 .unwrap();
-        S3Client::new(&config, Arc::new(Metrics::new())).unwrap()
+        Addresser::new(&config.s3)
     }
 
     #[test]
     fn object_urls_for_both_addressing_styles() {
         let object = S3Object {
+            store: "s3".into(),
             bucket: "my-bucket".into(),
             key: "dir/a b+c%d~é.txt".into(),
         };
@@ -677,7 +762,7 @@ mod tests {
             "https://my-bucket.s3.eu-west-1.amazonaws.com/dir/a%20b%2Bc%25d~%C3%A9.txt"
         );
         assert_eq!(
-            virt.addresser.bucket_url("my-bucket").as_str(),
+            virt.bucket_url("my-bucket").as_str(),
             "https://my-bucket.s3.eu-west-1.amazonaws.com/"
         );
     }
@@ -712,6 +797,7 @@ mod tests {
 
     fn object(bucket: &str) -> S3Object {
         S3Object {
+            store: "s3".into(),
             bucket: bucket.into(),
             key: "k/a.png".into(),
         }
@@ -817,15 +903,16 @@ mod tests {
             let in_path = url.path().starts_with(&format!("/{bucket}/"));
             proptest::prop_assert!(in_host || in_path, "{}", url);
             let _ = addresser.bucket_url(&bucket);
-            let signer = sigv4::Signer::new(
+            let keys = credentials::Keys::from_config(
                 &crate::config::AwsCredentials {
                     access_key_id: "a".into(),
                     secret_access_key: "b".into(),
                     session_token: None,
                 },
-                "us-east-1",
+                "test",
             );
-            let presigned = signer.presign(&Method::GET, &url, &[], SystemTime::now(), Duration::from_secs(60));
+            let signer = sigv4::Signer::new("us-east-1");
+            let presigned = signer.presign(&keys, &Method::GET, &url, &[], SystemTime::now(), Duration::from_secs(60));
             proptest::prop_assert!(presigned.is_ok());
         }
     }

@@ -3,18 +3,16 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation,
     SigningSettings, UriPathNormalizationMode, sign,
 };
 use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use http::{HeaderMap, HeaderValue, Method};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 
-use crate::config::AwsCredentials;
+use super::credentials::Keys;
 
 /// Query values keep only RFC 3986 unreserved characters, as SigV4's canonical form does.
 pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -37,25 +35,22 @@ pub enum Payload<'a> {
 #[error("signing failed: {0}")]
 pub struct SignError(String);
 
-/// Everything signing needs besides the request.
+impl SignError {
+    pub(crate) fn new(message: String) -> SignError {
+        SignError(message)
+    }
+}
+
+/// Everything signing needs besides the request and the keys.
 #[derive(Clone)]
 pub struct Signer {
-    identity: Identity,
     region: String,
 }
 
 impl Signer {
-    /// A signer for `region` with `credentials`.
-    pub fn new(credentials: &AwsCredentials, region: &str) -> Signer {
-        let credentials = Credentials::new(
-            &credentials.access_key_id,
-            &credentials.secret_access_key,
-            credentials.session_token.clone(),
-            None,
-            "s3warden",
-        );
+    /// A signer for `region`.
+    pub fn new(region: &str) -> Signer {
         Signer {
-            identity: credentials.into(),
             region: region.to_owned(),
         }
     }
@@ -64,6 +59,7 @@ impl Signer {
     /// `headers`, which must already hold every other header that will be sent and signed.
     pub fn sign_headers(
         &self,
+        keys: &Keys,
         method: &Method,
         url: &Url,
         headers: &mut HeaderMap,
@@ -81,7 +77,7 @@ impl Signer {
         let signable = SignableRequest::new(method.as_str(), url.as_str(), pairs.into_iter(), body)
             .map_err(|e| SignError(e.to_string()))?;
         let settings = s3_settings();
-        let params = self.params(settings, time)?;
+        let params = self.params(keys, settings, time)?;
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| SignError(e.to_string()))?
             .into_parts();
@@ -100,6 +96,7 @@ impl Signer {
     /// same URL, which is what makes windowed URLs stable.
     pub fn presign(
         &self,
+        keys: &Keys,
         method: &Method,
         url: &Url,
         headers: &[(&str, &str)],
@@ -116,7 +113,7 @@ impl Signer {
         let mut settings = s3_settings();
         settings.signature_location = SignatureLocation::QueryParams;
         settings.expires_in = Some(expires);
-        let params = self.params(settings, time)?;
+        let params = self.params(keys, settings, time)?;
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| SignError(e.to_string()))?
             .into_parts();
@@ -135,13 +132,14 @@ impl Signer {
         Ok(out)
     }
 
-    fn params(
-        &self,
+    fn params<'a>(
+        &'a self,
+        keys: &'a Keys,
         settings: SigningSettings,
         time: SystemTime,
-    ) -> Result<aws_sigv4::http_request::SigningParams<'_>, SignError> {
+    ) -> Result<aws_sigv4::http_request::SigningParams<'a>, SignError> {
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&keys.identity)
             .region(&self.region)
             .name("s3")
             .time(time)
@@ -165,16 +163,21 @@ fn s3_settings() -> SigningSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AwsCredentials;
 
-    fn signer() -> Signer {
-        Signer::new(
+    fn keys() -> Keys {
+        Keys::from_config(
             &AwsCredentials {
                 access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
                 secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
                 session_token: None,
             },
-            "us-east-1",
+            "test",
         )
+    }
+
+    fn signer() -> Signer {
+        Signer::new("us-east-1")
     }
 
     #[test]
@@ -185,7 +188,14 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert("range", HeaderValue::from_static("bytes=0-9"));
             signer()
-                .sign_headers(&Method::GET, &url, &mut headers, Payload::Bytes(b""), time)
+                .sign_headers(
+                    &keys(),
+                    &Method::GET,
+                    &url,
+                    &mut headers,
+                    Payload::Bytes(b""),
+                    time,
+                )
                 .unwrap();
             headers
         };
@@ -205,18 +215,20 @@ mod tests {
 
     #[test]
     fn session_tokens_are_sent_and_signed() {
-        let signer = Signer::new(
+        let signer = Signer::new("eu-west-1");
+        let keys = Keys::from_config(
             &AwsCredentials {
                 access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
                 secret_access_key: "secret".into(),
                 session_token: Some("the-session-token".into()),
             },
-            "eu-west-1",
+            "test",
         );
         let url = Url::parse("https://bucket.s3.eu-west-1.amazonaws.com/a.txt").unwrap();
         let mut headers = HeaderMap::new();
         signer
             .sign_headers(
+                &keys,
                 &Method::GET,
                 &url,
                 &mut headers,
@@ -234,12 +246,11 @@ mod tests {
     fn presigned_urls_depend_only_on_their_inputs() {
         let url = Url::parse("http://127.0.0.1:9000/bucket/a%20b.jpg").unwrap();
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let a = signer()
-            .presign(&Method::GET, &url, &[], time, Duration::from_secs(3600))
-            .unwrap();
-        let b = signer()
-            .presign(&Method::GET, &url, &[], time, Duration::from_secs(3600))
-            .unwrap();
+        let presign = || {
+            let hour = Duration::from_secs(3600);
+            (signer().presign(&keys(), &Method::GET, &url, &[], time, hour)).unwrap()
+        };
+        let (a, b) = (presign(), presign());
         assert_eq!(a, b);
         assert!(a.contains("X-Amz-Date=20231114T221320Z"));
         assert!(a.contains("X-Amz-Expires=3600"));
@@ -249,6 +260,7 @@ mod tests {
         assert!(a.starts_with("http://127.0.0.1:9000/bucket/a%20b.jpg?X-Amz-"));
         let later = signer()
             .presign(
+                &keys(),
                 &Method::GET,
                 &url,
                 &[],

@@ -10,7 +10,7 @@ use reqwest::Url;
 use tokio::sync::Notify;
 
 use super::sigv4::Payload;
-use super::{S3Client, S3Error};
+use super::{S3Client, S3Error, Upstream};
 use crate::config::Acl;
 use crate::policy::{Delete, Permit, Write};
 use crate::server::ByteStream;
@@ -62,10 +62,11 @@ impl S3Client {
         len: u64,
         options: &PutOptions,
     ) -> Result<Option<HeaderValue>, S3Error> {
+        let up = self.upstream(permit.object())?;
         let mut headers = options.headers();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        let url = self.object_url(permit.object());
-        let response = self.send_streaming(Method::PUT, url, headers, body).await?;
+        let url = up.object_url(permit.object());
+        let response = up.send_streaming(Method::PUT, url, headers, body).await?;
         Ok(response.headers().get(header::ETAG).cloned())
     }
 
@@ -76,8 +77,9 @@ impl S3Client {
         bytes: Bytes,
         options: &PutOptions,
     ) -> Result<Option<HeaderValue>, S3Error> {
-        let url = self.object_url(permit.object());
-        let response = self
+        let up = self.upstream(permit.object())?;
+        let url = up.object_url(permit.object());
+        let response = up
             .send(
                 Method::PUT,
                 url,
@@ -91,7 +93,8 @@ impl S3Client {
 
     /// DeleteObject.
     pub async fn delete(&self, permit: &Permit<Delete>) -> Result<(), S3Error> {
-        self.send_delete(self.object_url(permit.object())).await
+        let up = self.upstream(permit.object())?;
+        up.send_delete(up.object_url(permit.object())).await
     }
 
     /// CreateMultipartUpload; returns the upload id.
@@ -100,9 +103,10 @@ impl S3Client {
         permit: &Permit<Write>,
         options: &PutOptions,
     ) -> Result<String, S3Error> {
-        let mut url = self.object_url(permit.object());
+        let up = self.upstream(permit.object())?;
+        let mut url = up.object_url(permit.object());
         url.set_query(Some("uploads"));
-        let response = self
+        let response = up
             .send(
                 Method::POST,
                 url,
@@ -111,7 +115,7 @@ impl S3Client {
                 None,
             )
             .await?;
-        let text = self.read_small(response).await?;
+        let text = up.read_small(response).await?;
         super::xml::answer(&text)
             .upload_id
             .ok_or_else(|| S3Error::Unreachable("no UploadId in answer".into()))
@@ -125,15 +129,16 @@ impl S3Client {
         number: u32,
         bytes: Bytes,
     ) -> Result<UploadedPart, S3Error> {
+        let up = self.upstream(permit.object())?;
         let number_text = number.to_string();
-        let url = self.multipart_url(
+        let url = up.multipart_url(
             permit,
             &[
                 ("partNumber", number_text.as_str()),
                 ("uploadId", upload_id),
             ],
         );
-        let response = self
+        let response = up
             .send(
                 Method::PUT,
                 url,
@@ -160,10 +165,11 @@ impl S3Client {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> Result<Option<HeaderValue>, S3Error> {
-        let url = self.multipart_url(permit, &[("uploadId", upload_id)]);
+        let up = self.upstream(permit.object())?;
+        let url = up.multipart_url(permit, &[("uploadId", upload_id)]);
         let xml = super::xml::complete_multipart(parts.iter().map(|p| (p.number, p.etag.as_str())));
         let body = Bytes::from(xml);
-        let response = self
+        let response = up
             .send(
                 Method::POST,
                 url,
@@ -173,7 +179,7 @@ impl S3Client {
             )
             .await?;
         // S3 may answer 200 and still report an error in the body.
-        let answer = super::xml::answer(&self.read_small(response).await?);
+        let answer = super::xml::answer(&up.read_small(response).await?);
         if let Some(code) = answer.code {
             return Err(S3Error::Status {
                 status: http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,10 +195,13 @@ impl S3Client {
         permit: &Permit<Write>,
         upload_id: &str,
     ) -> Result<(), S3Error> {
-        self.send_delete(self.multipart_url(permit, &[("uploadId", upload_id)]))
+        let up = self.upstream(permit.object())?;
+        up.send_delete(up.multipart_url(permit, &[("uploadId", upload_id)]))
             .await
     }
+}
 
+impl Upstream {
     async fn send_delete(&self, url: Url) -> Result<(), S3Error> {
         let (headers, payload) = (HeaderMap::new(), Payload::Bytes(b""));
         self.send(Method::DELETE, url, headers, payload, None)

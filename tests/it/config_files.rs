@@ -3,7 +3,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use s3warden::config::{Config, ConfigError, Environment};
+use s3warden::config::{AwsCredentials, Config, ConfigError, Environment};
+
+/// The default store's keys, read from the config's sources.
+fn aws(c: &Config) -> &AwsCredentials {
+    c.secrets.aws["s3"].keys().expect("keys from the config")
+}
 
 fn config_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
@@ -180,15 +185,31 @@ fn missing_secret_files_are_reported_when_loading() {
         e.contains("auth.hmac_secret_file") && e.contains("missing-secret"),
         "{e}"
     );
-    let e = Config::from_toml(
+    // No keys configured anywhere: the AWS default chain provides them at run time.
+    let c = Config::from_toml(
         MINIMAL,
         Path::new("."),
         &Environment::default(),
         &s3warden::check_config,
     )
+    .unwrap();
+    assert!(matches!(
+        c.secrets.aws["s3"],
+        s3warden::config::AwsSource::DefaultChain { profile: None }
+    ));
+    // Half a key pair in the environment is a problem, not a fall-through to the chain.
+    let e = Config::from_toml(
+        MINIMAL,
+        Path::new("."),
+        &Environment::from_pairs([("AWS_ACCESS_KEY_ID", "a")]),
+        &s3warden::check_config,
+    )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("no S3 credentials"), "{e}");
+    assert!(
+        e.contains("incomplete S3 credentials in the environment"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -240,6 +261,12 @@ fn check_config_exits_non_zero_and_prints_every_problem() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It says where the S3 keys come from (never the keys).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("s3: S3 credentials from environment\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -257,13 +284,13 @@ fn s3_credentials_from_files_environment_or_systemd() {
         ("AWS_SECRET_ACCESS_KEY", "envsecret"),
     ]);
     let c = Config::from_toml(&with_files, dir.path(), &env, &s3warden::check_config).unwrap();
-    assert_eq!(c.secrets.aws.access_key_id, "FILEID");
-    assert_eq!(c.secrets.aws.secret_access_key, "filesecret");
-    assert_eq!(c.secrets.aws.session_token.as_deref(), Some("filetoken"));
+    assert_eq!(aws(&c).access_key_id, "FILEID");
+    assert_eq!(aws(&c).secret_access_key, "filesecret");
+    assert_eq!(aws(&c).session_token.as_deref(), Some("filetoken"));
 
     let c = Config::from_toml(MINIMAL, dir.path(), &env, &s3warden::check_config).unwrap();
-    assert_eq!(c.secrets.aws.access_key_id, "ENVID");
-    assert_eq!(c.secrets.aws.session_token, None);
+    assert_eq!(aws(&c).access_key_id, "ENVID");
+    assert_eq!(aws(&c).session_token, None);
 
     let creds = dir.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
@@ -271,8 +298,8 @@ fn s3_credentials_from_files_environment_or_systemd() {
     std::fs::write(creds.join("aws_secret_access_key"), "credsecret").unwrap();
     let env = Environment::from_pairs([("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
     let c = Config::from_toml(MINIMAL, dir.path(), &env, &s3warden::check_config).unwrap();
-    assert_eq!(c.secrets.aws.access_key_id, "CREDID");
-    assert_eq!(c.secrets.aws.secret_access_key, "credsecret");
+    assert_eq!(aws(&c).access_key_id, "CREDID");
+    assert_eq!(aws(&c).secret_access_key, "credsecret");
 }
 
 #[test]
@@ -340,8 +367,8 @@ fn a_key_pair_never_takes_a_session_token_from_another_source() {
     // A stale token in the environment does not pair with keys from files.
     let env = Environment::from_pairs([("AWS_SESSION_TOKEN", "stale-env-token")]);
     let c = Config::from_toml(&with_files, dir.path(), &env, &s3warden::check_config).unwrap();
-    assert_eq!(c.secrets.aws.access_key_id, "FILEID");
-    assert_eq!(c.secrets.aws.session_token, None);
+    assert_eq!(aws(&c).access_key_id, "FILEID");
+    assert_eq!(aws(&c).session_token, None);
     // Nor with keys from systemd credentials.
     let creds = dir.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
@@ -352,8 +379,8 @@ fn a_key_pair_never_takes_a_session_token_from_another_source() {
         ("AWS_SESSION_TOKEN", "stale-env-token"),
     ]);
     let c = Config::from_toml(MINIMAL, dir.path(), &env, &s3warden::check_config).unwrap();
-    assert_eq!(c.secrets.aws.access_key_id, "CREDID");
-    assert_eq!(c.secrets.aws.session_token, None);
+    assert_eq!(aws(&c).access_key_id, "CREDID");
+    assert_eq!(aws(&c).session_token, None);
     // Half a pair of key files is a problem, not a fall-through to the environment.
     let half = MINIMAL.replace(
         "region = \"us-east-1\"\n",

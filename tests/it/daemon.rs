@@ -51,13 +51,13 @@ impl Launch {
         }
     }
 
-    fn env(mut self, k: &str, v: &str) -> Launch {
+    pub(crate) fn env(mut self, k: &str, v: &str) -> Launch {
         self.env.retain(|(name, _)| name != k);
         self.env.push((k.into(), v.into()));
         self
     }
 
-    fn without_env(mut self, k: &str) -> Launch {
+    pub(crate) fn without_env(mut self, k: &str) -> Launch {
         self.env.retain(|(name, _)| name != k);
         self
     }
@@ -80,7 +80,7 @@ impl Launch {
         self.start_with(dir, s3).await
     }
 
-    async fn start_with(self, dir: tempfile::TempDir, s3: Arc<EmbeddedS3>) -> Daemon {
+    pub(crate) async fn start_with(self, dir: tempfile::TempDir, s3: Arc<EmbeddedS3>) -> Daemon {
         let (port, admin, configured) = (free_port(), free_port(), free_port());
         // Socket activation: systemd holds `port`; the config names another one, never bound.
         let listen = if self.socket_activated {

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use reqwest::Method;
-use s3warden::config::AwsCredentials;
+use s3warden::config::{AwsCredentials, AwsSource};
+use s3warden::s3::credentials::Keys;
 use s3warden::s3::sigv4::{Payload, Signer};
 use serde_json::json;
 
@@ -21,18 +22,19 @@ async fn the_test_s3_rejects_wrong_signatures() {
         let url = url.clone();
         let http = h.http.clone();
         async move {
-            let signer = Signer::new(
+            let keys = Keys::from_config(
                 &AwsCredentials {
                     access_key_id: ACCESS_KEY.into(),
                     secret_access_key: secret.into(),
                     session_token: None,
                 },
-                "us-east-1",
+                "test",
             );
             let mut headers = http::HeaderMap::new();
             headers.insert("range", "bytes=0-1".parse().unwrap());
-            signer
+            Signer::new("us-east-1")
                 .sign_headers(
+                    &keys,
                     &Method::GET,
                     &url,
                     &mut headers,
@@ -67,11 +69,18 @@ async fn wrong_s3_credentials_are_a_502_without_detail() {
     h.put("keys/a.txt", b"hello");
     // A second app, same S3, wrong secret.
     let mut config = (*h.app.config()).clone();
-    config.secrets.aws = AwsCredentials {
+    let credentials = AwsCredentials {
         access_key_id: ACCESS_KEY.into(),
         secret_access_key: "wrong".into(),
         session_token: None,
     };
+    (config.secrets.aws).insert(
+        "s3".into(),
+        AwsSource::Keys {
+            credentials,
+            origin: "test",
+        },
+    );
     let app = s3warden::App::new(config).await.unwrap();
     let request = http::Request::get("/files/keys/a.txt")
         .header("authorization", format!("Bearer {}", token("alice")))

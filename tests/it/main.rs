@@ -9,6 +9,7 @@ mod cache;
 mod common;
 mod config_files;
 mod content;
+mod credentials;
 mod daemon;
 mod demo;
 mod exhaustion;

@@ -8,6 +8,19 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Reads a request head (up to its blank line); `None` when the peer goes first.
+pub async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 8192];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 pub struct JwksServer {
     pub addr: SocketAddr,
     document: Arc<Mutex<Option<String>>>,
@@ -27,13 +40,8 @@ impl JwksServer {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (doc, count) = (doc.clone(), count.clone());
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if read_head(&mut socket).await.is_none() {
+                        return;
                     }
                     count.fetch_add(1, Ordering::SeqCst);
                     let body = doc.lock().unwrap().clone();

@@ -2,6 +2,7 @@
 //! config assembled per test, real signed tokens, and a raw HTTP client for paths that URL
 //! libraries would normalize.
 
+pub mod credentials;
 pub mod faults;
 pub mod h2raw;
 pub mod jwks;
@@ -553,8 +554,10 @@ pub async fn put_to_s3(s3: &EmbeddedS3, key: &str, bytes: &[u8], headers: &[(&st
         secret_access_key: SECRET_KEY.into(),
         session_token: None,
     };
-    Signer::new(&credentials, "us-east-1")
+    let keys = s3warden::s3::credentials::Keys::from_config(&credentials, "test");
+    Signer::new("us-east-1")
         .sign_headers(
+            &keys,
             &http::Method::PUT,
             &url,
             &mut map,
