@@ -254,3 +254,38 @@ async fn expired_keys_that_cannot_be_refreshed_are_a_503_and_not_ready_until_the
     let logs = d.logs();
     assert_eq!(logs.matches(says_why).count(), 1, "one line:\n{logs}");
 }
+
+#[tokio::test]
+async fn s3_urls_signed_with_temporary_keys_say_when_they_stop_working() {
+    let (issuer, _imds, d) = launch_on_instance_role().await;
+    d.s3.put(BUCKET, "photos/a.png", b"png").unwrap();
+    let sign = |kind: &'static str| {
+        let body = serde_json::json!({"bucket": "files", "keys": ["photos/a.png"], "kind": kind});
+        let url = d.url.clone();
+        async move { sign_urls(&url, &token("alice"), body).await }
+    };
+    let expiry =
+        |v: &serde_json::Value| humantime::parse_rfc3339(v["expires"].as_str().unwrap()).unwrap();
+    // An S3 URL dies with the session that signed it: the answer says so.
+    let s3 = sign("s3").await;
+    let url = s3["items"][0]["url"].as_str().unwrap();
+    assert!(url.contains("X-Amz-Security-Token="), "{url}");
+    let key = (issuer.issued().into_iter())
+        .find(|k| url.contains(&format!("X-Amz-Credential={}%2F", k.id)))
+        .expect("signed with an issued key");
+    assert_eq!(expiry(&s3), key.expires, "{s3}");
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), "png");
+    // A proxy URL does not depend on S3 keys: it lives to its window's end.
+    let proxy = sign("proxy").await;
+    assert!(
+        expiry(&proxy) > SystemTime::now() + Duration::from_secs(3600),
+        "{proxy}"
+    );
+    assert!(
+        d.logs().contains("use kind \"proxy\" URLs with roles"),
+        "{}",
+        d.logs()
+    );
+}

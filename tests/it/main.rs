@@ -17,4 +17,5 @@ mod fleet;
 mod foundation;
 mod protection;
 mod signing;
+mod stores;
 mod upload;
