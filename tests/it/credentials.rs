@@ -117,7 +117,23 @@ async fn keys_rotate_without_a_failed_request(issuer: &Issuer, d: &Daemon, sourc
 #[tokio::test]
 async fn instance_role_keys_rotate_without_a_failed_request() {
     let (issuer, imds, d) = launch_on_instance_role().await;
-    keys_rotate_without_a_failed_request(&issuer, &d, "instance metadata (IMDSv2)").await;
+    // A reload in the middle keeps the keys and their refresh: nothing fails around it.
+    let reload = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        d.signal("HUP");
+    };
+    let ((), ()) = tokio::join!(
+        reload,
+        keys_rotate_without_a_failed_request(&issuer, &d, "instance metadata (IMDSv2)")
+    );
+    let logs = d.logs();
+    assert!(logs.contains("configuration reloaded"), "{logs}");
+    assert_eq!(
+        logs.matches("S3 credentials from the AWS default chain")
+            .count(),
+        1,
+        "the reload kept the keys it had:\n{logs}"
+    );
     // check-config says where the keys come from, never the keys.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_s3warden"))
         .args(["check-config", "--config"])
