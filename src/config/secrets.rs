@@ -219,6 +219,7 @@ impl Secrets {
         // [s3]) the AWS_* environment, then systemd credentials. A token is never taken from
         // another source than its key pair.
         let key = |name: &str| format!("{id}.{name}");
+        let problems_before = problems.len();
         let mut read = |key: &str, path: &Path| -> Option<String> {
             read_file(key, path)
                 .map_err(|p| problems.push(p))
@@ -285,6 +286,8 @@ impl Secrets {
                     origin,
                 }
             }
+            // A file that could not be read is reported already.
+            _ if problems.len() > problems_before => AwsSource::DefaultChain { profile: None },
             _ => {
                 problems.push(problem(
                     &key("access_key_id_file"),

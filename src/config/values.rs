@@ -186,6 +186,17 @@ fn validate_store(id: &str, store: &S3Config, v: &mut Validator) {
             format!("not set: give {id}.region or AWS_REGION"),
         );
     }
+    let key_files = [
+        &store.access_key_id_file,
+        &store.secret_access_key_file,
+        &store.session_token_file,
+    ];
+    if store.profile.is_some() && key_files.iter().any(|f| f.is_some()) {
+        v.problem(
+            key("profile"),
+            "the key files would be used, never the profile: set one or the other",
+        );
+    }
     v.positive(store.connect_timeout, &key("connect_timeout"));
     v.positive(store.timeout, &key("timeout"));
     v.check(store.retries <= 10, &key("retries"), "must be 10 or fewer");

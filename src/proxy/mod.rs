@@ -197,8 +197,8 @@ impl App {
         Ok(())
     }
 
-    /// True when token keys are loaded, every store has usable credentials and every
-    /// configured bucket answers.
+    /// True when token keys are loaded and every configured bucket's store has usable
+    /// credentials and answers for the bucket.
     pub async fn ready(&self) -> Result<(), String> {
         let live = self.inner.live.load_full();
         let auth = &live.config.auth;
@@ -209,11 +209,11 @@ impl App {
         if needs_keys && !live.verifier.has_keys() {
             return Err("no token verification keys loaded".into());
         }
-        for (_, store) in live.stores.iter() {
-            store.keyring.current(SystemTime::now())?;
-        }
         for b in live.config.buckets.values() {
             let store = Config::store_of(b);
+            if let Some(s) = live.stores.get(&store) {
+                s.keyring.current(SystemTime::now())?;
+            }
             if let Err(e) = live.s3.probe_bucket(&store, &b.bucket).await {
                 return Err(format!("bucket {}: {e}", b.bucket));
             }

@@ -293,6 +293,7 @@ impl Refresh {
                             "S3 credentials from the AWS default chain"
                         );
                     }
+                    tracing::debug!(store = %store, "S3 credentials refreshed");
                     inner.held.store(Some(Arc::new(keys)));
                 }
                 if self.failures > 0 {

@@ -155,7 +155,8 @@ async fn a_reload_moves_an_alias_to_another_store() {
 #[test]
 fn check_config_names_unknown_stores_and_incomplete_ones() {
     let text = "[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\n\n\
-         [stores.eu]\nendpoint = \"http://10.0.0.5:9000\"\n\n\
+         [stores.eu]\nendpoint = \"http://10.0.0.5:9000\"\nprofile = \"eu\"\n\
+         access_key_id_file = \"id\"\nsecret_access_key_file = \"secret\"\n\n\
          [buckets.a]\nbucket = \"bucket-a\"\nstore = \"eu\"\n\n\
          [buckets.b]\nbucket = \"bucket-b\"\nstore = \"nowhere\"\n\n\
          [[rules]]\nbucket = \"a\"\nallow = \"public\"\n";
@@ -173,6 +174,10 @@ fn check_config_names_unknown_stores_and_incomplete_ones() {
         "{e}"
     );
     assert!(e.contains("stores.eu.region: not set"), "{e}");
+    assert!(
+        e.contains("stores.eu.profile: the key files would be used, never the profile"),
+        "{e}"
+    );
     let line = text
         .lines()
         .position(|l| l == "store = \"nowhere\"")
