@@ -260,3 +260,38 @@ async fn fleet_behind(kind: Kind) {
         "fleet behind {kind:?}: after stopping one instance, {moved} extra S3 GETs for its {mb} objects"
     );
 }
+
+#[tokio::test]
+async fn an_s3_outage_behind_nginx_is_not_retried_on_another_instance() {
+    if !tools_installed(&[NGINX]) {
+        return;
+    }
+    // Every instance's S3 answers 503: an instance's own retries are all S3 should see.
+    let s3 = crate::common::faults::FaultyUpstream::start(
+        crate::common::faults::Fault::ServiceUnavailable,
+    )
+    .await;
+    let setup = || {
+        Setup::default()
+            .endpoint(&s3.endpoint())
+            .set("s3.retries", "1")
+    };
+    let (a, b, c) = (
+        setup().start().await,
+        setup().start().await,
+        setup().start().await,
+    );
+    let lb = Balancer::start(Kind::Nginx, &[a.addr.port(), b.addr.port(), c.addr.port()]).await;
+    let r = client()
+        .get(format!("{}/files/{}", lb.url, key(1)))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        s3.requests(),
+        2,
+        "one instance asked S3 (a try and a retry); no second instance was sent to S3 again"
+    );
+}
