@@ -404,6 +404,9 @@ pub struct CorsConfig {
     /// How long browsers may cache a preflight answer.
     #[serde(default = "default_cors_max_age", deserialize_with = "de_duration")]
     pub max_age: Duration,
+    /// Request headers cross-origin pages may send, besides the default list.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
 }
 
 /// Log line format.
@@ -474,7 +477,7 @@ fn default_jwks_cooldown() -> Duration {
     Duration::from_secs(30)
 }
 fn default_cookie() -> String {
-    "session".to_owned()
+    "s3warden_token".to_owned()
 }
 fn default_space_separated_claims() -> Vec<String> {
     vec!["scope".to_owned(), "scp".to_owned()]

@@ -1,12 +1,14 @@
 //! CORS for browser apps on other origins, and the CSRF rule for cookie-authenticated writes.
 
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::config::{Config, Validator};
 use crate::error::ProxyError;
 use crate::server::Body;
 
-/// Request headers a cross-origin page may send.
+/// Request headers a cross-origin page may send, before `cors.allowed_headers`: what s3warden
+/// reads, and what front-end libraries and tracing add to every request (s3warden ignores
+/// those).
 const ALLOWED_REQUEST_HEADERS: &[&str] = &[
     "authorization",
     "content-type",
@@ -16,19 +18,31 @@ const ALLOWED_REQUEST_HEADERS: &[&str] = &[
     "if-range",
     "x-acl",
     "x-amz-acl",
+    "x-requested-with",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Response headers a cross-origin page may read.
 const EXPOSED: &str =
     "ETag, Last-Modified, Content-Length, Content-Range, Content-Type, X-Cache, Location";
 
-/// What CORS needs of `[cors]`: origins, each `scheme://host[:port]`.
+/// What CORS needs of `[cors]`: origins, each `scheme://host[:port]`, and header names.
 pub(crate) fn check(config: &Config, v: &mut Validator) {
     for (i, origin) in config.cors.allowed_origins.iter().enumerate() {
         if !is_valid_origin(origin) {
             v.problem(
                 format!("cors.allowed_origins[{i}]"),
                 "must be an origin like \"https://app.example.com\" (scheme, host, optional port; no path)",
+            );
+        }
+    }
+    for (i, name) in config.cors.allowed_headers.iter().enumerate() {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            v.problem(
+                format!("cors.allowed_headers[{i}]"),
+                format!("{name:?} is not a header name"),
             );
         }
     }
@@ -45,6 +59,8 @@ fn is_valid_origin(origin: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Cors {
     allowed: Vec<String>,
+    /// Request headers a preflight may ask for, lowercase.
+    request_headers: Vec<String>,
     /// Origins whose cookie-authenticated writes are accepted: the allowed ones and our own.
     same_site: Vec<String>,
     max_age: HeaderValue,
@@ -57,8 +73,18 @@ impl Cors {
         if let Ok(url) = reqwest::Url::parse(&config.public_url()) {
             same_site.push(url.origin().ascii_serialization());
         }
+        let request_headers = (ALLOWED_REQUEST_HEADERS.iter().map(|h| h.to_string()))
+            .chain(
+                config
+                    .cors
+                    .allowed_headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase()),
+            )
+            .collect();
         Cors {
             allowed: config.cors.allowed_origins.clone(),
+            request_headers,
             same_site,
             max_age: HeaderValue::from(config.cors.max_age.as_secs()),
         }
@@ -107,10 +133,7 @@ impl Cors {
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        if let Some(bad) = wanted
-            .iter()
-            .find(|h| !ALLOWED_REQUEST_HEADERS.contains(&h.as_str()))
-        {
+        if let Some(bad) = wanted.iter().find(|h| !self.request_headers.contains(h)) {
             tracing::debug!(header = %bad, "preflight asked for a header that is not allowed");
             return Err(ProxyError::Forbidden);
         }
@@ -133,7 +156,7 @@ impl Cors {
             );
         }
         h.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        // `decorate` adds `Vary: Origin` on the way out.
         Ok(response)
     }
 
@@ -143,7 +166,13 @@ impl Cors {
         if self.allowed.is_empty() {
             return;
         }
-        response.append(header::VARY, HeaderValue::from_static("Origin"));
+        let varies = (response.get_all(header::VARY).iter())
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|name| name.trim().eq_ignore_ascii_case("origin"));
+        if !varies {
+            response.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         if let Some(origin) = self.allowed_origin(request) {
             response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             response.insert(

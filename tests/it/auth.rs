@@ -426,7 +426,7 @@ async fn a_good_header_token_with_a_bad_query_token_is_refused() {
         .http
         .get(h.object_url("photos/a.png"))
         .bearer_auth("bad.bad.bad")
-        .header("cookie", format!("session={}", token("alice")))
+        .header("cookie", format!("s3warden_token={}", token("alice")))
         .send()
         .await
         .unwrap();
@@ -441,7 +441,7 @@ async fn cookie_tokens_work() {
         .get(h.object_url("photos/a.png"))
         .header(
             "cookie",
-            format!("theme=dark; session={}; other=1", token("alice")),
+            format!("theme=dark; s3warden_token={}; other=1", token("alice")),
         )
         .send()
         .await
@@ -456,6 +456,26 @@ async fn cookie_tokens_work() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // An application's own `session` cookie on the same domain changes nothing: not beside a
+    // good header token, not on a public object.
+    let r = h
+        .http
+        .get(h.object_url("photos/a.png"))
+        .bearer_auth(token("alice"))
+        .header("cookie", "session=the-apps-own-session-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    h.put("public/p.txt", b"p");
+    let r = h
+        .http
+        .get(h.object_url("public/p.txt"))
+        .header("cookie", "session=the-apps-own-session-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -647,6 +667,7 @@ async fn cors_preflight_allowed_and_refused() {
             .contains("authorization")
     );
     assert_eq!(hd["vary"], "Origin");
+    assert_eq!(hd.get_all("vary").iter().count(), 1, "{hd:?}");
 
     let refused = preflight("https://evil.example", "GET", "authorization").await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
@@ -689,6 +710,7 @@ async fn cors_preflight_allowed_and_refused() {
         .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
     assert_eq!(r.headers()["vary"], "Origin");
+    assert_eq!(r.headers().get_all("vary").iter().count(), 1);
     assert_eq!(
         h.s3_log().total("GET"),
         1,
@@ -697,12 +719,39 @@ async fn cors_preflight_allowed_and_refused() {
 }
 
 #[tokio::test]
+async fn preflights_allow_common_headers_and_configured_ones() {
+    let h = Setup::default()
+        .set("cors.allowed_origins", "[\"https://app.example.com\"]")
+        .set("cors.allowed_headers", "[\"X-Tenant\"]")
+        .start()
+        .await;
+    let preflight = |headers: &'static str| {
+        let req = h
+            .http
+            .request(reqwest::Method::OPTIONS, h.object_url("photos/a.png"))
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", headers);
+        async move { req.send().await.unwrap().status() }
+    };
+    for asked in [
+        "x-requested-with",
+        "traceparent, tracestate",
+        "x-request-id",
+        "authorization, x-tenant",
+    ] {
+        assert_eq!(preflight(asked).await, StatusCode::NO_CONTENT, "{asked}");
+    }
+    assert_eq!(preflight("x-other").await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn cookie_authenticated_put_without_an_allowed_origin_is_403() {
     let h = Setup::default()
         .set("cors.allowed_origins", "[\"https://app.example.com\"]")
         .start()
         .await;
-    let cookie = format!("session={}", token("alice"));
+    let cookie = format!("s3warden_token={}", token("alice"));
     for origin in [None, Some("https://evil.example"), Some("null")] {
         let mut req = h
             .http

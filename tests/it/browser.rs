@@ -227,7 +227,7 @@ async fn set_session_cookie(browser: &Client, api: &str, token: &str) {
     browser.goto(&format!("{api}/_health")).await.unwrap();
     browser
         .execute(
-            "document.cookie = 'session=' + arguments[0] + '; path=/'",
+            "document.cookie = 's3warden_token=' + arguments[0] + '; path=/'",
             vec![json!(token)],
         )
         .await

@@ -472,7 +472,7 @@ async fn cookie_uploads_need_an_allowed_origin() {
         .set("cors.allowed_origins", "[\"https://app.example.com\"]")
         .start()
         .await;
-    let cookie = format!("session={}", token("alice"));
+    let cookie = format!("s3warden_token={}", token("alice"));
     let send = |origin: Option<&'static str>| {
         let mut req = h
             .http
