@@ -3,11 +3,13 @@
 //! browser), and with `admin.token_file` it wants a bearer token for everything but the probes.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
 
 use crate::App;
 use crate::server::Body;
@@ -15,7 +17,35 @@ use crate::server::{Handler, text};
 
 /// The admin endpoints of one app.
 #[derive(Clone)]
-pub struct Admin(pub App);
+pub struct Admin {
+    pub(crate) app: App,
+    pub(crate) reloads: Reloads,
+}
+
+/// A reload asked for on the admin listener (`POST /reload`): the daemon loop carries it out,
+/// as for `SIGHUP`, and answers with the outcome.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Where `POST /reload` hands its requests: nowhere until the daemon loop takes them.
+#[derive(Clone, Default)]
+pub(crate) struct Reloads(Arc<Mutex<Option<mpsc::Sender<ReloadRequest>>>>);
+
+impl Reloads {
+    /// From now on, reload requests arrive on the returned receiver.
+    pub(crate) fn accept(&self) -> mpsc::Receiver<ReloadRequest> {
+        let (sender, receiver) = mpsc::channel(4);
+        *self.0.lock().expect("lock not poisoned") = Some(sender);
+        receiver
+    }
+
+    /// Asks for a reload and waits for its outcome.
+    async fn request(&self) -> Option<Result<(), String>> {
+        let sender = self.0.lock().expect("lock not poisoned").clone()?;
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        sender.send(reply).await.ok()?;
+        outcome.await.ok()
+    }
+}
 
 impl Handler for Admin {
     type Connection = ();
@@ -25,10 +55,11 @@ impl Handler for Admin {
         request: Request<Incoming>,
         _connection: (),
     ) -> impl Future<Output = Response<Body>> + Send {
-        let app = self.0.clone();
+        let admin = self.clone();
         async move {
-            let mut response =
-                handle(&app, request.method(), request.uri(), request.headers()).await;
+            let mut response = admin
+                .handle(request.method(), request.uri(), request.headers())
+                .await;
             response.headers_mut().insert(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
@@ -38,8 +69,21 @@ impl Handler for Admin {
     }
 }
 
+impl Admin {
+    /// Answers one admin request.
+    async fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Body> {
+        handle(&self.app, &self.reloads, method, uri, headers).await
+    }
+}
+
 /// Answers one admin request.
-pub async fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Body> {
+async fn handle(
+    app: &App,
+    reloads: &Reloads,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
     let token = app.config().secrets.admin_token.clone();
     if from_a_browser(headers) {
         return error(
@@ -91,6 +135,15 @@ pub async fn handle(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap) 
             );
             response
         }
+        (&Method::POST, "/reload") => match reloads.request().await {
+            Some(Ok(())) => json(StatusCode::OK, serde_json::json!({ "reloaded": true })),
+            Some(Err(why)) => error(StatusCode::UNPROCESSABLE_ENTITY, "reload_refused", &why),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "reloads are served by `s3warden serve` only",
+            ),
+        },
         (&Method::POST, "/cache/purge") => {
             let n = app.purge_all().await;
             json(StatusCode::OK, serde_json::json!({ "purged": n }))
@@ -173,6 +226,48 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     )
 }
 
+/// How long `s3warden reload` waits for the daemon's answer (a reload may fetch JWKS keys and
+/// S3 credentials).
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `s3warden reload`: asks the daemon whose admin listener is at `admin` to reload its config
+/// (`POST /reload`) and waits for the outcome. `Err` says why it was refused or could not be
+/// asked.
+pub async fn reload_daemon(admin: &str, token: Option<&str>) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(RELOAD_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = http.post(format!("{}/reload", admin.trim_end_matches('/')));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| {
+        let why = if e.is_timeout() {
+            format!("no answer within {}s", RELOAD_TIMEOUT.as_secs())
+        } else {
+            crate::s3::error_chain(e)
+        };
+        format!("{admin}: {why}")
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or_default();
+    Err(match status {
+        StatusCode::UNPROCESSABLE_ENTITY => format!("reload refused: {message}"),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            format!("{admin}: {status}: the admin token is missing or wrong (admin.token_file)")
+        }
+        _ => format!("{admin}: {status}: {message}"),
+    })
+}
+
+/// How long `s3warden purge` waits for each instance.
+const PURGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `s3warden purge`: drops objects (or everything) from the caches of running instances,
 /// through each one's admin listener. Returns one line per instance and object; `Err` when any
 /// instance could not be purged.
@@ -183,7 +278,7 @@ pub async fn purge_fleet(
     all: bool,
 ) -> Result<Vec<String>, Vec<String>> {
     let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
+        .timeout(PURGE_TIMEOUT)
         .build()
         .map_err(|e| vec![e.to_string()])?;
     let mut report = Vec::new();
@@ -217,11 +312,23 @@ pub async fn purge_fleet(
                 Ok(r) if r.status().is_success() => report.push(format!("{admin}: purged {what}")),
                 Ok(r) => {
                     failed = true;
-                    report.push(format!("{admin}: {what}: {}", r.status()));
+                    let why = match r.status() {
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                            ": the admin token is missing or wrong (--token-file, admin.token_file)"
+                        }
+                        StatusCode::NOT_FOUND => ": no such bucket alias there",
+                        _ => "",
+                    };
+                    report.push(format!("{admin}: {what}: refused, {}{why}", r.status()));
                 }
                 Err(e) => {
                     failed = true;
-                    report.push(format!("{admin}: {what}: {}", e.without_url()));
+                    let why = if e.is_timeout() {
+                        format!("no answer within {}s", PURGE_TIMEOUT.as_secs())
+                    } else {
+                        crate::s3::error_chain(e)
+                    };
+                    report.push(format!("{admin}: {what}: {why}"));
                 }
             }
         }

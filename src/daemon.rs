@@ -46,13 +46,19 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let running = Running::start(config, public, admin, None).await?;
+    let mut reload_requests = running.accept_reloads();
     tracing::info!(listen = ?running.public_addrs(), admin = %running.admin_addr(), "s3warden ready");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     let watchdog = start_watchdog();
 
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&running, &path).await,
+            _ = hup.recv() => {
+                let _ = reload(&running, &path).await;
+            }
+            Some(reply) = reload_requests.recv() => {
+                let _ = reply.send(reload(&running, &path).await);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -99,8 +105,8 @@ async fn public_listeners(config: &Config) -> Result<Vec<TcpListener>, DaemonErr
     Ok(listeners)
 }
 
-/// Re-reads the config file; a bad one is logged and the running config stays.
-async fn reload(running: &Running, path: &Path) {
+/// Re-reads the config file; a bad one is logged (and returned) and the running config stays.
+async fn reload(running: &Running, path: &Path) -> Result<(), String> {
     notify(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
@@ -111,7 +117,7 @@ async fn reload(running: &Running, path: &Path) {
         running.reload(config).await.map_err(|e| e.to_string())
     }
     .await;
-    match result {
+    match &result {
         Ok(()) => {
             tracing::info!("configuration reloaded");
             notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -124,6 +130,7 @@ async fn reload(running: &Running, path: &Path) {
             ]);
         }
     }
+    result
 }
 
 /// Pings the systemd watchdog at half its interval from the runtime itself, so a wedged

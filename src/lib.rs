@@ -21,7 +21,7 @@ pub mod s3;
 pub(crate) mod server;
 pub(crate) mod urls;
 
-pub use admin::purge_fleet;
+pub use admin::{ReloadRequest, purge_fleet, reload_daemon};
 pub use auth::mint_hs256;
 pub use memfile::raise_descriptor_limit;
 pub use proxy::{App, AppError, Clock};
@@ -67,6 +67,7 @@ pub struct Running {
     tls: Tls,
     public: Server,
     admin: Server,
+    reloads: admin::Reloads,
 }
 
 /// s3warden could not start.
@@ -97,13 +98,26 @@ impl Running {
             None => App::new(config).await?,
         };
         let public = Server::start_tls(public, app.clone(), limits.clone(), tls.clone());
-        let admin = Server::start(vec![admin], Admin(app.clone()), limits);
+        let reloads = admin::Reloads::default();
+        let handler = Admin {
+            app: app.clone(),
+            reloads: reloads.clone(),
+        };
+        let admin = Server::start(vec![admin], handler, limits);
         Ok(Running {
             app,
             tls,
             public,
             admin,
+            reloads,
         })
+    }
+
+    /// Reloads asked for on the admin listener (`POST /reload`, which `s3warden reload` sends)
+    /// arrive here from now on; the caller carries each out and answers with the outcome.
+    /// Until this is called, the admin listener answers them 404.
+    pub fn accept_reloads(&self) -> tokio::sync::mpsc::Receiver<ReloadRequest> {
+        self.reloads.accept()
     }
 
     /// The app being served.

@@ -20,19 +20,37 @@ struct Cli {
     command: Command,
 }
 
+/// `-c PATH` / `--config PATH`, else `S3WARDEN_CONFIG`, else the default path.
+#[derive(clap::Args)]
+struct ConfigPath {
+    /// Configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "S3WARDEN_CONFIG",
+        default_value = DEFAULT_CONFIG_PATH
+    )]
+    path: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
     Serve {
-        /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
+    },
+    /// Reload the running daemon's configuration and wait for the outcome: exits non-zero, with
+    /// the reasons, when the new configuration is refused (the old one keeps serving). For
+    /// systemd's ExecReload.
+    Reload {
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Validate a configuration file and exit (0 when valid).
     CheckConfig {
-        /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Run s3warden in front of an embedded S3 with sample objects, on this machine.
     Demo {
@@ -45,9 +63,8 @@ enum Command {
     },
     /// Print signed URLs for objects (no rules are checked: this is for operators and scripts).
     Sign {
-        /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
         /// `proxy` (served by s3warden) or `s3` (pre-signed S3 URL).
         #[arg(long, default_value = "proxy", value_parser = ["proxy", "s3"])]
         kind: String,
@@ -66,9 +83,9 @@ enum Command {
     },
     /// Drop objects from the caches of running instances (through their admin listeners).
     Purge {
-        /// Configuration file; its admin listener is purged when no --fleet is given.
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        /// (Its admin listener is purged when no --fleet is given.)
+        #[command(flatten)]
+        config: ConfigPath,
         /// Admin URL of an instance (repeat for every instance of a fleet).
         #[arg(long = "fleet", value_name = "ADMIN_URL")]
         fleet: Vec<String>,
@@ -84,9 +101,8 @@ enum Command {
     },
     /// Mint a development token with the configured HMAC secret.
     Token {
-        /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
         /// The token's subject.
         #[arg(long)]
         sub: String,
@@ -130,35 +146,63 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Serve { config: path } => {
+        Command::Serve {
+            config: ConfigPath { path },
+        } => {
             let config =
                 Config::load(&path, &Environment::from_process(), &s3warden::check_config)?;
             init_logging(config.log.format, &config.log.level);
             s3warden::daemon::run(config, path).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config: path } => {
-            match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
-                Ok(config) => {
-                    for line in s3warden::describe_credentials(&config).await {
-                        println!("{line}");
+        Command::Reload {
+            config: ConfigPath { path },
+        } => {
+            // The same checks the daemon makes first: a config it would refuse is refused here,
+            // with every problem, and the daemon is not asked.
+            let config =
+                match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        eprintln!("reload refused: {e}");
+                        return Ok(ExitCode::FAILURE);
                     }
-                    println!("{}: ok", path.display());
+                };
+            let admin = admin_url(config.admin.listen);
+            let token = config.secrets.admin_token.as_deref();
+            match s3warden::reload_daemon(&admin, token).await {
+                Ok(()) => {
+                    println!("{}: reloaded", path.display());
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => {
-                    eprintln!("{e}");
+                Err(why) => {
+                    eprintln!("{why}");
                     Ok(ExitCode::FAILURE)
                 }
             }
         }
+        Command::CheckConfig {
+            config: ConfigPath { path },
+        } => match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
+            Ok(config) => {
+                for line in s3warden::describe_credentials(&config).await {
+                    println!("{line}");
+                }
+                println!("{}: ok", path.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Demo { listen, admin } => {
             init_logging(LogFormat::Text, "warn,access=info");
             s3warden::demo::run(listen, admin).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign {
-            config,
+            config: ConfigPath { path: config },
             kind,
             method,
             content_type,
@@ -189,7 +233,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Purge {
-            config,
+            config: ConfigPath { path: config },
             fleet,
             token_file,
             all,
@@ -210,9 +254,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     .map_err(|e| e.to_string())
                 });
             let admins = if fleet.is_empty() {
-                vec![format!(
-                    "http://{}",
-                    parsed.as_ref().map_err(Clone::clone)?.admin.listen
+                vec![admin_url(
+                    parsed.as_ref().map_err(Clone::clone)?.admin.listen,
                 )]
             } else {
                 fleet
@@ -239,7 +282,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Token {
-            config,
+            config: ConfigPath { path: config },
             sub,
             claims,
             ttl,
@@ -289,14 +332,43 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
 }
 
+/// The URL this machine reaches its admin listener at (a wildcard address by loopback).
+fn admin_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+/// Where the one line that says `RUST_LOG` overrides `log.level` is logged; always shown.
+const LOG_SETUP: &str = "s3warden::log_setup";
+
+/// Logs to stdout at `level`, or at `RUST_LOG`'s when that is set (which the first line says);
+/// colours only on a terminal, never into the journal.
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty() && EnvFilter::try_new(v).is_ok());
+    let filter = EnvFilter::try_new(from_env.as_deref().unwrap_or(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            format!("{LOG_SETUP}=info")
+                .parse()
+                .expect("a valid directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    if let Some(rust_log) = from_env {
+        tracing::info!(target: LOG_SETUP, %rust_log, "RUST_LOG is set: it overrides log.level");
     }
 }

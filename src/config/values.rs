@@ -162,6 +162,19 @@ fn is_http_url(s: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A log level, or comma-separated directives that each are a level or `target=level`. A bare
+/// word that is not a level (`verbose`) would parse as a target and silence every other log.
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |word: &str| LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    tracing_subscriber::EnvFilter::try_new(text).is_ok()
+        && directives.iter().all(|d| match d.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(d),
+        })
+}
+
 /// One store's table (`s3` or `stores.NAME`).
 fn validate_store(id: &str, store: &S3Config, v: &mut Validator) {
     let key = |name: &str| format!("{id}.{name}");
@@ -406,8 +419,8 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
 
     // [log]
     v.check(
-        tracing_subscriber::EnvFilter::try_new(&c.log.level).is_ok(),
+        is_log_filter(&c.log.level),
         "log.level",
-        "must be error, warn, info, debug, trace, or a tracing filter directive",
+        "must be error, warn, info, debug, trace, off, or directives like \"info,access=warn\"",
     );
 }

@@ -47,6 +47,14 @@ pub enum DemoError {
     /// Files or sockets.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The demo config did not load.
     #[error("{0}")]
     Config(#[from] ConfigError),
@@ -94,8 +102,11 @@ impl Demo {
         write_secret(dir.path(), "jwt-secret", &jwt_secret)?;
         write_secret(dir.path(), "url-key", &random_hex(32))?;
 
-        let public_listener = TcpListener::bind(listen).await?;
-        let admin_listener = TcpListener::bind(admin).await?;
+        let bind = |addr: SocketAddr| async move {
+            (TcpListener::bind(addr).await).map_err(|source| DemoError::Listen { addr, source })
+        };
+        let public_listener = bind(listen).await?;
+        let admin_listener = bind(admin).await?;
         let public_addr = public_listener.local_addr()?;
         let text = DEMO_CONFIG
             .replace("http://127.0.0.1:9000", &s3.endpoint())

@@ -291,7 +291,8 @@ impl App {
                 .get(&crate::response::X_CACHE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-            ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            // A number in JSON logs, to the microsecond.
+            ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             sub = outcome
                 .identity
                 .as_ref()

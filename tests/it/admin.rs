@@ -165,8 +165,14 @@ async fn the_purge_command_sends_the_token() {
         command.output()
     };
     let out = purge(false).await.unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let stderr = stderr_of_failure(&out);
+    assert!(
+        stderr.contains(&format!(
+            "{}: files/photos/a.png: refused, 401 Unauthorized: the admin token is missing or wrong",
+            h.admin_url
+        )),
+        "{stderr}"
+    );
     let r = h.get("photos/a.png", Some(&token("alice"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT", "nothing was purged");
     let out = purge(true).await.unwrap();
@@ -177,4 +183,28 @@ async fn the_purge_command_sends_the_token() {
     );
     let r = h.get("photos/a.png", Some(&token("alice"))).await;
     assert_eq!(r.headers()["x-cache"], "MISS", "purged");
+}
+
+#[test]
+fn purge_errors_name_the_instance_and_the_cause() {
+    // Nothing listens there: the line names the URL and says the connection was refused.
+    let port = free_port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3warden"))
+        .args([
+            "purge",
+            "--fleet",
+            &admin,
+            "-c",
+            "/nonexistent",
+            "files/a.png",
+        ])
+        .output()
+        .unwrap();
+    let stderr = stderr_of_failure(&out);
+    assert!(
+        stderr.contains(&format!("{admin}: files/a.png: ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
 }

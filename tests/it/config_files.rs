@@ -392,3 +392,56 @@ fn a_key_pair_never_takes_a_session_token_from_another_source() {
         .to_string();
     assert!(e.contains("s3.secret_access_key_file"), "{e}");
 }
+
+#[test]
+fn log_levels_that_would_silence_the_daemon_are_refused() {
+    let with = |level: &str| format!("{MINIMAL}\n[log]\nlevel = \"{level}\"\n");
+    for bad in ["verbose", "info,verbose", "s3warden=loud", ""] {
+        let found = problems(&with(bad));
+        assert!(
+            found.iter().any(|p| p.contains("log.level")),
+            "{bad:?}: {found:?}"
+        );
+    }
+    for good in [
+        "info",
+        "WARN",
+        "off",
+        "info,access=warn",
+        "s3warden=debug,info",
+    ] {
+        assert_eq!(problems(&with(good)), Vec::<String>::new(), "{good:?}");
+    }
+}
+
+#[test]
+fn the_config_path_comes_from_dash_c_or_s3warden_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("elsewhere.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let check = |args: &[&str], env: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_s3warden"));
+        command
+            .arg("check-config")
+            .args(args)
+            .env_remove("S3WARDEN_CONFIG")
+            .env("AWS_ACCESS_KEY_ID", "a")
+            .env("AWS_SECRET_ACCESS_KEY", "b");
+        if let Some(env) = env {
+            command.env("S3WARDEN_CONFIG", env);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let ok = format!("{}: ok", path.display());
+    let (success, stdout) = check(&["-c", path.to_str().unwrap()], None);
+    assert!(success && stdout.contains(&ok), "{stdout}");
+    let (success, stdout) = check(&[], Some(&path));
+    assert!(success && stdout.contains(&ok), "{stdout}");
+    // The flag wins over the variable.
+    let (success, _) = check(&["-c", "/nonexistent.toml"], Some(&path));
+    assert!(!success);
+}

@@ -492,7 +492,7 @@ async fn logs_never_hold_tokens_signatures_or_secrets() {
         http.get(&object).bearer_auth(&good),
         http.get(&object).bearer_auth(&expired),
         http.get(&object)
-            .header("cookie", format!("session={good}")),
+            .header("cookie", format!("s3warden_token={good}")),
         http.get(format!("{object}?access_token={good}")),
     ] {
         let _ = request.send().await.unwrap();
@@ -540,6 +540,38 @@ async fn logs_never_hold_tokens_signatures_or_secrets() {
     // Token payloads are not logged in pieces either.
     let payload = good.split('.').nth(1).unwrap();
     assert!(!logs.contains(payload));
+    // Fields keep their types: the duration is a number.
+    let line = (logs.lines())
+        .find(|l| l.contains("\"target\":\"access\""))
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(line["fields"]["ms"].is_f64(), "{line}");
+    assert!(line["fields"]["status"].is_u64(), "{line}");
+}
+
+#[tokio::test]
+async fn rust_log_overrides_the_level_and_says_so_and_logs_have_no_colour() {
+    let setup = Setup::default().set("log.level", "\"info\"");
+    let daemon = Launch::new(setup).env("RUST_LOG", "warn").start().await;
+    let _ = client()
+        .get(daemon.object_url("photos/none.png"))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("RUST_LOG is set: it overrides log.level"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("s3warden ready"),
+        "info lines are off:\n{logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no ANSI colour into files or the journal:\n{logs}"
+    );
 }
 
 #[tokio::test]
@@ -672,4 +704,105 @@ async fn s3_refusing_our_clock_is_503_with_one_log_line_naming_the_skew() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn a_busy_listen_address_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        Setup::default().render_for_daemon(dir.path(), "http://127.0.0.1:9", port, free_port());
+    let config = dir.path().join("s3warden.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_s3warden"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    let stderr = stderr_of_failure(&out);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}: ")),
+        "{stderr}"
+    );
+}
+
+/// The unit's `ExecReload=` command, pointed at this build and `config`.
+fn exec_reload(config: &Path) -> tokio::process::Command {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/s3warden.service"),
+    )
+    .unwrap();
+    let line = (unit.lines())
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("the unit reloads");
+    let mut words = line.split_whitespace().map(|w| {
+        w.replace("/usr/local/bin/s3warden", env!("CARGO_BIN_EXE_s3warden"))
+            .replace("/etc/s3warden/s3warden.toml", config.to_str().unwrap())
+    });
+    let mut command = tokio::process::Command::new(words.next().unwrap());
+    command
+        .args(words)
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    command
+}
+
+#[tokio::test]
+async fn systemctl_reload_fails_when_the_new_config_is_refused() {
+    let daemon = Launch::new(Setup::default()).start().await;
+    daemon.s3.put(BUCKET, "photos/a.png", b"a").unwrap();
+    daemon.s3.put(BUCKET, "team/a.png", b"t").unwrap();
+    let http = client();
+    let status = |key: &'static str| {
+        let req = http.get(daemon.object_url(key)).bearer_auth(token("alice"));
+        async move { req.send().await.unwrap().status() }
+    };
+    let config = daemon.config_path();
+    let good = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(status("team/a.png").await, StatusCode::FORBIDDEN);
+
+    // A good config: applied, and the command says so.
+    let with_team = format!(
+        "{good}\n[[rules]]\nbucket = \"files\"\nprefix = \"team/\"\nmethods = [\"GET\"]\nallow = \"authenticated\"\n"
+    );
+    std::fs::write(&config, &with_team).unwrap();
+    let out = exec_reload(&config).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status("team/a.png").await, StatusCode::OK);
+
+    // A config check-config refuses: non-zero, every reason, the daemon never asked.
+    let missing = with_team.replace(
+        "hmac_secret_file = \"hmac-secret\"",
+        "hmac_secret_file = \"missing-file\"",
+    );
+    std::fs::write(&config, missing).unwrap();
+    let out = exec_reload(&config).output().await.unwrap();
+    let stderr = stderr_of_failure(&out);
+    assert!(stderr.contains("auth.hmac_secret_file"), "{stderr}");
+
+    // A config only the daemon can refuse (a certificate that does not parse): non-zero with
+    // the daemon's reason, which the journal gets too; the old config keeps serving.
+    std::fs::write(daemon.dir.path().join("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(daemon.dir.path().join("key.pem"), "not a key").unwrap();
+    let bad_tls =
+        format!("{with_team}\n[server.tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n");
+    std::fs::write(&config, bad_tls).unwrap();
+    let out = exec_reload(&config).output().await.unwrap();
+    let stderr = stderr_of_failure(&out);
+    assert!(stderr.starts_with("reload refused: "), "{stderr}");
+    assert!(
+        daemon.logs().contains("reload refused"),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(status("team/a.png").await, StatusCode::OK);
+    assert_eq!(status("photos/a.png").await, StatusCode::OK);
 }

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 
 use http::StatusCode;
 
+use crate::common::stderr_of_failure;
+
 #[tokio::test]
 async fn the_demo_serves_private_objects_with_its_printed_token() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_s3warden"))
@@ -81,5 +83,26 @@ async fn the_demo_serves_private_objects_with_its_printed_token() {
     assert!(
         status.success(),
         "Ctrl-C stops the demo cleanly: {status:?}"
+    );
+}
+
+#[test]
+fn a_busy_port_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_s3warden"))
+        .args([
+            "demo",
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = stderr_of_failure(&out);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: ")),
+        "{stderr}"
     );
 }

@@ -524,6 +524,16 @@ impl ManualClock {
 }
 
 /// Waits until `f` is true or `timeout` passes.
+/// The stderr of a command that must have failed.
+pub fn stderr_of_failure(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
