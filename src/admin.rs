@@ -116,15 +116,16 @@ async fn handle(
         return response;
     }
     match (method, path) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => match app.ready().await {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => match app.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
             ),
         },
-        (&Method::GET, "/metrics") => {
+        // Probes and scrapers may check with HEAD (hyper sends no body for it).
+        (&Method::GET | &Method::HEAD, "/metrics") => {
             app.refresh_gauges();
             let mut response = text(StatusCode::OK, app.metrics().render());
             response.headers_mut().insert(

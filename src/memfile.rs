@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -16,6 +16,17 @@ pub const MIN_FILE_SIZE: u64 = 32 * 1024;
 
 /// Memory files open now; each holds a file descriptor.
 static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes the finished memory files hold.
+static FILE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Memory files open now, and the bytes the finished ones hold (for the metrics).
+pub fn in_use() -> (usize, u64) {
+    (
+        OPEN_FILES.load(Ordering::Relaxed),
+        FILE_BYTES.load(Ordering::Relaxed),
+    )
+}
 
 /// At most this many memory files: half the descriptor limit, so that connections and S3
 /// requests always have the other half. Beyond it, large bodies stay on the heap.
@@ -42,9 +53,12 @@ pub fn raise_descriptor_limit() {
     }
 }
 
-/// One memory file's place in the budget, given back when the file closes.
+/// One memory file's place in the budget (and its bytes, once finished), given back when the
+/// file closes.
 #[derive(Debug)]
-struct Slot;
+struct Slot {
+    bytes: u64,
+}
 
 impl Slot {
     fn take() -> io::Result<Slot> {
@@ -54,13 +68,20 @@ impl Slot {
                 "memory files would use half the descriptor limit",
             ));
         }
-        Ok(Slot)
+        Ok(Slot { bytes: 0 })
+    }
+
+    fn hold(mut self, bytes: u64) -> Slot {
+        FILE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes = bytes;
+        self
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         OPEN_FILES.fetch_sub(1, Ordering::Relaxed);
+        FILE_BYTES.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -139,7 +160,7 @@ impl FileWriter {
         Ok(StoredFile {
             file: self.file,
             len: self.len,
-            _slot: self.slot,
+            _slot: self.slot.hold(self.len),
         })
     }
 }

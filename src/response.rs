@@ -42,6 +42,18 @@ impl CacheStatus {
 /// Header name of the cache status.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// A response's `X-Cache` as a label (`-` when it has none).
+pub fn cache_label(headers: &http::HeaderMap) -> &'static str {
+    match headers.get(&X_CACHE).map(HeaderValue::as_bytes) {
+        Some(b"HIT") => "HIT",
+        Some(b"MISS") => "MISS",
+        Some(b"REVALIDATED") => "REVALIDATED",
+        Some(b"STALE") => "STALE",
+        Some(b"BYPASS") => "BYPASS",
+        _ => "-",
+    }
+}
+
 /// What shapes responses, from the config; header values built once.
 #[derive(Debug, Clone)]
 pub struct ResponseSettings {

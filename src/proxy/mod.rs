@@ -241,8 +241,7 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // The access log is off in some deployments (and benchmarks): no clock read for it then.
-        let started = tracing::enabled!(target: "access", tracing::Level::INFO).then(Instant::now);
+        let started = Instant::now();
         let ctx = Exchange {
             shared: &self.inner,
             live: self.inner.live.load_full(),
@@ -267,7 +266,8 @@ impl App {
             .or_insert(http::HeaderValue::from_static("nosniff"));
         metrics.in_flight().dec();
         let status = response.status().as_u16();
-        metrics.request(outcome.route, status);
+        let cache = crate::response::cache_label(response.headers());
+        metrics.request(outcome.route, status, cache, started.elapsed());
         let length = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -277,20 +277,16 @@ impl App {
         if parts.method != http::Method::HEAD {
             metrics.bytes_sent(length);
         }
-        let Some(started) = started else {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return response;
-        };
+        }
         tracing::info!(
             target: "access",
             method = %parts.method,
             path = parts.uri.path(),
             status,
             bytes = length,
-            cache = response
-                .headers()
-                .get(&crate::response::X_CACHE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-"),
+            cache,
             // A number in JSON logs, to the microsecond.
             ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             sub = outcome

@@ -453,8 +453,8 @@ async fn transfer_accounting_in_metrics() {
     };
     assert_eq!(value("s3warden_cache_hits_total").await, 4);
     assert_eq!(value("s3warden_cache_misses_total").await, 1);
-    assert_eq!(value("s3warden_s3_bytes_fetched_total").await, 10_000);
-    assert_eq!(value("s3warden_client_bytes_sent_total").await, 50_000);
+    assert_eq!(value("s3warden_s3_fetched_bytes_total").await, 10_000);
+    assert_eq!(value("s3warden_client_sent_bytes_total").await, 50_000);
     assert_eq!(value("s3warden_cache_entries").await, 1);
     let text = h.metrics_text().await;
     assert!(text.contains("s3warden_s3_request_duration_seconds_bucket"));
@@ -520,7 +520,7 @@ async fn large_objects_go_out_with_sendfile_whole_and_in_ranges() {
     );
     assert_eq!(h.s3_log().all(), 3);
     assert_eq!(
-        h.metric("s3warden_client_bytes_sendfile_total").await,
+        h.metric("s3warden_client_sendfile_bytes_total").await,
         Some(expected_sendfile)
     );
 }
@@ -593,7 +593,7 @@ async fn large_objects_over_tls_and_http2_are_copied_from_the_memory_file() {
         assert!(r.bytes().await.unwrap() == big[..]);
     }
     assert_eq!(
-        h.metric("s3warden_client_bytes_sendfile_total").await,
+        h.metric("s3warden_client_sendfile_bytes_total").await,
         Some(0)
     );
 }

@@ -635,9 +635,51 @@ async fn admin_endpoints() {
         "s3warden_connections",
         "s3warden_s3_request_duration_seconds_bucket",
         "s3warden_cache_hits_total",
+        // Units before `_total`, as Prometheus names them.
+        "s3warden_client_sent_bytes_total ",
+        "s3warden_client_sendfile_bytes_total ",
+        "s3warden_s3_fetched_bytes_total ",
+        "s3warden_request_duration_seconds_bucket{le=",
+        "s3warden_request_duration_seconds_count{route=\"object\",cache=\"-\"} 1",
+        &format!(
+            "s3warden_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "s3warden_memory_files ",
+        "s3warden_memory_file_bytes ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+        "process_start_time_seconds ",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    assert_eq!(metrics.matches("# EOF").count(), 1);
+    for old in [
+        "client_bytes_sent",
+        "s3_bytes_fetched",
+        "client_bytes_sendfile",
+    ] {
+        assert!(!metrics.contains(old), "{old} is renamed");
+    }
+    // The resident memory is this process's, in bytes.
+    let rss: f64 = (metrics.lines())
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rss_kib = crate::common::h2raw::rss_kib(daemon.pid()) as f64;
+    assert!(
+        (rss / 1024.0 - rss_kib).abs() < rss_kib * 0.5,
+        "{rss} vs {rss_kib} KiB"
+    );
+    let head = http
+        .head(format!("{}/metrics", daemon.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(get("/nothing").await.status(), StatusCode::NOT_FOUND);
     // With S3 gone, readiness fails.
     daemon.s3.stop();
