@@ -129,6 +129,14 @@ pub struct AdminConfig {
     /// and `/readyz` stay open). Needed when `listen` is not a loopback address.
     #[serde(default, deserialize_with = "values::de_opt_path")]
     pub token_file: Option<PathBuf>,
+    /// How often a background probe checks that each bucket answers (`/readyz` reports what
+    /// it last found and never calls S3 itself).
+    #[serde(default = "default_probe_interval", deserialize_with = "de_duration")]
+    pub probe_interval: Duration,
+    /// Whether an S3 outage makes the instance unready. By default it stays ready (it can serve
+    /// cached and stale entries), once its buckets have answered a first time.
+    #[serde(default)]
+    pub unready_on_s3_outage: bool,
 }
 
 /// How bucket names go into S3 URLs.
@@ -451,6 +459,9 @@ fn default_max_header_size() -> ByteSize {
 }
 fn default_min_body_rate() -> ByteSize {
     ByteSize::kib(1)
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))

@@ -261,6 +261,8 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         );
     }
 
+    v.positive(c.admin.probe_interval, "admin.probe_interval");
+
     // [s3] and [stores.NAME]
     for (id, store) in c.stores() {
         if id != DEFAULT_STORE && !is_valid_alias(id.trim_start_matches("stores.")) {

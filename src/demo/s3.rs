@@ -50,9 +50,14 @@ impl S3Log {
             .sum()
     }
 
-    /// Every request, of any kind.
+    /// Every request for objects, of any kind (bucket probes are counted apart, in
+    /// `total("HEADBUCKET")`).
     pub fn all(&self) -> u64 {
-        self.counts.lock().expect("lock").values().sum()
+        let counts = self.counts.lock().expect("lock");
+        (counts.iter())
+            .filter(|((op, _), _)| *op != "HEADBUCKET")
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The canned ACL the last PUT of `bucket/key` carried (`None` when it sent none).
@@ -96,6 +101,7 @@ fn op_name(op: &str) -> &'static str {
         "DELETE" => "DELETE",
         "MULTIPART" => "MULTIPART",
         "ABORT" => "ABORT",
+        "HEADBUCKET" => "HEADBUCKET",
         _ => "OTHER",
     }
 }
@@ -250,6 +256,7 @@ impl S3 for Store {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.log.count("HEADBUCKET", &req.input.bucket, "");
         self.fs.head_bucket(req).await
     }
 

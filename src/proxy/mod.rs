@@ -47,6 +47,17 @@ struct Shared {
     clock: Clock,
     /// What upload buffers may hold together.
     upload_memory: upload::UploadMemory,
+    /// What the background probe of the buckets last found (`None` before its first round).
+    probe: tokio::sync::watch::Sender<Option<Probe>>,
+}
+
+/// One round of the background bucket probe.
+#[derive(Debug, Clone)]
+struct Probe {
+    /// The first bucket that did not answer, and why.
+    failure: Option<String>,
+    /// Every bucket answered, in this round or an earlier one.
+    ever_reached: bool,
 }
 
 /// What a reload replaces: everything built from the config.
@@ -80,6 +91,35 @@ impl Generation {
             responses: ResponseSettings::new(config.cache.browser_max_age),
             config: Arc::new(config),
         })
+    }
+}
+
+/// Probes every bucket of the live config at `admin.probe_interval`, for `/readyz`; stops when
+/// the app is dropped.
+async fn probe_buckets(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let live = shared.live.load_full();
+        let mut failure = None;
+        for b in live.config.buckets.values() {
+            if let Err(e) = live.s3.probe_bucket(&Config::store_of(b), &b.bucket).await {
+                failure = Some(format!("bucket {}: {e}", b.bucket));
+                break;
+            }
+        }
+        let reached_before = (shared.probe.borrow().as_ref()).is_some_and(|p| p.ever_reached);
+        if let Some(why) = &failure {
+            tracing::debug!(reason = %why, "bucket probe failed");
+        }
+        shared.probe.send_replace(Some(Probe {
+            ever_reached: reached_before || failure.is_none(),
+            failure,
+        }));
+        let interval = live.config.admin.probe_interval;
+        drop((live, shared));
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -122,16 +162,16 @@ impl App {
         let cache = ObjectCache::new(&config.cache, metrics.clone());
         let upload_memory = upload::UploadMemory::new(&config.upload);
         let live = Generation::new(config, &metrics, None).await?;
-        let inner = Shared {
+        let inner = Arc::new(Shared {
             live: ArcSwap::from_pointee(live),
             cache,
             metrics,
             clock,
             upload_memory,
-        };
-        Ok(App {
-            inner: Arc::new(inner),
-        })
+            probe: tokio::sync::watch::Sender::new(None),
+        });
+        tokio::spawn(probe_buckets(Arc::downgrade(&inner)));
+        Ok(App { inner })
     }
 
     /// Replaces rules, keys, signing secrets, S3 settings and cache lifetimes with those of
@@ -197,8 +237,10 @@ impl App {
         Ok(())
     }
 
-    /// True when token keys are loaded and every configured bucket's store has usable
-    /// credentials and answers for the bucket.
+    /// True when token keys are loaded, every configured bucket's store has usable credentials,
+    /// and the background probe found every bucket answering (an outage after that counts only
+    /// with `admin.unready_on_s3_outage`). Never calls S3: before the probe's first round it
+    /// waits for it, up to a second.
     pub async fn ready(&self) -> Result<(), String> {
         let live = self.inner.live.load_full();
         let auth = &live.config.auth;
@@ -210,15 +252,25 @@ impl App {
             return Err("no token verification keys loaded".into());
         }
         for b in live.config.buckets.values() {
-            let store = Config::store_of(b);
-            if let Some(s) = live.stores.get(&store) {
+            if let Some(s) = live.stores.get(&Config::store_of(b)) {
                 s.keyring.current(SystemTime::now())?;
             }
-            if let Err(e) = live.s3.probe_bucket(&store, &b.bucket).await {
-                return Err(format!("bucket {}: {e}", b.bucket));
-            }
         }
-        Ok(())
+        let mut probes = self.inner.probe.subscribe();
+        let wait = live
+            .config
+            .s3
+            .timeout
+            .min(std::time::Duration::from_secs(1));
+        let first = tokio::time::timeout(wait, probes.wait_for(Option::is_some));
+        let probe = match first.await {
+            Ok(Ok(probe)) => probe.clone().expect("waited for one"),
+            _ => return Err("the buckets have not been probed yet".into()),
+        };
+        match probe.failure {
+            Some(why) if !probe.ever_reached || live.config.admin.unready_on_s3_outage => Err(why),
+            _ => Ok(()),
+        }
     }
 
     /// Answers one request. Never fails: errors become responses here.

@@ -681,11 +681,78 @@ async fn admin_endpoints() {
         .unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(get("/nothing").await.status(), StatusCode::NOT_FOUND);
-    // With S3 gone, readiness fails.
+}
+
+#[tokio::test]
+async fn readiness_comes_from_a_background_probe_never_from_s3_per_probe() {
+    let setup = Setup::default().set("admin.probe_interval", "\"300ms\"");
+    let daemon = Launch::new(setup).start().await;
+    let http = client();
+    let ready = || {
+        let req = http.get(format!("{}/readyz", daemon.admin_url));
+        async move { req.send().await.unwrap().status() }
+    };
+    let probes = || daemon.s3.log().total("HEADBUCKET");
+    assert_eq!(ready().await, StatusCode::OK);
+    let before = probes();
+    for _ in 0..100 {
+        assert_eq!(ready().await, StatusCode::OK);
+    }
+    assert!(
+        probes() - before <= 2,
+        "100 readiness checks, {} bucket probes",
+        probes() - before
+    );
+    // By default an S3 outage does not make the instance unready: it can serve what it has.
     daemon.s3.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ready().await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_s3_outage_makes_the_instance_unready_when_configured() {
+    let setup = Setup::default()
+        .set("admin.probe_interval", "\"200ms\"")
+        .set("admin.unready_on_s3_outage", "true");
+    let daemon = Launch::new(setup).start().await;
+    let http = client();
+    let ready = || {
+        let req = http.get(format!("{}/readyz", daemon.admin_url));
+        async move { req.send().await.unwrap() }
+    };
+    assert_eq!(ready().await.status(), StatusCode::OK);
+    daemon.s3.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let r = ready().await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "still ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answer.contains("bucket test-bucket"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_instance_whose_buckets_never_answered_is_not_ready() {
+    let up = FaultyUpstream::start(Fault::ServiceUnavailable).await;
+    let h = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("s3.retries", "0")
+        .start()
+        .await;
+    let r = h
+        .http
+        .get(format!("{}/readyz", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        get("/readyz").await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
+        up.requests(),
+        0,
+        "the probe's HEADs of the bucket are not object requests"
     );
 }
 
