@@ -208,3 +208,65 @@ fn purge_errors_name_the_instance_and_the_cause() {
     );
     assert!(stderr.contains("Connection refused"), "{stderr}");
 }
+
+#[tokio::test]
+async fn metrics_read_by_a_prometheus_parser() {
+    let h = Setup::default().start().await;
+    h.put("photos/a.png", b"png");
+    for _ in 0..2 {
+        let r = h.get("photos/a.png", Some(&token("alice"))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let text = h.metrics_text().await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{text}"))
+            .value
+            .clone()
+    };
+    let value = |v: prometheus_parse::Value| match v {
+        prometheus_parse::Value::Counter(n)
+        | prometheus_parse::Value::Gauge(n)
+        | prometheus_parse::Value::Untyped(n) => n,
+        other => panic!("not a single value: {other:?}"),
+    };
+    for s in &scrape.samples {
+        // Units come before `_total`, never after.
+        assert!(!s.metric.contains("_total_"), "{}", s.metric);
+        for unit in ["_bytes_", "_seconds_"] {
+            if let Some((_, after)) = s.metric.split_once(unit) {
+                assert!(
+                    ["total", "sum", "count", "bucket"].contains(&after),
+                    "{}",
+                    s.metric
+                );
+            }
+        }
+    }
+    assert_eq!(value(sample("s3warden_client_sent_bytes_total", &[])), 6.0);
+    assert_eq!(value(sample("s3warden_s3_fetched_bytes_total", &[])), 3.0);
+    assert_eq!(value(sample("s3warden_cache_hits_total", &[])), 1.0);
+    assert_eq!(
+        value(sample(
+            "s3warden_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        )),
+        1.0
+    );
+    assert!(value(sample("process_resident_memory_bytes", &[])) > 1e6);
+    assert!(value(sample("process_open_fds", &[])) > 0.0);
+    assert!(value(sample("process_start_time_seconds", &[])) > 1.7e9);
+    match sample(
+        "s3warden_request_duration_seconds",
+        &[("route", "object"), ("cache", "HIT")],
+    ) {
+        prometheus_parse::Value::Histogram(buckets) => {
+            assert_eq!(buckets.last().unwrap().count, 1.0, "{buckets:?}");
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+}

@@ -915,3 +915,31 @@ async fn systemctl_reload_fails_when_the_new_config_is_refused() {
     assert_eq!(status("team/a.png").await, StatusCode::OK);
     assert_eq!(status("photos/a.png").await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn readyz_answers_while_s3_hangs() {
+    // S3 accepts and never answers; an S3 call per probe would take the whole 30 s timeout.
+    let up = FaultyUpstream::start(Fault::Hang).await;
+    let h = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("s3.timeout", "\"30s\"")
+        .start()
+        .await;
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let r = h
+            .http
+            .get(format!("{}/readyz", h.admin_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "answered after {:?}",
+            asked.elapsed()
+        );
+        let why = r.text().await.unwrap();
+        assert!(why.contains("not been probed yet"), "{why}");
+    }
+}
