@@ -50,6 +50,8 @@ impl Reloads {
 impl Handler for Admin {
     type Connection = ();
 
+    fn open(&self, _peer: std::net::SocketAddr) {}
+
     fn call(
         &self,
         request: Request<Incoming>,

@@ -43,6 +43,7 @@ pub fn check_config(config: &Config, v: &mut config::Validator) {
     policy::check(config, v);
     auth::check(config, v);
     proxy::cors::check(config, v);
+    proxy::client::check(config, v);
     s3::check(config, v);
 }
 

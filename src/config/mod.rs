@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// Addresses to listen on; ignored when systemd passes sockets (`LISTEN_FDS`).
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded` and `X-Request-Id`
+    /// are believed; from anyone else they are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Base of the proxy-signed URLs s3warden mints; defaults to `http://` + the first listen address.
     #[serde(default, deserialize_with = "de_opt_string")]
     pub public_url: Option<String>,

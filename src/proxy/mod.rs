@@ -2,6 +2,7 @@
 //! Each stage returns early with a `ProxyError`; `error.rs` turns it into the response.
 
 mod batch;
+pub mod client;
 pub mod cors;
 mod object;
 mod upload;
@@ -70,6 +71,7 @@ struct Generation {
     signer: UrlSigner,
     cors: Cors,
     responses: ResponseSettings,
+    trusted: client::TrustedProxies,
 }
 
 impl Generation {
@@ -88,6 +90,7 @@ impl Generation {
             signer: UrlSigner::new(&config, &stores),
             stores,
             cors: Cors::new(&config),
+            trusted: client::TrustedProxies::new(&config),
             responses: ResponseSettings::new(config.cache.browser_max_age),
             config: Arc::new(config),
         })
@@ -282,12 +285,12 @@ impl App {
         self.handle_on(request, None).await
     }
 
-    /// Answers one request that came over `connection` (what the connection already proved,
-    /// such as a verified token, need not be proved again).
+    /// Answers one request that came over `connection` (from its peer; what the connection
+    /// already proved, such as a verified token, need not be proved again).
     pub async fn handle_on<B>(
         &self,
         request: Request<B>,
-        connection: Option<&ConnectionMemo>,
+        connection: Option<&client::Peer>,
     ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -297,11 +300,13 @@ impl App {
         let ctx = Exchange {
             shared: &self.inner,
             live: self.inner.live.load_full(),
-            connection,
+            connection: connection.map(|c| &c.memo),
         };
         let metrics = &self.inner.metrics;
         metrics.in_flight().inc();
         let (parts, body) = request.into_parts();
+        let peer = connection.map(|c| c.addr.ip());
+        let client = client::identify(peer, &parts.headers, &ctx.live.trusted);
         let mut outcome = AccessRecord::default();
         let mut response = match ctx.dispatch(&parts, body, &mut outcome).await {
             Ok(response) => response,
@@ -312,10 +317,11 @@ impl App {
             .decorate(&parts.headers, response.headers_mut());
         // Every answer, not only objects: nothing s3warden sends is to be sniffed into a type
         // that runs script.
-        response
-            .headers_mut()
+        let headers = response.headers_mut();
+        headers
             .entry(header::X_CONTENT_TYPE_OPTIONS)
             .or_insert(http::HeaderValue::from_static("nosniff"));
+        headers.insert(client::X_REQUEST_ID.clone(), client.request_id.clone());
         metrics.in_flight().dec();
         let status = response.status().as_u16();
         let cache = crate::response::cache_label(response.headers());
@@ -332,8 +338,14 @@ impl App {
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return response;
         }
+        let user_agent = (parts.headers.get(header::USER_AGENT))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         tracing::info!(
             target: "access",
+            client = %client.addr.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            request_id = client.request_id.to_str().unwrap_or("-"),
+            user_agent = &user_agent[..user_agent.floor_char_boundary(256)],
             method = %parts.method,
             path = parts.uri.path(),
             status,
@@ -353,12 +365,19 @@ impl App {
 
 /// The public listener's handler: each connection remembers the token it proved.
 impl Handler for App {
-    type Connection = ConnectionMemo;
+    type Connection = client::Peer;
+
+    fn open(&self, addr: std::net::SocketAddr) -> client::Peer {
+        client::Peer {
+            addr,
+            memo: ConnectionMemo::default(),
+        }
+    }
 
     fn call(
         &self,
         request: Request<Incoming>,
-        connection: ConnectionMemo,
+        connection: client::Peer,
     ) -> impl Future<Output = Response<Body>> + Send {
         let app = self.clone();
         async move { app.handle_on(request, Some(&connection)).await }

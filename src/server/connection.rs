@@ -3,6 +3,7 @@
 //! header timeouts), and the timers that close it.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,12 @@ pub(super) struct Connection<H> {
 
 impl<H: Handler> Connection<H> {
     /// Serves the connection until it ends, goes idle, or misses its header timeout.
-    pub(super) async fn serve(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
+    pub(super) async fn serve(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
         let (idle_timeout, head_timeout) =
             (self.limits.idle_timeout, self.limits.header_read_timeout);
         let max_head = self.limits.max_header_size.max(8192);
@@ -61,7 +67,7 @@ impl<H: Handler> Connection<H> {
         let io = IdleIo::new(stream, framing.clone());
         let activity = io.activity.clone();
         let sink = io.sink.clone();
-        let local = H::Connection::default();
+        let local = self.handler.open(peer);
         let service = {
             let (handler, activity, framing) =
                 (self.handler.clone(), activity.clone(), framing.clone());

@@ -52,9 +52,11 @@ pub struct Limits {
 
 /// Something that answers requests.
 pub trait Handler: Clone + Send + Sync + 'static {
-    /// What the handler keeps for as long as one connection lives (what it proved, say); each
-    /// request on the connection is handed a clone.
-    type Connection: Default + Clone + Send + Sync + 'static;
+    /// What the handler keeps for as long as one connection lives (its peer, what it proved);
+    /// each request on the connection is handed a clone.
+    type Connection: Clone + Send + Sync + 'static;
+    /// A new connection from `peer`.
+    fn open(&self, peer: SocketAddr) -> Self::Connection;
     /// Answers one request.
     fn call(
         &self,
@@ -194,7 +196,7 @@ async fn accept_loop<H: Handler>(
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -224,7 +226,7 @@ async fn accept_loop<H: Handler>(
         let (tls, handler) = (tls.load_full(), handler.clone());
         tokio::spawn(async move {
             handler.connections(1);
-            connection.serve(stream, tls).await;
+            connection.serve(stream, peer, tls).await;
             handler.connections(-1);
             drop(slot);
         });

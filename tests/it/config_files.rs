@@ -445,3 +445,17 @@ fn the_config_path_comes_from_dash_c_or_s3warden_config() {
     let (success, _) = check(&["-c", "/nonexistent.toml"], Some(&path));
     assert!(!success);
 }
+
+#[test]
+fn trusted_proxies_must_be_addresses_or_networks() {
+    let with = |list: &str| format!("{MINIMAL}\n[server]\ntrusted_proxies = {list}\n");
+    let found = problems(&with("[\"10.0.0.0/8\", \"lb.example.com\"]"));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("server.trusted_proxies[1]")),
+        "{found:?}"
+    );
+    let ok = "[\"10.0.0.0/8\", \"192.0.2.10\", \"2001:db8::/32\", \"::1\"]";
+    assert_eq!(problems(&with(ok)), Vec::<String>::new());
+}

@@ -943,3 +943,48 @@ async fn readyz_answers_while_s3_hangs() {
         assert!(why.contains("not been probed yet"), "{why}");
     }
 }
+
+/// The access-log line (JSON) of the request that carried `user_agent`.
+fn access_line(daemon: &Daemon, user_agent: &str) -> serde_json::Value {
+    let logs = daemon.logs();
+    let line = (logs.lines())
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["fields"]["user_agent"] == user_agent);
+    line.unwrap_or_else(|| panic!("no access line for {user_agent}:\n{logs}"))["fields"].clone()
+}
+
+#[tokio::test]
+async fn forwarded_addresses_and_request_ids_count_only_from_trusted_proxies() {
+    for trusted in [true, false] {
+        let mut setup = Setup::default().set("log.format", "\"json\"");
+        if trusted {
+            setup = setup.set(
+                "server.trusted_proxies",
+                "[\"127.0.0.1/32\", \"10.0.0.0/8\"]",
+            );
+        }
+        let daemon = Launch::new(setup).start().await;
+        let agent = format!("test-agent/{trusted}");
+        let r = client()
+            .get(daemon.object_url("public/none.txt"))
+            .header("user-agent", &agent)
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.0.0.5")
+            .header("x-request-id", "req-42")
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let line = access_line(&daemon, &agent);
+        if trusted {
+            // The first hop from the right that is not a trusted proxy; its id kept.
+            assert_eq!(line["client"], "203.0.113.7", "{line}");
+            assert_eq!(id, "req-42");
+        } else {
+            assert_eq!(line["client"], "127.0.0.1", "{line}");
+            assert_ne!(id, "req-42");
+        }
+        assert_eq!(line["request_id"], id.as_str(), "{line}");
+    }
+}
