@@ -104,7 +104,11 @@ impl Running {
             app: app.clone(),
             reloads: reloads.clone(),
         };
-        let admin = Server::start(vec![admin], handler, limits);
+        let admin_limits = Limits {
+            proxy_protocol: false,
+            ..limits
+        };
+        let admin = Server::start(vec![admin], handler, admin_limits);
         Ok(Running {
             app,
             tls,
@@ -166,6 +170,7 @@ fn tls_of(config: &Config) -> Result<Option<server::TlsConfig>, server::TlsError
 fn limits(config: &Config) -> Limits {
     let s = &config.server;
     Limits {
+        proxy_protocol: s.proxy_protocol,
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         max_connections: s.max_connections,

@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// Addresses to listen on; ignored when systemd passes sockets (`LISTEN_FDS`).
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// Every connection to the public listener starts with a PROXY protocol header (v1 or v2,
+    /// HAProxy's `send-proxy-v2`) that names the client; one without is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded` and `X-Request-Id`
     /// are believed; from anyone else they are ignored.
     #[serde(default)]

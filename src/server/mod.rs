@@ -38,6 +38,9 @@ use tls::handshake;
 /// Connection limits and timeouts.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client; one
+    /// without is closed.
+    pub proxy_protocol: bool,
     /// Time to receive a complete request head.
     pub header_read_timeout: Duration,
     /// A connection with no bytes moving either way for this long is closed.
@@ -173,6 +176,82 @@ impl Builders {
     }
 }
 
+/// PROXY protocol headers (HAProxy's `send-proxy`/`send-proxy-v2`): who the client is, sent by
+/// the load balancer before anything else on the connection.
+mod proxy {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use ppp::{HeaderResult, PartialResult, v1, v2};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    /// A v1 header is at most 107 bytes; a v2 one is 16 plus addresses and TLVs, which this
+    /// bounds (HAProxy sends well under it).
+    const MAX_HEADER: usize = 4096;
+
+    /// Reads the header, and only it; the client's address, or `peer` for a `LOCAL` (health
+    /// check) or `UNKNOWN` one.
+    pub(super) async fn read_header(
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        within: Duration,
+    ) -> Result<SocketAddr, &'static str> {
+        tokio::time::timeout(within, read(stream, peer))
+            .await
+            .unwrap_or(Err("no PROXY header in time"))
+    }
+
+    async fn read(stream: &mut TcpStream, peer: SocketAddr) -> Result<SocketAddr, &'static str> {
+        let mut buf = vec![0u8; MAX_HEADER];
+        loop {
+            // Look without taking: only the header's own bytes are consumed below.
+            let seen = stream.peek(&mut buf).await.map_err(|_| "read failed")?;
+            if seen == 0 {
+                return Err("closed");
+            }
+            let parsed = HeaderResult::parse(&buf[..seen]);
+            if parsed.is_incomplete() {
+                if seen == MAX_HEADER {
+                    return Err("PROXY header too long");
+                }
+                // The rest of the header is still on its way.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let (len, client) = match parsed {
+                HeaderResult::V1(Ok(header)) => (header.header.len(), v1_client(&header)),
+                HeaderResult::V2(Ok(header)) => (header.len(), v2_client(&header)),
+                _ => return Err("not a PROXY header"),
+            };
+            stream
+                .read_exact(&mut buf[..len])
+                .await
+                .map_err(|_| "read failed")?;
+            return Ok(client.unwrap_or(peer));
+        }
+    }
+
+    fn v1_client(header: &v1::Header<'_>) -> Option<SocketAddr> {
+        match header.addresses {
+            v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+            v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+            v1::Addresses::Unknown => None,
+        }
+    }
+
+    fn v2_client(header: &v2::Header<'_>) -> Option<SocketAddr> {
+        if header.command != v2::Command::Proxy {
+            return None;
+        }
+        match header.addresses {
+            v2::Addresses::IPv4(a) => Some((a.source_address, a.source_port).into()),
+            v2::Addresses::IPv6(a) => Some((a.source_address, a.source_port).into()),
+            _ => None,
+        }
+    }
+}
+
 /// Streams per HTTP/2 connection.
 const MAX_STREAMS: u32 = 128;
 
@@ -224,7 +303,20 @@ async fn accept_loop<H: Handler>(
             watcher: graceful.watcher(),
         };
         let (tls, handler) = (tls.load_full(), handler.clone());
+        let (proxy_protocol, head_timeout) = (limits.proxy_protocol, limits.header_read_timeout);
         tokio::spawn(async move {
+            let mut stream = stream;
+            let peer = if proxy_protocol {
+                match proxy::read_header(&mut stream, peer, head_timeout).await {
+                    Ok(client) => client,
+                    Err(why) => {
+                        tracing::debug!(%peer, reason = why, "connection refused: no PROXY header");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
             handler.connections(1);
             connection.serve(stream, peer, tls).await;
             handler.connections(-1);

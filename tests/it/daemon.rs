@@ -988,3 +988,64 @@ async fn forwarded_addresses_and_request_ids_count_only_from_trusted_proxies() {
         assert_eq!(line["request_id"], id.as_str(), "{line}");
     }
 }
+
+/// Sends `bytes` on a new connection to `daemon` and reads what comes back until it closes.
+async fn exchange(daemon: &Daemon, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = daemon.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_and_v2_name_the_client_and_a_connection_without_is_refused() {
+    let setup = Setup::default()
+        .set("log.format", "\"json\"")
+        .set("server.proxy_protocol", "true");
+    let daemon = Launch::new(setup).start().await;
+    daemon.s3.put(BUCKET, "public/p.txt", b"public").unwrap();
+    let request = |agent: &str| {
+        format!(
+            "GET /files/public/p.txt HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    // v1, as `send-proxy` writes it.
+    let v1 = format!(
+        "PROXY TCP4 203.0.113.9 10.0.0.1 56324 8080\r\n{}",
+        request("proxy-v1")
+    );
+    let answer = exchange(&daemon, v1.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("public"), "{answer}");
+    // v2, binary, as `send-proxy-v2` writes it: an IPv6 client.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend([0x21, 0x21]); // version 2, PROXY; TCP over IPv6
+    v2.extend(36u16.to_be_bytes());
+    v2.extend(
+        "2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v2.extend(
+        "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v2.extend(40000u16.to_be_bytes());
+    v2.extend(8080u16.to_be_bytes());
+    v2.extend(request("proxy-v2").as_bytes());
+    let answer = exchange(&daemon, &v2).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(access_line(&daemon, "proxy-v1")["client"], "203.0.113.9");
+    assert_eq!(access_line(&daemon, "proxy-v2")["client"], "2001:db8::7");
+    // Without the header: closed, unanswered.
+    let answer = exchange(&daemon, request("no-header").as_bytes()).await;
+    assert_eq!(answer, "", "a connection without a PROXY header is refused");
+    assert!(!daemon.logs().contains("no-header"));
+}

@@ -161,15 +161,34 @@ async fn a_fleet_behind_haproxy_fetches_each_object_once() {
 }
 
 async fn fleet_behind(kind: Kind) {
-    let a = Setup::default().start().await;
-    let mut b = Setup::default().start_with(a.s3.clone()).await;
-    let c = Setup::default().start_with(a.s3.clone()).await;
+    // As the recipes say: HAProxy sends PROXY v2 headers; nginx sends X-Forwarded-For and
+    // X-Request-Id, which instances believe from it.
+    let setup = || match kind {
+        Kind::Haproxy => Setup::default().set("server.proxy_protocol", "true"),
+        Kind::Nginx => Setup::default().set("server.trusted_proxies", "[\"127.0.0.1\"]"),
+    };
+    let a = setup().start().await;
+    let mut b = setup().start_with(a.s3.clone()).await;
+    let c = setup().start_with(a.s3.clone()).await;
     for i in 0..OBJECTS {
         a.put(&key(i), format!("object {i}").as_bytes());
     }
     let lb = Balancer::start(kind, &[a.addr.port(), b.addr.port(), c.addr.port()]).await;
     let t = token("alice");
 
+    // The request id comes from nginx (its 32 hex digits) or from the instance (20).
+    let r = client()
+        .get(format!("{}/files/{}", lb.url, key(0)))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    let expected = match kind {
+        Kind::Nginx => 32,
+        Kind::Haproxy => 20,
+    };
+    assert_eq!(id.len(), expected, "{id}");
     // Twice through the balancer: 200 objects, 200 S3 GETs in all.
     read_all(&lb, &t).await;
     read_all(&lb, &t).await;
@@ -197,15 +216,19 @@ async fn fleet_behind(kind: Kind) {
         gets(&a)
     );
 
-    // A URL signed by instance A is served through the balancer, whichever instance owns it.
+    // A URL signed by one instance is served through the balancer, whichever instance owns it.
     let signed = sign_urls(
-        &a.url,
+        &lb.url,
         &t,
         serde_json::json!({"bucket": "files", "keys": [key(7), key(8), key(9)]}),
     )
     .await;
     for item in signed["items"].as_array().unwrap() {
-        let url = item["url"].as_str().unwrap().replace(&a.url, &lb.url);
+        // Each instance's public_url is its own address here; a fleet would share one.
+        let mut url = item["url"].as_str().unwrap().to_owned();
+        for h in [&a, &b, &c] {
+            url = url.replace(&h.url, &lb.url);
+        }
         let r = client().get(&url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{url}");
     }
