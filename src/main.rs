@@ -149,8 +149,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Serve {
             config: ConfigPath { path },
         } => {
-            let config =
-                Config::load(&path, &Environment::from_process(), &s3warden::check_config)?;
+            let config = load(&path, Needs::ALL)?;
             init_logging(config.log.format, &config.log.level);
             s3warden::daemon::run(config, path).await?;
             Ok(ExitCode::SUCCESS)
@@ -160,14 +159,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             // The same checks the daemon makes first: a config it would refuse is refused here,
             // with every problem, and the daemon is not asked.
-            let config =
-                match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
-                    Ok(config) => config,
-                    Err(e) => {
-                        eprintln!("reload refused: {e}");
-                        return Ok(ExitCode::FAILURE);
-                    }
-                };
+            let config = match load(&path, Needs::ALL) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("reload refused: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             let admin = admin_url(config.admin.listen);
             let token = config.secrets.admin_token.as_deref();
             match s3warden::reload_daemon(&admin, token).await {
@@ -183,7 +181,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::CheckConfig {
             config: ConfigPath { path },
-        } => match Config::load(&path, &Environment::from_process(), &s3warden::check_config) {
+        } => match load(&path, Needs::ALL) {
             Ok(config) => {
                 for line in s3warden::describe_credentials(&config).await {
                     println!("{line}");
@@ -215,12 +213,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 url_keys: kind != "s3",
                 ..Needs::NOTHING
             };
-            let config = Config::load_needing(
-                &config,
-                &Environment::from_process(),
-                &s3warden::check_config,
-                needs,
-            )?;
+            let config = load(&config, needs)?;
             let request = s3warden::CliRequest {
                 kind: &kind,
                 method: &method,
@@ -241,18 +234,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             // The config names the admin listener and its token; with --fleet and
             // --token-file it is not needed.
-            let parsed = std::fs::read_to_string(&config)
-                .map_err(|e| format!("cannot read {}: {e}", config.display()))
-                .and_then(|text| {
-                    let base = config.parent().unwrap_or(std::path::Path::new("."));
-                    Config::parse(
-                        &text,
-                        base,
-                        &Environment::from_process(),
-                        &s3warden::check_config,
-                    )
-                    .map_err(|e| e.to_string())
-                });
+            let parsed = load(&config, Needs::NOTHING).map_err(|e| e.to_string());
             let admins = if fleet.is_empty() {
                 vec![admin_url(
                     parsed.as_ref().map_err(Clone::clone)?.admin.listen,
@@ -291,12 +273,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 tokens: true,
                 ..Needs::NOTHING
             };
-            let config = Config::load_needing(
-                &config,
-                &Environment::from_process(),
-                &s3warden::check_config,
-                needs,
-            )?;
+            let config = load(&config, needs)?;
             let secret = config.secrets.hmac_secret.as_deref().ok_or(
                 "no HMAC secret configured (auth.hmac_secret_file or auth.hmac_secret_env)",
             )?;
@@ -330,6 +307,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The config at `path`, checked by every component, with the secrets `needs` names read.
+fn load(path: &std::path::Path, needs: Needs) -> Result<Config, s3warden::config::ConfigError> {
+    Config::load_needing(
+        path,
+        &Environment::from_process(),
+        &s3warden::check_config,
+        needs,
+    )
 }
 
 /// The URL this machine reaches its admin listener at (a wildcard address by loopback).
