@@ -278,7 +278,8 @@ impl Refresh {
         let store = &inner.store;
         match fetched {
             Ok(credentials) => {
-                let keys = Keys::from_sdk(credentials.clone(), provider_name(&credentials));
+                let provider = provider_name(&credentials);
+                let keys = Keys::from_sdk(credentials, provider);
                 let old = inner.held.load_full();
                 let changed = old.as_ref().is_none_or(|old| {
                     old.access_key_id() != keys.access_key_id() || old.expires != keys.expires
