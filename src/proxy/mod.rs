@@ -321,7 +321,11 @@ impl App {
         headers
             .entry(header::X_CONTENT_TYPE_OPTIONS)
             .or_insert(http::HeaderValue::from_static("nosniff"));
-        headers.insert(client::X_REQUEST_ID.clone(), client.request_id.clone());
+        // Unique to this answer: HTTP/2 sends it as a literal instead of adding it to the
+        // connection's HPACK table, where every answer would evict an entry others reuse.
+        let mut request_id = client.request_id.clone();
+        request_id.set_sensitive(true);
+        headers.insert(client::X_REQUEST_ID.clone(), request_id);
         metrics.in_flight().dec();
         let status = response.status().as_u16();
         let cache = crate::response::cache_label(response.headers());

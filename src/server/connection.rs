@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,6 +21,7 @@ use tokio_rustls::rustls;
 
 use super::framing::{FrameScan, FramingWatch};
 use super::sendfile::{self, Sink, poll_write_files};
+use super::streams::WithStreams;
 use super::tls::handshake;
 use super::{Body, Builders, Handler, Limits};
 
@@ -67,6 +68,7 @@ impl<H: Handler> Connection<H> {
         let io = IdleIo::new(stream, framing.clone());
         let activity = io.activity.clone();
         let sink = io.sink.clone();
+        let cork = io.cork.clone();
         let local = self.handler.open(peer);
         let service = {
             let (handler, activity, framing) =
@@ -93,7 +95,7 @@ impl<H: Handler> Connection<H> {
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::select! {
-            result = self.watcher.watch(connection) => {
+            result = WithStreams::new(Box::pin(self.watcher.watch(connection)), cork) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
@@ -236,7 +238,18 @@ struct IdleIo {
     sink: Option<Sink>,
     /// On HTTP/2, the frames written: only heads and data are progress.
     written: Option<FrameScan>,
+    /// While set (HTTP/2 only), writes are held in `held` and flushes wait ([`Cork`]).
+    cork: Cork,
+    held: BytesMut,
 }
+
+/// Set while a connection's task runs its HTTP/2 streams: their answers are held and leave
+/// together, in one write (and TLS record), when the task is done with them.
+pub(super) type Cork = Arc<std::sync::atomic::AtomicBool>;
+
+/// The most bytes a cork holds: one TLS record. Past it, they go out with the write that would
+/// overflow it.
+const HELD_AT_MOST: usize = 16 * 1024;
 
 impl IdleIo {
     fn new(inner: Transport, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
@@ -251,7 +264,44 @@ impl IdleIo {
             framing,
             activity: Activity::default(),
             written,
+            cork: Cork::default(),
+            held: BytesMut::new(),
         }
+    }
+
+    /// Whether writes are held back now.
+    fn corked(&self) -> bool {
+        self.written.is_some() && self.cork.load(Ordering::Relaxed)
+    }
+
+    /// Writes the held bytes, and with them as much of `bufs` as the transport takes; returns
+    /// how much of `bufs` was written, once nothing is held any more.
+    fn poll_write_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        const SLICES: usize = 8;
+        while !self.held.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); SLICES];
+            slices[0] = std::io::IoSlice::new(&self.held);
+            let more = bufs.len().min(SLICES - 1);
+            slices[1..=more].copy_from_slice(&bufs[..more]);
+            let n = std::task::ready!(
+                Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..=more])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            if n < self.held.len() {
+                self.held.advance(n);
+                continue;
+            }
+            let past = n - self.held.len();
+            self.held.clear();
+            return Poll::Ready(Ok(past));
+        }
+        Poll::Ready(Ok(0))
     }
 
     /// Records that the first `n` bytes of `bufs` went out.
@@ -366,7 +416,7 @@ impl AsyncWrite for IdleIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if sendfile::is_placeholder(data) {
+        if sendfile::is_placeholder(data) || self.corked() || !self.held.is_empty() {
             return self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)]);
         }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
@@ -382,6 +432,21 @@ impl AsyncWrite for IdleIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        if this.corked() || !this.held.is_empty() {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if this.corked() && this.held.len() + total <= HELD_AT_MOST {
+                for buf in bufs {
+                    this.held.extend_from_slice(buf);
+                }
+                this.wrote(bufs, total);
+                return Poll::Ready(Ok(total));
+            }
+            let written = std::task::ready!(this.poll_write_held(cx, bufs))?;
+            if written > 0 {
+                this.wrote(bufs, written);
+                return Poll::Ready(Ok(written));
+            }
+        }
         let result = match (&this.inner, &this.sink) {
             (Transport::Plain(tcp), Some(sink))
                 if bufs.iter().any(|b| sendfile::is_placeholder(b)) =>
@@ -401,10 +466,15 @@ impl AsyncWrite for IdleIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.corked() {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(self.poll_write_held(cx, &[]))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_write_held(cx, &[]))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -7,6 +7,7 @@ mod body;
 mod connection;
 mod framing;
 mod sendfile;
+mod streams;
 mod tls;
 
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
@@ -33,6 +34,7 @@ pub use tls::{Tls, TlsError, tls_config};
 pub type TlsConfig = rustls::ServerConfig;
 
 use connection::Connection;
+use streams::StreamExecutor;
 use tls::handshake;
 
 /// Connection limits and timeouts.
@@ -136,14 +138,14 @@ impl Server {
 /// hyper's connection settings: both protocols for plain TCP (HTTP/2 by prior knowledge),
 /// or only the one a TLS client negotiated with ALPN.
 struct Builders {
-    either: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    either: auto::Builder<StreamExecutor>,
+    http1: auto::Builder<StreamExecutor>,
+    http2: auto::Builder<StreamExecutor>,
 }
 
 impl Builders {
     fn new(limits: &Limits) -> Builders {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StreamExecutor);
         // No hyper timer for HTTP/1: the header timeout is enforced by `Activity::head_overdue`,
         // a few checks per timeout instead of a timer armed and cancelled on every request.
         builder
@@ -167,7 +169,7 @@ impl Builders {
 
     /// The builder for a TLS connection that negotiated `alpn`: HTTP/2 only for `h2`,
     /// HTTP/1.1 only otherwise (RFC 9113 §3.3: HTTP/2 over TLS is negotiated, never guessed).
-    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<StreamExecutor> {
         if alpn == Some(b"h2") {
             &self.http2
         } else {

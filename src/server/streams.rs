@@ -1,0 +1,133 @@
+//! HTTP/2 streams run inside their connection's task instead of a task each.
+//!
+//! hyper hands every HTTP/2 stream to an executor. With tokio's, each stream is a task, and
+//! each answer wakes the connection's task, which tokio runs next (its "LIFO slot"): the
+//! connection writes after every single answer. A client with ten requests in flight on a
+//! connection gets ten writes, ten TLS records and ten wake-ups where one of each would do.
+//!
+//! Here the connection's task polls its own streams: it reads what the client sent (starting
+//! the streams), runs them until they wait, then lets the connection write what they answered,
+//! all in one poll. Answers that are ready together leave together, as nginx sends them. A
+//! stream still waits on its own (an S3 fetch, flow control) without holding the others up;
+//! what it gives up is running on another core than its connection.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::{FutureExt, future::BoxFuture};
+
+use super::connection::Cork;
+
+/// How many times one poll of a connection reads and runs the streams it started before it
+/// writes what they answered and lets other tasks run.
+const ROUNDS: usize = 4;
+
+thread_local! {
+    /// The streams hyper starts while a [`WithStreams`] polls its connection on this thread.
+    static STARTED: RefCell<Option<Vec<BoxFuture<'static, ()>>>> = const { RefCell::new(None) };
+}
+
+/// hyper's executor for the public listener: a stream started while its connection is polled
+/// by [`WithStreams`] runs in that connection's task; anything else is spawned.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        // A panicking stream ends alone, as a task of its own would.
+        let future = AssertUnwindSafe(future).catch_unwind().map(drop).boxed();
+        let unclaimed = STARTED.with(|started| match started.borrow_mut().as_mut() {
+            Some(started) => {
+                started.push(future);
+                None
+            }
+            None => Some(future),
+        });
+        if let Some(future) = unclaimed {
+            tokio::spawn(future);
+        }
+    }
+}
+
+/// A connection future together with the HTTP/2 streams it starts.
+pub struct WithStreams<C> {
+    connection: C,
+    streams: FuturesUnordered<BoxFuture<'static, ()>>,
+    /// Holds the connection's writes while its streams answer.
+    cork: Cork,
+}
+
+impl<C> WithStreams<C> {
+    pub fn new(connection: C, cork: Cork) -> WithStreams<C> {
+        WithStreams {
+            connection,
+            streams: FuturesUnordered::new(),
+            cork,
+        }
+    }
+}
+
+impl<C: Future + Unpin> WithStreams<C> {
+    /// Polls the connection, collecting the streams it starts.
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> (Poll<C::Output>, bool) {
+        let outer = STARTED.with(|started| started.borrow_mut().replace(Vec::new()));
+        let result = Pin::new(&mut self.connection).poll(cx);
+        let started = STARTED
+            .with(|started| std::mem::replace(&mut *started.borrow_mut(), outer))
+            .unwrap_or_default();
+        let any = !started.is_empty();
+        self.streams.extend(started);
+        (result, any)
+    }
+}
+
+impl<C: Future + Unpin> Future for WithStreams<C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = &mut *self;
+        // Reads requests (starting streams) and runs the streams, holding what they write.
+        this.cork.store(true, Ordering::Relaxed);
+        for round in 0..ROUNDS {
+            let (result, started) = this.poll_connection(cx);
+            if let Poll::Ready(output) = result {
+                this.cork.store(false, Ordering::Relaxed);
+                return Poll::Ready(this.finish(output));
+            }
+            if round > 0 && !started {
+                break;
+            }
+            // New streams, and ones woken by something else (an S3 fetch, flow control).
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+        }
+        // Writes it all. Streams this poll starts run on the next one.
+        this.cork.store(false, Ordering::Relaxed);
+        let (result, started) = this.poll_connection(cx);
+        if let Poll::Ready(output) = result {
+            return Poll::Ready(this.finish(output));
+        }
+        if started {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl<C> WithStreams<C> {
+    /// Streams the ended connection no longer waits for finish on their own, as spawned ones
+    /// would.
+    fn finish<T>(&mut self, output: T) -> T {
+        for stream in std::mem::take(&mut self.streams) {
+            tokio::spawn(stream);
+        }
+        output
+    }
+}
