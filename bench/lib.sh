@@ -17,10 +17,20 @@ cleanup_processes() {
 # wait_for_url URL: until it answers (10 s at most).
 wait_for_url() {
   for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    curl -fksS -o /dev/null "$1" 2>/dev/null && return 0
     sleep 0.05
   done
   echo "timed out waiting for $1" >&2
+  return 1
+}
+
+# wait_for_port PORT: until something answers HTTP there, whatever the status (10 s at most).
+wait_for_port() {
+  for _ in $(seq 1 200); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.05
+  done
+  echo "nothing answers on port $1" >&2
   return 1
 }
 
@@ -82,15 +92,15 @@ $extra
 TOML
 }
 
-# start_s3warden CONFIG PORT [CPU]: the daemon, waiting until it answers.
+# start_s3warden CONFIG PORT [CPU] [SCHEME]: the daemon, waiting until it answers.
 start_s3warden() {
-  local config=$1 port=$2 cpu=${3:-}
-  local cmd=(./target/lto/s3warden serve --config "$config")
+  local config=$1 port=$2 cpu=${3:-} scheme=${4:-http}
+  local cmd=("${S3WARDEN_BIN:-./target/lto/s3warden}" serve --config "$config")
   [[ -n "$cpu" ]] && cmd=(taskset -c "$cpu" "${cmd[@]}")
   AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY "${cmd[@]}" >/dev/null &
   S3WARDEN_PID=$!
   PIDS+=("$S3WARDEN_PID")
-  wait_for_url "http://127.0.0.1:$port/_health"
+  wait_for_url "$scheme://127.0.0.1:$port/_health"
 }
 
 # kib PID FIELD: VmRSS or VmHWM of a process, in KiB.
@@ -147,13 +157,22 @@ bench_case() {
   bench_wrk "$name" "$2" "$pid" "$url" "$header"
 }
 
-# ensure_tools: wrk, nginx with njs, from apt when missing.
+# bench_h2_case "NAME|PID|URL|HEADER" SIZE: bench_h2load for one entry of a list of cases.
+bench_h2_case() {
+  local name pid url header
+  IFS='|' read -r name pid url header <<<"$1"
+  bench_h2load "$name" "$2" "$pid" "$url" "$header"
+}
+
+# ensure_tools: wrk, nginx with njs, h2load and openssl, from apt when missing.
 ensure_tools() {
   local missing=()
   command -v wrk >/dev/null || missing+=(wrk)
   command -v nginx >/dev/null || missing+=(nginx)
   [[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ]] || missing+=(libnginx-mod-http-js)
   command -v taskset >/dev/null || missing+=(util-linux)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
     echo "installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -165,4 +184,39 @@ ensure_tools() {
 nginx_conf() {
   sed -e "s|@DIR@|$3|g" -e "s|@PORT@|$4|g" -e "s|@DATA@|$5|g" -e "s|@S3PORT@|$6|g" \
       -e "s|@BUCKET@|$BENCH_BUCKET|g" -e "s|@BENCH@|$PWD/bench|g" "$1" > "$2"
+}
+
+# bench_h2load NAME SIZE PID URL [HEADER]: like bench_wrk, over HTTP/2 with h2load (64
+# connections of 10 concurrent streams, TLS); p99 from h2load's per-request log.
+bench_h2load() {
+  local name=$1 size=$2 pid=$3 url=$4 header=${5:-}
+  local args=(-t1 -c64 -m10 "-D${WRK_SECONDS:-10}" --warm-up-time=1 --log-file="$out/h2load.log")
+  [[ -n "$header" ]] && args+=(-H "$header")
+  local t0 c0 t1 c1 report
+  # The warm-up second is not measured: CPU is counted from its end.
+  (sleep 1.2; cpu_ticks "$pid" > "$out/h2load.c0"; date +%s.%N > "$out/h2load.t0") &
+  local sampler=$!
+  report=$(taskset -c 1 h2load "${args[@]}" "$url")
+  c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+  wait "$sampler"
+  c0=$(<"$out/h2load.c0"); t0=$(<"$out/h2load.t0")
+  if ! grep -q ' 0 failed, 0 errored' <<<"$report"; then
+    echo "bench $name $size: errors from h2load:" >&2
+    echo "$report" >&2
+    return 1
+  fi
+  printf '%s\n' "$report" > "$out/h2load.report"
+  python3 - "$name" "$size" "$c0" "$c1" "$t0" "$t1" "$(getconf CLK_TCK)" "$out/h2load.log" "$out/h2load.report" <<'PY'
+import json, re, sys
+name, size, c0, c1, t0, t1, tck, log, report = sys.argv[1:]
+report = open(report).read()
+rps = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", report).group(1))
+statuses = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", report)
+if statuses and any(int(n) for n in statuses.groups()[1:]):
+    sys.exit(f"bench {name} {size}: non-2xx answers: {statuses.group(0)}")
+durations = sorted(int(l.split("\t")[2]) for l in open(log) if l.strip())
+p99 = durations[min(len(durations) - 1, int(len(durations) * 0.99))] / 1000
+cores = (int(c1) - int(c0)) / int(tck) / (float(t1) - float(t0))
+print(json.dumps({"system": name, "size": size, "rps": rps, "p99_ms": round(p99, 3), "cores": round(cores, 3)}))
+PY
 }

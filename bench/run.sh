@@ -3,9 +3,10 @@
 # in the same run, because these machines are shared and noisy.
 #
 #   bench/run.sh                      # everything (about 30 minutes)
-#   bench/run.sh throughput misses    # some sections: throughput misses memory sign upload
+#   bench/run.sh throughput misses    # some sections: build throughput tls misses cost memory sign upload
 #
-# Installs wrk, nginx and libnginx-mod-http-js from apt when they are missing (needs root).
+# Installs wrk, nginx, libnginx-mod-http-js, nghttp2-client (h2load) and openssl from apt when
+# they are missing (needs root).
 # Servers run pinned to CPU 0 (taskset), wrk to CPU 1; each hit case runs five times, and the
 # median is reported.
 set -euo pipefail
@@ -20,10 +21,12 @@ source bench/lib.sh
 trap 'cleanup_processes; rm -rf "$out"' EXIT
 
 # The servers under test (s3warden and the bare-hyper ceiling) are built alike, with fat LTO;
-# the helpers (embedded S3, clients, token minting) in the ordinary release profile.
-cargo build --release --quiet --examples
+# the helpers (embedded S3, clients, token minting) in the ordinary release profile, and
+# s3warden in it too: the throughput section compares the two builds.
+cargo build --release --quiet --examples --bin s3warden
 cargo build --profile lto --quiet --bin s3warden --example ceiling
 RUNS=${RUNS:-5}
+RUNS_TLS=${RUNS_TLS:-3}
 
 if want sign; then
   echo "== signing: 1,000-key POST /_sign batches" >&2
@@ -49,6 +52,11 @@ if want throughput; then
   write_config "$work" 19300 19310 19311
   start_s3warden "$work/s3warden.toml" 19310 0
   s3w=$S3WARDEN_PID
+  # The same daemon as `cargo build --release` builds it (the README's build).
+  mkdir -p "$work/release"
+  write_config "$work/release" 19300 19312 19313
+  S3WARDEN_BIN=./target/release/s3warden start_s3warden "$work/release/s3warden.toml" 19312 0
+  s3w_release=$S3WARDEN_PID
   mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
   nginx_conf bench/nginx/static.conf "$work/static.conf" "$work" 19320 "$data" 0
   nginx_conf bench/nginx/proxy_cache.conf "$work/cache.conf" "$work" 19321 "$data" 19301
@@ -70,7 +78,7 @@ if want throughput; then
   for size in 1k 64k 1m; do
     path="/files/bench/obj-$size.bin"
     # Warm the caches.
-    for port in 19310 19321 19321 19322 19322; do
+    for port in 19310 19312 19321 19321 19322 19322; do
       curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:$port$path"
     done
     signed=$(s3warden_cmd sign --config "$work/s3warden.toml" "files/bench/obj-$size.bin")
@@ -87,6 +95,7 @@ if want throughput; then
       "s3warden_rs256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[1]}"
       "s3warden_es256|$s3w|http://127.0.0.1:19310$path|Authorization: Bearer ${tok[2]}"
       "s3warden_signed_url|$s3w|$signed|"
+      "s3warden_release|$s3w_release|http://127.0.0.1:19312$path|Authorization: Bearer ${tok[0]}"
     )
     # A short unrecorded run of each first: 64 fresh connections, and the machine settled.
     for c in "${cases[@]}"; do
@@ -99,6 +108,61 @@ if want throughput; then
         bench_case "${cases[$(( (i + run) % ${#cases[@]} ))]}" "$size"
       done
     done >> "$out/throughput.jsonl"
+    kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
+  done
+  cleanup_processes
+fi
+
+if want tls; then
+  echo "== tls: hits over TLS 1.3, HTTP/1.1 (wrk) and HTTP/2 (h2load), vs nginx static and the ceiling" >&2
+  ensure_tools
+  work=$(mktemp -d -p "$out")
+  data="$work/s3/$BENCH_BUCKET"
+  mkdir -p "$data/bench" "$work/tls"
+  declare -A bytes=([1k]=1024 [64k]=65536 [1m]=1048576)
+  for size in 1k 64k 1m; do
+    head -c "${bytes[$size]}" /dev/urandom > "$data/bench/obj-$size.bin"
+  done
+  # One ECDSA P-256 certificate for all three servers.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$work/tls/key.pem"
+  openssl req -x509 -new -key "$work/tls/key.pem" -out "$work/tls/cert.pem" -days 2 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+  start_s3 "$work/s3" 19700
+  write_config "$work" 19700 19710 19711 "[server.tls]
+cert_file = \"$work/tls/cert.pem\"
+key_file = \"$work/tls/key.pem\""
+  sed -i 's|public_url = "http://|public_url = "https://|' "$work/s3warden.toml"
+  start_s3warden "$work/s3warden.toml" 19710 0 https
+  s3w=$S3WARDEN_PID
+  mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
+  nginx_conf bench/nginx/static_tls.conf "$work/static_tls.conf" "$work" 19720 "$data" 0
+  taskset -c 0 nginx -c "$work/static_tls.conf" -p "$work" & PIDS+=($!); tls_master=$!
+  wait_for_url "https://127.0.0.1:19720/files/bench/obj-1k.bin"
+  tls_worker=$(pgrep -P "$tls_master" | head -1)
+  for size in 1k 64k 1m; do
+    path="/files/bench/obj-$size.bin"
+    curl -fksS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "https://127.0.0.1:19710$path"
+    taskset -c 0 ./target/lto/examples/ceiling 127.0.0.1:19730 "${bytes[$size]}" \
+      "$work/tls/cert.pem" "$work/tls/key.pem" >/dev/null &
+    ceiling=$!
+    wait_for_url "https://127.0.0.1:19730/"
+    cases=(
+      "ceiling|$ceiling|https://127.0.0.1:19730$path|"
+      "nginx_static|$tls_worker|https://127.0.0.1:19720$path|"
+      "s3warden_hs256|$s3w|https://127.0.0.1:19710$path|Authorization: Bearer ${tok[0]}"
+    )
+    for proto in h1 h2; do
+      run_case=bench_case
+      [[ $proto == h2 ]] && run_case=bench_h2_case
+      for c in "${cases[@]}"; do
+        WRK_SECONDS=2 $run_case "$c" "$size" >/dev/null
+      done
+      for run in $(seq 0 $((RUNS_TLS - 1))); do
+        for i in $(seq 0 $((${#cases[@]} - 1))); do
+          $run_case "${cases[$(( (i + run) % ${#cases[@]} ))]}" "$size"
+        done
+      done >> "$out/tls_$proto.jsonl"
+    done
     kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
   done
   cleanup_processes
@@ -210,6 +274,42 @@ if want upload; then
   done
   hwm=$(kib "$S3WARDEN_PID" VmHWM)
   echo "{\"rss_before_kib\": $rss_before, \"peak_rss_kib\": $hwm, \"bytes\": $((256 * 1024 * 1024))}" > "$out/upload_rss.json"
+  cleanup_processes
+fi
+
+if want cost; then
+  echo "== cost: one Zipf trace with a scan, s3warden vs nginx proxy_cache vs an exact LRU, 64 MiB each" >&2
+  ensure_tools
+  work=$(mktemp -d -p "$out")
+  data="$work/s3/$BENCH_BUCKET"
+  mkdir -p "$data"
+  capacity=$((64 * 1024 * 1024))
+  python3 bench/trace.py make "$data" "$work/trace.txt" "$capacity" > "$out/cost_trace.json"
+  # Two S3 processes on the same data, each counting the body bytes its GETs sent: a signed
+  # one for s3warden, an anonymous one for nginx.
+  S3_STATS_FILE="$work/s3warden.s3bytes" start_s3 "$work/s3" 19600
+  S3_STATS_FILE="$work/nginx.s3bytes" ./target/release/examples/s3_server "$work/s3" 127.0.0.1:19601 "$BENCH_BUCKET" anonymous >/dev/null &
+  PIDS+=($!)
+  write_config "$work" 19600 19610 19611 $'[cache]\ncapacity = "64MiB"\nmax_object_size = "1MiB"\nttl = "1h"'
+  start_s3warden "$work/s3warden.toml" 19610
+  nginx_conf bench/nginx/trace_cache.conf "$work/trace.conf" "$work" 19620 "$data" 19601
+  sed -i "s|@CAPACITY@|$capacity|" "$work/trace.conf"
+  nginx -c "$work/trace.conf" -p "$work" & PIDS+=($!)
+  token=$(s3warden_cmd token --config "$work/s3warden.toml" --sub bench --ttl 1h)
+  wait_for_port 19601
+  wait_for_port 19620
+  python3 bench/trace.py replay http://127.0.0.1:19610/files "$work/trace.txt" "$out/cost_s3warden.jsonl" \
+    "Authorization: Bearer $token" > "$out/cost_s3warden_time.json"
+  # nginx's cache manager trims to max_size after the fact: sample what the cache holds.
+  ( while sleep 0.25; do du -sb "$work/nginx-trace-cache" 2>/dev/null | cut -f1; done ) > "$out/cost_nginx_held.txt" &
+  sampler=$!
+  python3 bench/trace.py replay http://127.0.0.1:19620/files "$work/trace.txt" "$out/cost_nginx.jsonl" > "$out/cost_nginx_time.json"
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  sleep 0.3
+  printf '{"s3warden_s3_bytes": %d, "nginx_s3_bytes": %d, "capacity": %d, "s3warden_cache_bytes": %d}\n' \
+    "$(<"$work/s3warden.s3bytes")" "$(<"$work/nginx.s3bytes")" "$capacity" \
+    "$(curl -fsS http://127.0.0.1:19611/metrics | awk '$1 == "s3warden_cache_bytes" { print $2 }')" > "$out/cost.json"
+  python3 bench/trace.py lru "$work/trace.txt" "$capacity" > "$out/cost_lru.json"
   cleanup_processes
 fi
 

@@ -2,6 +2,8 @@
 //! `cargo run --release --example s3_server -- ROOT ADDR BUCKET [anonymous]`. Credentials come
 //! from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`; with `anonymous`, unsigned requests are
 //! accepted (for nginx, which cannot sign). Prints `ready http://ADDR` and serves until killed.
+//! With `S3_STATS_FILE` set, it writes the body bytes its GETs answered with to that file,
+//! ten times a second (what a deployment pays S3 for).
 
 use s3warden::demo::s3::EmbeddedS3;
 
@@ -23,5 +25,13 @@ async fn main() {
         .expect("start");
     s3.create_bucket(&bucket).expect("bucket");
     println!("ready {}", s3.endpoint());
-    std::future::pending::<()>().await;
+    let Some(stats) = std::env::var_os("S3_STATS_FILE") else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let _ = std::fs::write(&stats, s3.log().sent_bytes().to_string());
+    }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,6 +23,8 @@ pub struct S3Log {
     acls: Mutex<HashMap<String, String>>,
     /// Refuse any request carrying an ACL, like a bucket with "bucket owner enforced".
     acls_disabled: std::sync::atomic::AtomicBool,
+    /// Body bytes of the objects (and ranges) GET answered with.
+    sent_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl S3Log {
@@ -38,6 +41,11 @@ impl S3Log {
             .get(&(op_name(op), format!("{bucket}/{key}")))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Body bytes GET requests were answered with, over every key.
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
     }
 
     /// All `op` requests, over every key.
@@ -174,7 +182,10 @@ impl S3 for Store {
         let (im, inm) = (req.input.if_match.clone(), req.input.if_none_match.clone());
         self.check_conditions(&req, &bucket, &key, im.as_ref(), inm.as_ref())
             .await?;
-        self.fs.get_object(req).await
+        let response = self.fs.get_object(req).await?;
+        let length = response.output.content_length.unwrap_or(0);
+        (self.log.sent_bytes).fetch_add(u64::try_from(length).unwrap_or(0), Ordering::Relaxed);
+        Ok(response)
     }
 
     async fn head_object(
