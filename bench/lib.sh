@@ -191,6 +191,7 @@ nginx_conf() {
 bench_h2load() {
   local name=$1 size=$2 pid=$3 url=$4 header=${5:-}
   local args=(-t1 -c64 -m10 "-D${WRK_SECONDS:-10}" --warm-up-time=1 --log-file="$out/h2load.log")
+  rm -f "$out/h2load.log"
   [[ -n "$header" ]] && args+=(-H "$header")
   local t0 c0 t1 c1 report
   # The warm-up second is not measured: CPU is counted from its end.

@@ -18,7 +18,8 @@ want() { [[ " ${sections[*]} " == *" all "* || " ${sections[*]} " == *" $1 "* ]]
 out=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-trap 'cleanup_processes; rm -rf "$out"' EXIT
+# BENCH_KEEP=DIR keeps the raw figures there (python3 bench/report.py DIR renders them again).
+trap 'cleanup_processes; [[ -n "${BENCH_KEEP:-}" ]] && cp -r "$out" "$BENCH_KEEP"; rm -rf "$out"' EXIT
 
 # The servers under test (s3warden and the bare-hyper ceiling) are built alike, with fat LTO;
 # the helpers (embedded S3, clients, token minting) in the ordinary release profile, and
@@ -310,6 +311,7 @@ if want cost; then
     "$(<"$work/s3warden.s3bytes")" "$(<"$work/nginx.s3bytes")" "$capacity" \
     "$(curl -fsS http://127.0.0.1:19611/metrics | awk '$1 == "s3warden_cache_bytes" { print $2 }')" > "$out/cost.json"
   python3 bench/trace.py lru "$work/trace.txt" "$capacity" > "$out/cost_lru.json"
+  python3 bench/trace.py oracle "$work/trace.txt" "$capacity" > "$out/cost_oracle.json"
   cleanup_processes
 fi
 

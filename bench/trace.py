@@ -6,6 +6,8 @@
                                           requests in order over one keep-alive connection;
                                           one JSON line per request (key, bytes, hit)
   trace.py lru TRACE CAPACITY             an exact byte-bounded LRU of that capacity, offline
+  trace.py oracle TRACE CAPACITY          a bound: the best fixed set of objects for that
+                                          capacity, chosen knowing every request in advance
 
 The mix: 1,500 objects with photo-like sizes (log-uniform, 20-500 KiB) and Zipf popularity
 (s = 0.9); 6,000 requests, then one pass over cold objects never asked for before or after
@@ -50,10 +52,9 @@ def make(data_dir, trace_path, capacity):
         for i, (key, n) in enumerate(requests):
             phase = "scan" if BEFORE <= i < BEFORE + len(cold) else "zipf"
             f.write(f"{key}\t{n}\t{phase}\n")
-    distinct = sum(n for _, n in hot) + held
     print(json.dumps({"requests": len(requests), "objects": OBJECTS + len(cold),
-                      "scan_requests": len(cold), "distinct_bytes": distinct,
-                      "capacity": capacity}))
+                      "scan_requests": len(cold), "hot_bytes": sum(n for _, n in hot),
+                      "scan_bytes": held, "capacity": capacity}))
 
 
 def load(trace_path):
@@ -105,6 +106,24 @@ def lru(trace_path, capacity):
     print(json.dumps({"s3_bytes": fetched, "client_bytes": sent, "hits": hits}))
 
 
+def oracle(trace_path, capacity):
+    """The most requested objects that fit, chosen knowing the whole trace; each is fetched
+    once, everything else on every request. No policy that learns as it goes does much
+    better on requests drawn independently from a fixed popularity."""
+    from collections import Counter
+    requests = load(trace_path)
+    counts = Counter(key for key, _, _ in requests)
+    sizes = {key: size for key, size, _ in requests}
+    kept, held = set(), 0
+    for key in sorted(counts, key=lambda k: (-counts[k], sizes[k])):
+        if held + sizes[key] <= capacity:
+            kept.add(key)
+            held += sizes[key]
+    fetched = sum(sizes[k] * (1 if k in kept else n) for k, n in counts.items())
+    sent = sum(size for _, size, _ in requests)
+    print(json.dumps({"s3_bytes": fetched, "client_bytes": sent}))
+
+
 if __name__ == "__main__":
     verb, args = sys.argv[1], sys.argv[2:]
     if verb == "make":
@@ -113,5 +132,7 @@ if __name__ == "__main__":
         replay(args[0], args[1], args[2], args[3] if len(args) > 3 else None)
     elif verb == "lru":
         lru(args[0], int(args[1]))
+    elif verb == "oracle":
+        oracle(args[0], int(args[1]))
     else:
         sys.exit(__doc__)
