@@ -23,8 +23,8 @@ use futures_util::{FutureExt, future::BoxFuture};
 
 use super::connection::Cork;
 
-/// How many times one poll of a connection reads and runs the streams it started before it
-/// writes what they answered and lets other tasks run.
+/// How many times one poll of a connection runs its streams and reads what else arrived before
+/// it writes what they answered and lets other tasks run.
 const ROUNDS: usize = 4;
 
 thread_local! {
@@ -94,19 +94,29 @@ impl<C: Future + Unpin> Future for WithStreams<C> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = &mut *self;
-        // Reads requests (starting streams) and runs the streams, holding what they write.
+        // Reads requests, starting streams, and writes what is due, as hyper alone would. On
+        // HTTP/1 (no streams) that is all.
+        let (result, mut started) = this.poll_connection(cx);
+        if let Poll::Ready(output) = result {
+            return Poll::Ready(this.finish(output));
+        }
+        if this.streams.is_empty() {
+            return Poll::Pending;
+        }
+        // Runs the streams (new ones, and ones woken by something else: an S3 fetch, flow
+        // control), holding what they write; reads what else has arrived and runs that too.
         this.cork.store(true, Ordering::Relaxed);
-        for round in 0..ROUNDS {
-            let (result, started) = this.poll_connection(cx);
+        for _ in 0..ROUNDS {
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            if !started {
+                break;
+            }
+            let result;
+            (result, started) = this.poll_connection(cx);
             if let Poll::Ready(output) = result {
                 this.cork.store(false, Ordering::Relaxed);
                 return Poll::Ready(this.finish(output));
             }
-            if round > 0 && !started {
-                break;
-            }
-            // New streams, and ones woken by something else (an S3 fetch, flow control).
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
         }
         // Writes it all. Streams this poll starts run on the next one.
         this.cork.store(false, Ordering::Relaxed);
