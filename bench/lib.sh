@@ -37,7 +37,7 @@ wait_for_port() {
 # start_s3 DATA_DIR PORT [CPU]: the embedded S3 in its own process.
 start_s3() {
   local dir=$1 port=$2 cpu=${3:-}
-  local cmd=(./target/release/examples/s3_server "$dir" "127.0.0.1:$port" "$BENCH_BUCKET")
+  local cmd=(./target/no-lto/examples/s3_server "$dir" "127.0.0.1:$port" "$BENCH_BUCKET")
   [[ -n "$cpu" ]] && cmd=(taskset -c "$cpu" "${cmd[@]}")
   AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY "${cmd[@]}" >/dev/null &
   PIDS+=($!)
@@ -95,7 +95,7 @@ TOML
 # start_s3warden CONFIG PORT [CPU] [SCHEME]: the daemon, waiting until it answers.
 start_s3warden() {
   local config=$1 port=$2 cpu=${3:-} scheme=${4:-http}
-  local cmd=("${S3WARDEN_BIN:-./target/lto/s3warden}" serve --config "$config")
+  local cmd=("${S3WARDEN_BIN:-./target/release/s3warden}" serve --config "$config")
   [[ -n "$cpu" ]] && cmd=(taskset -c "$cpu" "${cmd[@]}")
   AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY "${cmd[@]}" >/dev/null &
   S3WARDEN_PID=$!
@@ -116,7 +116,7 @@ held_kib() {
 
 # s3warden_cmd ARGS...: the CLI with the bench credentials.
 s3warden_cmd() {
-  AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY ./target/lto/s3warden "$@"
+  AWS_ACCESS_KEY_ID=$BENCH_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BENCH_SECRET_KEY ./target/release/s3warden "$@"
 }
 
 # cpu_ticks PID: user + system CPU time of a process, in clock ticks.

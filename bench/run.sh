@@ -21,11 +21,12 @@ source bench/lib.sh
 # BENCH_KEEP=DIR keeps the raw figures there (python3 bench/report.py DIR renders them again).
 trap 'cleanup_processes; [[ -n "${BENCH_KEEP:-}" ]] && cp -r "$out" "$BENCH_KEEP"; rm -rf "$out"' EXIT
 
-# The servers under test (s3warden and the bare-hyper ceiling) are built alike, with fat LTO;
-# the helpers (embedded S3, clients, token minting) in the ordinary release profile, and
-# s3warden in it too: the throughput section compares the two builds.
-cargo build --release --quiet --examples --bin s3warden
-cargo build --profile lto --quiet --bin s3warden --example ceiling
+# What is measured (s3warden, the bare-hyper ceiling, the batch signer) is built as users build
+# it, `--release` (fat LTO); the helpers (embedded S3, clients, token minting) with the default
+# release settings (`--profile no-lto`), and s3warden too: the throughput section compares
+# the two builds.
+cargo build --profile no-lto --quiet --examples --bin s3warden
+cargo build --release --quiet --bin s3warden --example ceiling --example sign_batch
 RUNS=${RUNS:-5}
 RUNS_TLS=${RUNS_TLS:-3}
 
@@ -48,17 +49,17 @@ if want throughput; then
     head -c "${bytes[$size]}" /dev/urandom > "$data/bench/obj-$size.bin"
   done
   start_s3 "$work/s3" 19300
-  ./target/release/examples/s3_server "$work/s3" 127.0.0.1:19301 "$BENCH_BUCKET" anonymous >/dev/null &
+  ./target/no-lto/examples/s3_server "$work/s3" 127.0.0.1:19301 "$BENCH_BUCKET" anonymous >/dev/null &
   PIDS+=($!)
   write_config "$work" 19300 19310 19311
   start_s3warden "$work/s3warden.toml" 19310 0
   s3w=$S3WARDEN_PID
-  # The same daemon as `cargo build --release` builds it (the README's build).
-  mkdir -p "$work/release"
-  write_config "$work/release" 19300 19312 19313
-  S3WARDEN_BIN=./target/release/s3warden start_s3warden "$work/release/s3warden.toml" 19312 0
+  # The same daemon without fat LTO (the default release settings).
+  mkdir -p "$work/no-lto"
+  write_config "$work/no-lto" 19300 19312 19313
+  S3WARDEN_BIN=./target/no-lto/s3warden start_s3warden "$work/no-lto/s3warden.toml" 19312 0
   s3w_release=$S3WARDEN_PID
-  mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
+  mapfile -t tok < <(./target/no-lto/examples/tokens bench-hmac-secret-0123456789abcdef0123)
   nginx_conf bench/nginx/static.conf "$work/static.conf" "$work" 19320 "$data" 0
   nginx_conf bench/nginx/proxy_cache.conf "$work/cache.conf" "$work" 19321 "$data" 19301
   nginx_conf bench/nginx/s3_gateway.conf "$work/gateway.conf" "$work" 19322 "$data" 19300
@@ -83,7 +84,7 @@ if want throughput; then
       curl -fsS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "http://127.0.0.1:$port$path"
     done
     signed=$(s3warden_cmd sign --config "$work/s3warden.toml" "files/bench/obj-$size.bin")
-    taskset -c 0 ./target/lto/examples/ceiling 127.0.0.1:19330 "${bytes[$size]}" >/dev/null &
+    taskset -c 0 ./target/release/examples/ceiling 127.0.0.1:19330 "${bytes[$size]}" >/dev/null &
     ceiling=$!
     wait_for_url "http://127.0.0.1:19330/"
     cases=(
@@ -135,7 +136,7 @@ key_file = \"$work/tls/key.pem\""
   sed -i 's|public_url = "http://|public_url = "https://|' "$work/s3warden.toml"
   start_s3warden "$work/s3warden.toml" 19710 0 https
   s3w=$S3WARDEN_PID
-  mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
+  mapfile -t tok < <(./target/no-lto/examples/tokens bench-hmac-secret-0123456789abcdef0123)
   nginx_conf bench/nginx/static_tls.conf "$work/static_tls.conf" "$work" 19720 "$data" 0
   taskset -c 0 nginx -c "$work/static_tls.conf" -p "$work" & PIDS+=($!); tls_master=$!
   wait_for_url "https://127.0.0.1:19720/files/bench/obj-1k.bin"
@@ -143,7 +144,7 @@ key_file = \"$work/tls/key.pem\""
   for size in 1k 64k 1m; do
     path="/files/bench/obj-$size.bin"
     curl -fksS -o /dev/null -H "Authorization: Bearer ${tok[0]}" "https://127.0.0.1:19710$path"
-    taskset -c 0 ./target/lto/examples/ceiling 127.0.0.1:19730 "${bytes[$size]}" \
+    taskset -c 0 ./target/release/examples/ceiling 127.0.0.1:19730 "${bytes[$size]}" \
       "$work/tls/cert.pem" "$work/tls/key.pem" >/dev/null &
     ceiling=$!
     wait_for_url "https://127.0.0.1:19730/"
@@ -183,12 +184,12 @@ for i in range(120000):
 PY
   head -c 65536 /dev/urandom > "$data/bench/one-cold.bin"
   start_s3 "$work/s3" 19400
-  ./target/release/examples/s3_server "$work/s3" 127.0.0.1:19401 "$BENCH_BUCKET" anonymous >/dev/null &
+  ./target/no-lto/examples/s3_server "$work/s3" 127.0.0.1:19401 "$BENCH_BUCKET" anonymous >/dev/null &
   PIDS+=($!)
   s3_anon=$!
   write_config "$work" 19400 19410 19411
   start_s3warden "$work/s3warden.toml" 19410 0
-  mapfile -t tok < <(./target/release/examples/tokens bench-hmac-secret-0123456789abcdef0123)
+  mapfile -t tok < <(./target/no-lto/examples/tokens bench-hmac-secret-0123456789abcdef0123)
   # Each run reads its own range of 40,000 keys (more than a run reaches), so every s3warden
   # request is a miss (checked from its metrics afterwards). The baseline is the same requests
   # straight to the S3.
@@ -201,7 +202,7 @@ PY
   done
   unset COLD_KEYS COLD_START WRK_SCRIPT WRK_SECONDS
   curl -fsS http://127.0.0.1:19411/metrics | awk '$1 ~ /^s3warden_cache_(hits|misses)_total$/ { print $1, $2 }' > "$out/misses_counts.txt"
-  ./target/release/examples/coalesce "http://127.0.0.1:19410/files/bench/one-cold.bin" "${tok[0]}" \
+  ./target/no-lto/examples/coalesce "http://127.0.0.1:19410/files/bench/one-cold.bin" "${tok[0]}" \
     http://127.0.0.1:19411 > "$out/coalesce.json"
   cleanup_processes
 fi
@@ -289,7 +290,7 @@ if want cost; then
   # Two S3 processes on the same data, each counting the body bytes its GETs sent: a signed
   # one for s3warden, an anonymous one for nginx.
   S3_STATS_FILE="$work/s3warden.s3bytes" start_s3 "$work/s3" 19600
-  S3_STATS_FILE="$work/nginx.s3bytes" ./target/release/examples/s3_server "$work/s3" 127.0.0.1:19601 "$BENCH_BUCKET" anonymous >/dev/null &
+  S3_STATS_FILE="$work/nginx.s3bytes" ./target/no-lto/examples/s3_server "$work/s3" 127.0.0.1:19601 "$BENCH_BUCKET" anonymous >/dev/null &
   PIDS+=($!)
   write_config "$work" 19600 19610 19611 $'[cache]\ncapacity = "64MiB"\nmax_object_size = "1MiB"\nttl = "1h"'
   start_s3warden "$work/s3warden.toml" 19610
@@ -311,6 +312,7 @@ if want cost; then
     "$(<"$work/s3warden.s3bytes")" "$(<"$work/nginx.s3bytes")" "$capacity" \
     "$(curl -fsS http://127.0.0.1:19611/metrics | awk '$1 == "s3warden_cache_bytes" { print $2 }')" > "$out/cost.json"
   python3 bench/trace.py lru "$work/trace.txt" "$capacity" > "$out/cost_lru.json"
+  python3 bench/trace.py tinylfu "$work/trace.txt" "$capacity" > "$out/cost_tinylfu.json"
   python3 bench/trace.py oracle "$work/trace.txt" "$capacity" > "$out/cost_oracle.json"
   cleanup_processes
 fi

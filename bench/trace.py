@@ -6,6 +6,9 @@
                                           requests in order over one keep-alive connection;
                                           one JSON line per request (key, bytes, hit)
   trace.py lru TRACE CAPACITY             an exact byte-bounded LRU of that capacity, offline
+  trace.py tinylfu TRACE CAPACITY         an idealized TinyLFU, offline: exact request counts,
+                                          and a newcomer is kept only when it was asked for more
+                                          often than the entries it would evict together
   trace.py oracle TRACE CAPACITY          a bound: the best fixed set of objects for that
                                           capacity, chosen knowing every request in advance
 
@@ -83,12 +86,14 @@ def replay(base, trace_path, out_path, header=None):
     print(json.dumps({"seconds": round(time.monotonic() - started, 1)}))
 
 
-def lru(trace_path, capacity):
-    """Exact LRU bounded by bytes: a miss inserts the object, evicting the least recently used
-    until it fits; objects larger than the capacity are never kept."""
+def replay_offline(trace_path, capacity, admit=lambda key, victims: True, seen=lambda key: None):
+    """A byte-bounded LRU replayed offline: a miss inserts the object, evicting the least
+    recently used until it fits, when `admit` agrees; `seen` hears of every request first.
+    Objects larger than the capacity are never kept."""
     from collections import OrderedDict
     cache, held, fetched, sent, hits = OrderedDict(), 0, 0, 0, []
-    for key, size, phase in load(trace_path):
+    for key, size, _ in load(trace_path):
+        seen(key)
         sent += size
         if key in cache:
             cache.move_to_end(key)
@@ -98,12 +103,31 @@ def lru(trace_path, capacity):
         fetched += size
         if size > capacity:
             continue
-        while held + size > capacity:
-            _, evicted = cache.popitem(last=False)
-            held -= evicted
+        victims, freed = [], 0
+        for victim, victim_size in cache.items():
+            if held - freed + size <= capacity:
+                break
+            victims.append(victim)
+            freed += victim_size
+        if not admit(key, victims):
+            continue
+        for victim in victims:
+            held -= cache.pop(victim)
         cache[key] = size
         held += size
     print(json.dumps({"s3_bytes": fetched, "client_bytes": sent, "hits": hits}))
+
+
+def lru(trace_path, capacity):
+    replay_offline(trace_path, capacity)
+
+
+def tinylfu(trace_path, capacity):
+    from collections import Counter
+    counts = Counter()
+    replay_offline(trace_path, capacity,
+                   admit=lambda key, victims: counts[key] > sum(counts[v] for v in victims),
+                   seen=lambda key: counts.update([key]))
 
 
 def oracle(trace_path, capacity):
@@ -132,6 +156,8 @@ if __name__ == "__main__":
         replay(args[0], args[1], args[2], args[3] if len(args) > 3 else None)
     elif verb == "lru":
         lru(args[0], int(args[1]))
+    elif verb == "tinylfu":
+        tinylfu(args[0], int(args[1]))
     elif verb == "oracle":
         oracle(args[0], int(args[1]))
     else:

@@ -478,3 +478,76 @@ impl AsyncWrite for IdleIo {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/2 `IdleIo` on one end of a loopback TCP connection, and the other end.
+    async fn http2_pair() -> (IdleIo, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let framing = Arc::new(std::sync::Mutex::new(FramingWatch::http2(8192)));
+        (IdleIo::new(Transport::Plain(server), framing), client)
+    }
+
+    /// What has arrived at `client` within a short wait.
+    async fn arrived(client: &mut TcpStream) -> Vec<u8> {
+        let mut got = vec![0; 1 << 20];
+        match tokio::time::timeout(Duration::from_millis(100), client.read(&mut got)).await {
+            Ok(Ok(n)) => got.truncate(n),
+            _ => got.clear(),
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn corked_writes_are_held_until_the_flush_after_the_cork() {
+        let (mut io, mut client) = http2_pair().await;
+        io.cork.store(true, Ordering::Relaxed);
+        for piece in [&b"one "[..], b"two ", b"three "] {
+            assert_eq!(io.write(piece).await.unwrap(), piece.len());
+        }
+        // A flush while corked sends nothing.
+        io.flush().await.unwrap();
+        assert_eq!(arrived(&mut client).await, b"");
+        io.cork.store(false, Ordering::Relaxed);
+        io.flush().await.unwrap();
+        assert_eq!(arrived(&mut client).await, b"one two three ");
+    }
+
+    #[tokio::test]
+    async fn a_write_past_what_a_cork_holds_goes_out_after_the_held_bytes() {
+        let (mut io, mut client) = http2_pair().await;
+        io.cork.store(true, Ordering::Relaxed);
+        io.write_all(b"head ").await.unwrap();
+        let large = vec![b'x'; HELD_AT_MOST];
+        io.write_all(&large).await.unwrap();
+        io.cork.store(false, Ordering::Relaxed);
+        io.flush().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 + large.len() {
+            let more = arrived(&mut client).await;
+            assert!(!more.is_empty(), "only {} bytes arrived", got.len());
+            got.extend(more);
+        }
+        assert_eq!(&got[..5], b"head ");
+        assert!(got[5..].iter().all(|b| *b == b'x'));
+        // Nothing is held any more: a write with the cork off goes straight out.
+        io.write_all(b"tail").await.unwrap();
+        assert_eq!(arrived(&mut client).await, b"tail");
+    }
+
+    #[tokio::test]
+    async fn http1_is_never_corked() {
+        let (mut io, mut client) = http2_pair().await;
+        io.written = None;
+        io.cork.store(true, Ordering::Relaxed);
+        io.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert_eq!(arrived(&mut client).await, b"HTTP/1.1 200 OK\r\n");
+    }
+}

@@ -141,3 +141,75 @@ impl<C> WithStreams<C> {
         output
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Stands in for hyper's HTTP/2 connection: its first poll starts three streams; every
+    /// poll "writes" the answers given so far (the held ones only when not corked).
+    struct Connection {
+        cork: Cork,
+        answers: Arc<Mutex<Vec<String>>>,
+        polls: usize,
+        written: Vec<Vec<String>>,
+    }
+
+    impl Future for Connection {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+            self.polls += 1;
+            if self.polls == 1 {
+                for stream in 0..3 {
+                    let (answers, cork) = (self.answers.clone(), self.cork.clone());
+                    hyper::rt::Executor::execute(&StreamExecutor, async move {
+                        let held = cork.load(Ordering::Relaxed);
+                        answers.lock().unwrap().push(format!("{stream} held={held}"));
+                    });
+                }
+            }
+            let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+            if !self.cork.load(Ordering::Relaxed) && !answers.is_empty() {
+                self.written.push(answers);
+            } else {
+                self.answers.lock().unwrap().extend(answers);
+            }
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_run_in_the_connections_poll_and_their_answers_leave_together() {
+        let cork = Cork::default();
+        let mut driven = WithStreams::new(
+            Connection {
+                cork: cork.clone(),
+                answers: Arc::default(),
+                polls: 0,
+                written: Vec::new(),
+            },
+            cork.clone(),
+        );
+        let polled = futures_util::poll!(&mut driven);
+        assert!(polled.is_pending());
+        // One poll of the connection's task ran every stream, corked, and then wrote all three
+        // answers at once.
+        assert_eq!(
+            driven.connection.written,
+            vec![vec!["0 held=true", "1 held=true", "2 held=true"]]
+        );
+        assert!(!cork.load(Ordering::Relaxed));
+        assert!(driven.streams.is_empty());
+    }
+
+    #[tokio::test]
+    async fn streams_started_elsewhere_are_spawned() {
+        let (done, ran) = tokio::sync::oneshot::channel();
+        hyper::rt::Executor::execute(&StreamExecutor, async move {
+            let _ = done.send(());
+        });
+        ran.await.unwrap();
+    }
+}
