@@ -6,6 +6,7 @@
 // What the binary, the tests and the benchmarks use is public; the rest is the crate's own.
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod buffers;
 pub mod cache;
 pub mod config;
 pub mod daemon;

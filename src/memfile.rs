@@ -4,51 +4,16 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
 
 use bytes::Bytes;
+
+use crate::buffers;
 
 /// Objects at least this large are kept in memory files; below it one copy costs less than the
 /// extra system call.
 pub const MIN_FILE_SIZE: u64 = 32 * 1024;
-
-/// The size of the reused buffers that copies out of memory files go through (one TLS record,
-/// one HTTP/2 frame).
-pub const COPY_BUFFER: usize = 16 * 1024;
-
-/// At most this many copy buffers wait for reuse (8 MiB).
-const IDLE_BUFFERS: usize = 512;
-
-/// Copy buffers waiting for reuse. Fresh ones would each cost page faults: the allocator hands
-/// freed memory back to the kernel when many are freed at once, and takes it back page by page.
-static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// An empty buffer of [`COPY_BUFFER`] bytes' capacity.
-fn take_buffer() -> Vec<u8> {
-    let reused = BUFFERS.lock().expect("lock").pop();
-    reused.unwrap_or_else(|| Vec::with_capacity(COPY_BUFFER))
-}
-
-/// A copy buffer behind `Bytes`, going back for reuse when the last `Bytes` is dropped.
-struct Pooled(Vec<u8>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        buf.clear();
-        let mut idle = BUFFERS.lock().expect("lock");
-        if idle.len() < IDLE_BUFFERS {
-            idle.push(buf);
-        }
-    }
-}
 
 /// Memory files open now; each holds a file descriptor.
 static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
@@ -136,11 +101,11 @@ impl StoredFile {
     }
 
     /// Copies `len` bytes from `offset` into memory (for connections that cannot use
-    /// `sendfile`: TLS, HTTP/2). Copies of at most [`COPY_BUFFER`] bytes reuse their buffers.
+    /// `sendfile`: TLS, HTTP/2). Copies of at most [`buffers::SIZE`] bytes reuse their buffers.
     pub fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let pooled = len <= COPY_BUFFER;
+        let pooled = len <= buffers::SIZE;
         let mut buf = if pooled {
-            take_buffer()
+            buffers::take()
         } else {
             Vec::with_capacity(len)
         };
@@ -154,7 +119,7 @@ impl StoredFile {
         }
         buf.truncate(len);
         Ok(if pooled {
-            Bytes::from_owner(Pooled(buf))
+            buffers::into_bytes(buf)
         } else {
             Bytes::from(buf)
         })
@@ -234,19 +199,19 @@ mod tests {
 
     #[test]
     fn copies_reuse_their_buffers_and_hold_only_their_range() {
-        let body: Vec<u8> = (0..3 * COPY_BUFFER).map(|i| (i % 251) as u8).collect();
+        let body: Vec<u8> = (0..3 * buffers::SIZE).map(|i| (i % 251) as u8).collect();
         let mut writer = FileWriter::new().unwrap();
         writer.write(&body).unwrap();
         let file = writer.finish().unwrap();
-        let first = file.read(10, COPY_BUFFER).unwrap();
-        assert_eq!(first, body[10..10 + COPY_BUFFER]);
+        let first = file.read(10, buffers::SIZE).unwrap();
+        assert_eq!(first, body[10..10 + buffers::SIZE]);
         let at = first.as_ptr();
         drop(first);
         // A short copy in the middle of the file: only its bytes, in a reused buffer (other
         // tests may take one from the shared pool at the same time, so look at a few).
         let again: Vec<Bytes> = (0..4).map(|_| file.read(100, 7).unwrap()).collect();
         assert!(again.iter().all(|b| *b == body[100..107]));
-        assert!(again.iter().any(|b| b.as_ptr() == at) || BUFFERS.lock().unwrap().is_empty());
+        assert!(again.iter().any(|b| b.as_ptr() == at) || buffers::idle() == 0);
         // Larger copies are not pooled, and still exact.
         let whole = file.read(0, body.len()).unwrap();
         assert_eq!(whole, body);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -240,7 +240,9 @@ struct IdleIo {
     written: Option<FrameScan>,
     /// While set (HTTP/2 only), writes are held in `held` and flushes wait ([`Cork`]).
     cork: Cork,
-    held: BytesMut,
+    /// Held bytes (from `held_from` on), in a reused buffer while there are any.
+    held: Vec<u8>,
+    held_from: usize,
 }
 
 /// Set while a connection's task runs its HTTP/2 streams: their answers are held and leave
@@ -249,7 +251,7 @@ pub(super) type Cork = Arc<std::sync::atomic::AtomicBool>;
 
 /// The most bytes a cork holds: one TLS record. Past it, they go out with the write that would
 /// overflow it.
-const HELD_AT_MOST: usize = 16 * 1024;
+const HELD_AT_MOST: usize = crate::buffers::SIZE;
 
 impl IdleIo {
     fn new(inner: Transport, framing: Arc<std::sync::Mutex<FramingWatch>>) -> Self {
@@ -265,7 +267,8 @@ impl IdleIo {
             activity: Activity::default(),
             written,
             cork: Cork::default(),
-            held: BytesMut::new(),
+            held: Vec::new(),
+            held_from: 0,
         }
     }
 
@@ -274,17 +277,34 @@ impl IdleIo {
         self.written.is_some() && self.cork.load(Ordering::Relaxed)
     }
 
+    /// The bytes held and not yet written.
+    fn held(&self) -> &[u8] {
+        &self.held[self.held_from..]
+    }
+
+    /// Holds `bufs` (they fit), taking a buffer for them if none is held yet.
+    fn hold(&mut self, bufs: &[std::io::IoSlice<'_>]) {
+        if self.held.capacity() == 0 {
+            self.held = crate::buffers::take();
+        }
+        for buf in bufs {
+            self.held.extend_from_slice(buf);
+        }
+    }
+
     /// Writes the held bytes, and with them as much of `bufs` as the transport takes; returns
-    /// how much of `bufs` was written, once nothing is held any more.
+    /// how much of `bufs` was written, once nothing is held any more (the buffer goes back for
+    /// reuse: an idle connection keeps none).
     fn poll_write_held(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         const SLICES: usize = 8;
-        while !self.held.is_empty() {
+        while !self.held().is_empty() {
+            let held = self.held().len();
             let mut slices = [std::io::IoSlice::new(&[]); SLICES];
-            slices[0] = std::io::IoSlice::new(&self.held);
+            slices[0] = std::io::IoSlice::new(&self.held[self.held_from..]);
             let more = bufs.len().min(SLICES - 1);
             slices[1..=more].copy_from_slice(&bufs[..more]);
             let n = std::task::ready!(
@@ -293,13 +313,13 @@ impl IdleIo {
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            if n < self.held.len() {
-                self.held.advance(n);
+            if n < held {
+                self.held_from += n;
                 continue;
             }
-            let past = n - self.held.len();
-            self.held.clear();
-            return Poll::Ready(Ok(past));
+            crate::buffers::give_back(std::mem::take(&mut self.held));
+            self.held_from = 0;
+            return Poll::Ready(Ok(n - held));
         }
         Poll::Ready(Ok(0))
     }
@@ -416,7 +436,7 @@ impl AsyncWrite for IdleIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if sendfile::is_placeholder(data) || self.corked() || !self.held.is_empty() {
+        if sendfile::is_placeholder(data) || self.corked() || !self.held().is_empty() {
             return self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)]);
         }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
@@ -432,12 +452,10 @@ impl AsyncWrite for IdleIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        if this.corked() || !this.held.is_empty() {
+        if this.corked() || !this.held().is_empty() {
             let total: usize = bufs.iter().map(|b| b.len()).sum();
             if this.corked() && this.held.len() + total <= HELD_AT_MOST {
-                for buf in bufs {
-                    this.held.extend_from_slice(buf);
-                }
+                this.hold(bufs);
                 this.wrote(bufs, total);
                 return Poll::Ready(Ok(total));
             }
@@ -518,6 +536,8 @@ mod tests {
         io.cork.store(false, Ordering::Relaxed);
         io.flush().await.unwrap();
         assert_eq!(arrived(&mut client).await, b"one two three ");
+        // Its buffer went back for reuse: an idle connection holds none.
+        assert_eq!(io.held.capacity(), 0);
     }
 
     #[tokio::test]

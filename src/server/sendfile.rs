@@ -38,7 +38,7 @@ const FRAME: usize = 1 << 20;
 /// knows whether the client can take it: a client that opens streams and never reads (HTTP/2
 /// flow control, a TLS reader that stalls) holds one frame per response in server memory, so
 /// frames are one HTTP/2 frame or TLS record long, not a megabyte.
-const COPY_FRAME: usize = crate::memfile::COPY_BUFFER;
+const COPY_FRAME: usize = crate::buffers::SIZE;
 
 /// Placeholder windows; consecutive frames use different ones, so a stale segment cannot match.
 const WINDOWS: usize = 16;

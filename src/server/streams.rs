@@ -166,7 +166,10 @@ mod tests {
                     let (answers, cork) = (self.answers.clone(), self.cork.clone());
                     hyper::rt::Executor::execute(&StreamExecutor, async move {
                         let held = cork.load(Ordering::Relaxed);
-                        answers.lock().unwrap().push(format!("{stream} held={held}"));
+                        answers
+                            .lock()
+                            .unwrap()
+                            .push(format!("{stream} held={held}"));
                     });
                 }
             }
