@@ -16,6 +16,8 @@ sections=("${@:-all}")
 want() { [[ " ${sections[*]} " == *" all "* || " ${sections[*]} " == *" $1 "* ]]; }
 
 out=$(mktemp -d)
+date -u '+%Y-%m-%d %H:%M UTC' > "$out/started"
+git rev-parse --short HEAD > "$out/commit"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 # BENCH_KEEP=DIR keeps the raw figures there (python3 bench/report.py DIR renders them again).
