@@ -128,6 +128,59 @@ pub struct ObjectCache {
     /// so a write that happened during a fetch is never hidden by the older bytes.
     epoch: AtomicU64,
     metrics: Arc<Metrics>,
+    capacity: u64,
+    asked: Doorkeeper,
+}
+
+/// Which keys were asked for lately, once or more than once. When the cache is full, an object
+/// is stored only on its second request (or when others wait for the same fill): objects asked
+/// for once and never again, like a crawler's or a backup's pass over cold keys, then do not
+/// push out what is read all the time. moka's own admission alone lets them in just after its
+/// counters are halved.
+struct Doorkeeper {
+    /// Two-bit saturating counts, indexed by a hash of the key.
+    counts: Vec<std::sync::atomic::AtomicU8>,
+    hasher: std::hash::RandomState,
+    /// Requests counted since the counts were last cleared.
+    recorded: AtomicU64,
+}
+
+/// Counter slots of a doorkeeper (64 KiB); they are cleared after twice as many requests.
+const DOORKEEPER_SLOTS: usize = 1 << 16;
+
+impl Doorkeeper {
+    fn new() -> Doorkeeper {
+        Doorkeeper {
+            counts: (0..DOORKEEPER_SLOTS).map(|_| Default::default()).collect(),
+            hasher: std::hash::RandomState::new(),
+            recorded: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, key: &S3Object) -> &std::sync::atomic::AtomicU8 {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(key) as usize;
+        &self.counts[hash % DOORKEEPER_SLOTS]
+    }
+
+    /// Counts a request for `key` that missed.
+    fn ask(&self, key: &S3Object) {
+        if self.recorded.fetch_add(1, Ordering::Relaxed) >= 2 * DOORKEEPER_SLOTS as u64 {
+            self.recorded.store(0, Ordering::Relaxed);
+            for count in &self.counts {
+                count.store(0, Ordering::Relaxed);
+            }
+        }
+        let slot = self.slot(key);
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < 2).then_some(n + 1)
+        });
+    }
+
+    /// Whether `key` missed more than once lately.
+    fn asked_again(&self, key: &S3Object) -> bool {
+        self.slot(key).load(Ordering::Relaxed) >= 2
+    }
 }
 
 /// Whether a lookup may fetch the whole object into the cache on a miss.
@@ -153,6 +206,8 @@ impl ObjectCache {
             settings: ArcSwap::from_pointee(CacheSettings::from(config)),
             epoch: AtomicU64::new(0),
             metrics,
+            capacity,
+            asked: Doorkeeper::new(),
         }
     }
 
@@ -215,6 +270,9 @@ impl ObjectCache {
             }
         } else if on_miss == OnMiss::Bypass {
             return Ok(Lookup::Bypass);
+        }
+        if on_miss == OnMiss::Fetch {
+            self.asked.ask(key);
         }
         // Boxed: the hit path's future stays small (hyper moves it once per request).
         Box::pin(self.fill(permit, s3, on_miss)).await
@@ -295,6 +353,11 @@ impl ObjectCache {
         let object = Arc::new(read_whole(fetched, settings, now).await?);
         self.metrics.cache(CacheEvent::Miss);
         let entry = Arc::new(Entry::Object(object.clone()));
+        let weight = u64::from(entry.weight(permit.object()));
+        let full = self.entries.weighted_size() + weight > self.capacity;
+        if full && !self.asked.asked_again(permit.object()) {
+            return Ok((Op::Nop, Lookup::Object(object, CacheStatus::Miss)));
+        }
         Ok((Op::Put(entry), Lookup::Object(object, CacheStatus::Miss)))
     }
 
@@ -464,5 +527,36 @@ impl moka::Expiry<S3Object, Arc<Entry>> for MarkerExpiry {
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         self.expire_after_create(key, entry, updated_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(key: &str) -> S3Object {
+        S3Object {
+            store: "s3".into(),
+            bucket: "b".into(),
+            key: key.into(),
+        }
+    }
+
+    #[test]
+    fn the_doorkeeper_knows_keys_asked_for_twice_until_it_forgets() {
+        let asked = Doorkeeper::new();
+        let (a, b) = (object("a"), object("b"));
+        asked.ask(&a);
+        assert!(!asked.asked_again(&a));
+        asked.ask(&a);
+        asked.ask(&a);
+        assert!(asked.asked_again(&a));
+        assert!(!asked.asked_again(&b) || std::ptr::eq(asked.slot(&a), asked.slot(&b)));
+        // After twice as many requests as it has slots, it starts over.
+        for i in 0..2 * DOORKEEPER_SLOTS {
+            asked.ask(&object(&format!("other/{i}")));
+        }
+        asked.ask(&b);
+        assert!(!asked.asked_again(&a) || std::ptr::eq(asked.slot(&a), asked.slot(&b)));
     }
 }

@@ -234,6 +234,51 @@ async fn cached_bytes_never_exceed_capacity() {
 }
 
 #[tokio::test]
+async fn a_pass_over_cold_objects_does_not_push_the_hot_ones_out_of_a_full_cache() {
+    let h = Setup::default()
+        .set("cache.capacity", "\"1MiB\"")
+        .set("cache.max_object_size", "\"256KiB\"")
+        .start()
+        .await;
+    let t = token("alice");
+    let object = vec![7u8; 100_000];
+    for i in 0..8 {
+        h.put(&format!("photos/hot{i}.bin"), &object);
+    }
+    for i in 0..40 {
+        h.put(&format!("photos/cold{i}.bin"), &object);
+    }
+    let read = |key: String| {
+        let (h, t) = (&h, &t);
+        async move {
+            let r = h.get(&key, Some(t)).await;
+            assert_eq!(r.status(), StatusCode::OK, "{key}");
+            let state = r.headers()["x-cache"].to_str().unwrap().to_owned();
+            assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+            state
+        }
+    };
+    // The hot set, read often: 800 KB of a 1 MiB cache.
+    for _ in 0..4 {
+        for i in 0..8 {
+            read(format!("photos/hot{i}.bin")).await;
+        }
+    }
+    // One pass over 4 MB of objects nobody asks for again: the cache is full, and they are
+    // served (from S3) without being stored.
+    for i in 0..40 {
+        assert_eq!(read(format!("photos/cold{i}.bin")).await, "MISS");
+    }
+    for i in 0..8 {
+        let key = format!("photos/hot{i}.bin");
+        assert_eq!(read(key.clone()).await, "HIT", "{key}");
+        assert_eq!(h.s3_log().requests("GET", BUCKET, &key), 1, "{key}");
+    }
+    let (bytes, _) = h.app.cache().size().await;
+    assert!(bytes <= 1024 * 1024, "{bytes}");
+}
+
+#[tokio::test]
 async fn ranges_conditionals_and_head_on_hits_are_answered_from_memory() {
     let h = Setup::default().start().await;
     let body: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
