@@ -277,6 +277,11 @@ impl IdleIo {
         self.written.is_some() && self.cork.load(Ordering::Relaxed)
     }
 
+    /// Whether a write must go through the held bytes: held back now, or some still held.
+    fn holding(&self) -> bool {
+        self.corked() || !self.held().is_empty()
+    }
+
     /// The bytes held and not yet written.
     fn held(&self) -> &[u8] {
         &self.held[self.held_from..]
@@ -436,7 +441,7 @@ impl AsyncWrite for IdleIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if sendfile::is_placeholder(data) || self.corked() || !self.held().is_empty() {
+        if sendfile::is_placeholder(data) || self.holding() {
             return self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)]);
         }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
@@ -452,7 +457,7 @@ impl AsyncWrite for IdleIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        if this.corked() || !this.held().is_empty() {
+        if this.holding() {
             let total: usize = bufs.iter().map(|b| b.len()).sum();
             if this.corked() && this.held.len() + total <= HELD_AT_MOST {
                 this.hold(bufs);

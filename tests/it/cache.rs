@@ -201,14 +201,19 @@ async fn objects_over_max_object_size_stream_and_are_never_cached() {
     assert!(bytes < 4096, "only a small marker, not the body: {bytes}");
 }
 
-#[tokio::test]
-async fn cached_bytes_never_exceed_capacity() {
-    let capacity = 1024 * 1024;
-    let h = Setup::default()
+/// A daemon whose cache holds 1 MiB, of objects up to 256 KiB.
+async fn small_cache() -> Harness {
+    Setup::default()
         .set("cache.capacity", "\"1MiB\"")
         .set("cache.max_object_size", "\"256KiB\"")
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn cached_bytes_never_exceed_capacity() {
+    let capacity = 1024 * 1024;
+    let h = small_cache().await;
     let t = token("alice");
     let object = vec![3u8; 100_000];
     for i in 0..32 {
@@ -235,11 +240,7 @@ async fn cached_bytes_never_exceed_capacity() {
 
 #[tokio::test]
 async fn a_pass_over_cold_objects_does_not_push_the_hot_ones_out_of_a_full_cache() {
-    let h = Setup::default()
-        .set("cache.capacity", "\"1MiB\"")
-        .set("cache.max_object_size", "\"256KiB\"")
-        .start()
-        .await;
+    let h = small_cache().await;
     let t = token("alice");
     let object = vec![7u8; 100_000];
     for i in 0..8 {
