@@ -251,10 +251,9 @@ impl Exchange<'_> {
             // The form's own overhead (boundaries, other fields) gets a little room.
             let form_state = Arc::new(BodyState::default());
             let raw = self.limited_by(body, &form_state, self.max_upload() + FORM_PRELUDE_MAX);
-            // multer keeps what it has read until it finds a part's end of headers: until the
-            // file field starts, it may read no more than the prelude allows.
-            let file_found = Arc::new(AtomicBool::new(false));
-            let raw = prelude_limited(raw, file_found.clone(), form_state.clone());
+            // Until the file field starts, multer may read no more than the prelude allows.
+            let progress = Arc::new(FormProgress::default());
+            let raw = prelude_limited(raw, progress.clone(), form_state.clone());
             // The form's own body decides first: too large, too slow, or too much before `file`.
             let too_large = |e: ProxyError| {
                 if form_state.too_large.load(Ordering::SeqCst) {
@@ -274,10 +273,12 @@ impl Exchange<'_> {
             let field = loop {
                 match form.next_field().await {
                     Ok(Some(field)) if field.name() == Some("file") => {
-                        file_found.store(true, Ordering::SeqCst);
+                        progress.file_found.store(true, Ordering::SeqCst);
                         break field;
                     }
-                    Ok(Some(_)) => continue,
+                    Ok(Some(_)) => {
+                        progress.fields.fetch_add(1, Ordering::SeqCst);
+                    }
                     Ok(None) => {
                         return Err(ProxyError::BadRequest(
                             "the form has no field named \"file\"".into(),
@@ -632,23 +633,85 @@ impl BodyState {
 /// fields.
 const FORM_PRELUDE_MAX: u64 = 64 * 1024;
 
-/// A form body that ends with an error once more than [`FORM_PRELUDE_MAX`] bytes were read
-/// without `file_found` being set.
+/// How far the upload got through a form: fields passed over, and whether the file field
+/// was found.
+#[derive(Default)]
+struct FormProgress {
+    fields: AtomicU64,
+    file_found: AtomicBool,
+}
+
+/// A form body of which at most [`FORM_PRELUDE_MAX`] bytes reach multer until the file field
+/// is found; past that it ends with an error.
+///
+/// multer reads every chunk that is ready before it looks for a part's headers, so a client
+/// that sends fast (HTTP/2 frames already in, a large HTTP/1 read) would otherwise hand it the
+/// file's bytes too, and a form whose file field starts early be taken for one that does not.
+/// So the stream stops at the limit (multer then parses what it has), and errs when multer
+/// asks again without having yielded a field since: it needs bytes beyond the limit.
 fn prelude_limited(
     body: ByteStream,
-    file_found: Arc<AtomicBool>,
+    progress: Arc<FormProgress>,
     state: Arc<BodyState>,
 ) -> ByteStream {
-    let mut read = 0u64;
-    Box::pin(body.map(move |chunk| {
-        let chunk = chunk?;
-        read += chunk.len() as u64;
-        if read > FORM_PRELUDE_MAX && !file_found.load(Ordering::SeqCst) {
-            state.prelude_too_long.store(true, Ordering::SeqCst);
-            return Err(BoxError::from("too much before the file field"));
+    Box::pin(Prelude {
+        body,
+        progress,
+        state,
+        read: 0,
+        held: None,
+        paused_at: None,
+    })
+}
+
+struct Prelude {
+    body: ByteStream,
+    progress: Arc<FormProgress>,
+    state: Arc<BodyState>,
+    /// Bytes handed on so far.
+    read: u64,
+    /// The part of a chunk beyond the limit, handed on once the file field was found.
+    held: Option<Bytes>,
+    /// The fields passed over when the stream last stopped at the limit.
+    paused_at: Option<u64>,
+}
+
+impl futures_util::Stream for Prelude {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let found = self.progress.file_found.load(Ordering::SeqCst);
+        if !found && self.read >= FORM_PRELUDE_MAX {
+            let fields = self.progress.fields.load(Ordering::SeqCst);
+            if self.paused_at == Some(fields) {
+                self.state.prelude_too_long.store(true, Ordering::SeqCst);
+                return Poll::Ready(Some(Err(BoxError::from("too much before the file field"))));
+            }
+            // Pending lets multer parse what it has; the wake-up brings it back either way.
+            self.paused_at = Some(fields);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
-        Ok(chunk)
-    }))
+        let mut chunk = match self.held.take() {
+            Some(chunk) => chunk,
+            None => match std::task::ready!(self.body.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => chunk,
+                other => return Poll::Ready(other),
+            },
+        };
+        if !found {
+            let room = (FORM_PRELUDE_MAX - self.read) as usize;
+            if chunk.len() > room {
+                self.held = Some(chunk.split_off(room));
+            }
+        }
+        self.read += chunk.len() as u64;
+        Poll::Ready(Some(Ok(chunk)))
+    }
 }
 
 /// How fast a request body must come: at least `min_bytes` in every `window` spent waiting
@@ -786,5 +849,65 @@ mod tests {
             Some("txt")
         );
         assert_eq!(extension_for("application/x-nothing"), None);
+    }
+
+    /// A form in one chunk, as a fast client's whole body arrives: `before` bytes of another
+    /// field first, then a file of `file` bytes.
+    fn form_in_one_chunk(before: usize, file: usize) -> ByteStream {
+        let mut body = Vec::new();
+        if before > 0 {
+            body.extend_from_slice(
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n",
+            );
+            body.resize(body.len() + before, b'n');
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.bin\"\r\n\r\n",
+        );
+        body.resize(body.len() + file, b'f');
+        body.extend_from_slice(b"\r\n--XyZ--\r\n");
+        Box::pin(futures_util::stream::iter([Ok(Bytes::from(body))]))
+    }
+
+    /// The file field's bytes as the upload reads them, or the error.
+    async fn read_file_field(body: ByteStream) -> (Result<usize, multer::Error>, bool) {
+        let progress = Arc::new(FormProgress::default());
+        let state = Arc::new(BodyState::default());
+        let limited = prelude_limited(body, progress.clone(), state.clone());
+        let mut form = multer::Multipart::new(limited, "XyZ");
+        let read = async {
+            let mut field = loop {
+                let field = form.next_field().await?.expect("a file field");
+                if field.name() == Some("file") {
+                    progress.file_found.store(true, Ordering::SeqCst);
+                    break field;
+                }
+                progress.fields.fetch_add(1, Ordering::SeqCst);
+            };
+            let mut len = 0;
+            while let Some(chunk) = field.chunk().await? {
+                len += chunk.len();
+            }
+            Ok(len)
+        }
+        .await;
+        (read, state.prelude_too_long.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_file_field_that_starts_in_time_is_read_whole_however_the_body_arrives() {
+        let (read, too_long) = read_file_field(form_in_one_chunk(0, 300 * 1024)).await;
+        assert_eq!(read.unwrap(), 300 * 1024);
+        assert!(!too_long);
+        let (read, _) = read_file_field(form_in_one_chunk(60 * 1024, 300 * 1024)).await;
+        assert_eq!(read.unwrap(), 300 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_form_with_too_much_before_its_file_field_is_refused() {
+        let (read, too_long) = read_file_field(form_in_one_chunk(70 * 1024, 1024)).await;
+        assert!(read.is_err());
+        assert!(too_long);
     }
 }
