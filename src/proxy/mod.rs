@@ -326,6 +326,11 @@ impl App {
         let mut request_id = client.request_id.clone();
         request_id.set_sensitive(true);
         headers.insert(client::X_REQUEST_ID.clone(), request_id);
+        // A HEAD answer has the GET's headers and no content, errors included (HTTP/1 drops the
+        // body on its own; HTTP/2 would send it, and clients reset such a stream).
+        if parts.method == http::Method::HEAD {
+            *response.body_mut() = crate::server::Body::full(bytes::Bytes::new());
+        }
         metrics.in_flight().dec();
         let status = response.status().as_u16();
         let cache = crate::response::cache_label(response.headers());

@@ -254,6 +254,30 @@ async fn ranges() {
 }
 
 #[tokio::test]
+async fn head_errors_carry_no_body_over_http2_either() {
+    // An HTTP/2 client resets a HEAD stream that brings data; HTTP/1 drops it on its own.
+    let h = Setup::default().start().await;
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (key, status) in [
+        ("users/alice/missing", StatusCode::NOT_FOUND),
+        ("users/bob/x", StatusCode::FORBIDDEN),
+    ] {
+        let head = http2
+            .head(h.object_url(key))
+            .bearer_auth(token("alice"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.version(), reqwest::Version::HTTP_2);
+        assert_eq!(head.status(), status);
+        assert_eq!(head.bytes().await.unwrap().len(), 0, "{key}");
+    }
+}
+
+#[tokio::test]
 async fn head_has_get_headers_and_no_body() {
     let h = Setup::default().start().await;
     let t = token("alice");
