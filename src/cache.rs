@@ -236,9 +236,13 @@ impl ObjectCache {
     /// Drops everything; returns how many entries there were.
     pub async fn purge(&self) -> u64 {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.run_pending_tasks().await;
-        let n = self.entries.entry_count();
-        self.entries.invalidate_all();
+        // One by one: moka's invalidate_all only hides entries, and keeps their bodies (memory
+        // files included) until each is touched again or evicted.
+        let mut n = 0;
+        for (key, _) in self.entries.iter() {
+            self.entries.invalidate(&*key).await;
+            n += 1;
+        }
         self.entries.run_pending_tasks().await;
         n
     }

@@ -460,6 +460,31 @@ async fn purges_remove_entries() {
 }
 
 #[tokio::test]
+async fn a_purge_gives_back_the_memory_its_entries_held() {
+    let h = Setup::default().start().await;
+    let t = token("alice");
+    for i in 0..5 {
+        let key = format!("photos/large{i}.bin");
+        h.put(&key, &vec![b'x'; 100_000]);
+        assert_eq!(
+            h.get(&key, Some(&t)).await.bytes().await.unwrap().len(),
+            100_000
+        );
+    }
+    assert_eq!(h.metric("s3warden_memory_files").await, Some(5));
+    let r = h
+        .http
+        .post(format!("{}/cache/purge", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The bodies are gone at once, not when moka next gets round to them.
+    assert_eq!(h.metric("s3warden_memory_files").await, Some(0));
+    assert_eq!(h.metric("s3warden_memory_file_bytes").await, Some(0));
+}
+
+#[tokio::test]
 async fn missing_objects_are_remembered_for_negative_ttl() {
     let h = Setup::default()
         .set("cache.negative_ttl", "\"300ms\"")
