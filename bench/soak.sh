@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The chaos soak: bench/soak.sh [DURATION] [--keep DIR]   (default 10m; e.g. 2m, 90s, 1h)
+#
+# Two s3warden daemons (HTTP/1.1 plain, HTTP/2 over TLS) against the embedded S3 behind a
+# fault-injecting proxy, with many clients, faults, reloads, secret rotations and purges all
+# the time; every answer is checked (bench/soak/main.rs says what). Prints a summary and exits
+# non-zero on any violation. --keep DIR keeps the daemons' logs and configs.
+#
+# The daemon is the debug build by default (overflow checks and debug assertions on, and the
+# one `cargo test` already built); SOAK_PROFILE=release soaks the binary users build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10m}
+shift || true
+profile=${SOAK_PROFILE:-dev}
+cargo build --profile "$profile" --quiet --bin s3warden --example soak
+dir=target/$([[ $profile == dev ]] && echo debug || echo "$profile")
+exec "$dir/examples/soak" --bin "$dir/s3warden" --duration "$duration" "$@"
