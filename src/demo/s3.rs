@@ -118,9 +118,21 @@ fn op_name(op: &str) -> &'static str {
 struct Store {
     fs: FileSystem,
     log: Arc<S3Log>,
+    /// One lock per object: reads share it, writes and deletes take it alone. s3s-fs keeps an
+    /// object's bytes and its ETag in separate files, so a read racing a write could pair one
+    /// version's bytes with the other's ETag, which S3 never does.
+    objects: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl Store {
+    fn lock_of(&self, bucket: &str, key: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut objects = self.objects.lock().expect("lock");
+        objects
+            .entry(format!("{bucket}/{key}"))
+            .or_default()
+            .clone()
+    }
+
     /// The object's ETag, when it exists.
     async fn etag(&self, req: &S3Request<impl Clone>, bucket: &str, key: &str) -> Option<ETag> {
         let head = req.clone().map_input(|_| HeadObjectInput {
@@ -179,6 +191,10 @@ impl S3 for Store {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.log.count("GET", &bucket, &key);
+        // The file is open (and its ETag read) once this returns: a later write replaces it
+        // without changing what this read sends.
+        let lock = self.lock_of(&bucket, &key);
+        let _reading = lock.read().await;
         let (im, inm) = (req.input.if_match.clone(), req.input.if_none_match.clone());
         self.check_conditions(&req, &bucket, &key, im.as_ref(), inm.as_ref())
             .await?;
@@ -194,6 +210,8 @@ impl S3 for Store {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.log.count("HEAD", &bucket, &key);
+        let lock = self.lock_of(&bucket, &key);
+        let _reading = lock.read().await;
         let (im, inm) = (req.input.if_match.clone(), req.input.if_none_match.clone());
         self.check_conditions(&req, &bucket, &key, im.as_ref(), inm.as_ref())
             .await?;
@@ -208,6 +226,8 @@ impl S3 for Store {
         self.log.count("PUT", &bucket, &key);
         self.log.check_acl(req.input.acl.as_ref())?;
         let acl = req.input.acl.as_ref().map(|a| a.as_str().to_owned());
+        let lock = self.lock_of(&bucket, &key);
+        let _writing = lock.write().await;
         let output = self.fs.put_object(req).await?;
         self.log.record_acl(&bucket, &key, acl);
         Ok(output)
@@ -219,6 +239,8 @@ impl S3 for Store {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.log.count("DELETE", &bucket, &key);
+        let lock = self.lock_of(&bucket, &key);
+        let _writing = lock.write().await;
         self.fs.delete_object(req).await
     }
 
@@ -245,6 +267,8 @@ impl S3 for Store {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let lock = self.lock_of(&req.input.bucket, &req.input.key);
+        let _writing = lock.write().await;
         self.fs.complete_multipart_upload(req).await
     }
 
@@ -343,6 +367,7 @@ impl EmbeddedS3 {
         let store = Store {
             fs,
             log: log.clone(),
+            objects: Mutex::default(),
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some(auth) = auth {

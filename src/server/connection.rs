@@ -243,7 +243,18 @@ struct IdleIo {
     /// Held bytes (from `held_from` on), in a reused buffer while there are any.
     held: Vec<u8>,
     held_from: usize,
+    /// Once shut down for writing: until when, and how much more, the client's bytes are read
+    /// and dropped ([`LINGER_FOR`]).
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
 }
+
+/// After an HTTP/1 connection is shut down for writing, what the client still sends is read
+/// and dropped for this long, up to [`LINGER_BYTES`], as nginx's lingering close does. Closing
+/// with unread bytes makes the kernel reset the connection, and a client still sending a body
+/// that was answered early (a bad token, too large, S3 failing) gets the reset instead of the
+/// answer. (HTTP/2 answers a stream early with a reset of that stream only.)
+const LINGER_FOR: Duration = Duration::from_secs(2);
+const LINGER_BYTES: u64 = 4 << 20;
 
 /// Set while a connection's task runs its HTTP/2 streams: their answers are held and leave
 /// together, in one write (and TLS record), when the task is done with them.
@@ -269,6 +280,7 @@ impl IdleIo {
             cork: Cork::default(),
             held: Vec::new(),
             held_from: 0,
+            linger: None,
         }
     }
 
@@ -498,7 +510,27 @@ impl AsyncWrite for IdleIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_write_held(cx, &[]))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.linger.is_none() {
+            std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            if self.written.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            self.linger = Some((Box::pin(tokio::time::sleep(LINGER_FOR)), 0));
+        }
+        // Until the client closes too, or the time or byte allowance runs out.
+        let this = &mut *self;
+        let Some((deadline, read)) = &mut this.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        while *read < LINGER_BYTES && deadline.as_mut().poll(cx).is_pending() {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => *read += buf.filled().len() as u64,
+                _ => break,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
