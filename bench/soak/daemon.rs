@@ -327,6 +327,17 @@ level = "warn"
     }
 }
 
+impl Drop for Daemon {
+    /// A soak that ends early (a panic in the harness) leaves no daemon behind.
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A metric's value in Prometheus text (0 when absent).
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
