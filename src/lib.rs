@@ -12,6 +12,9 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub(crate) mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod memfile;
 pub mod metrics;
 pub mod policy;

@@ -108,6 +108,11 @@ impl UploadTerms {
             Some(text) => {
                 let text = text.trim();
                 mediatype::MediaType::parse(text).map_err(|_| BadTerms::ContentType)?;
+                // URLs carry and sign the type as text: a quoted parameter with non-ASCII bytes
+                // would be signed as "" and stored without a type.
+                if !text.is_ascii() {
+                    return Err(BadTerms::ContentType);
+                }
                 HeaderValue::from_str(text).map_err(|_| BadTerms::ContentType)?
             }
             None => {
@@ -137,7 +142,7 @@ impl UploadTerms {
 /// Upload terms that cannot be signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadTerms {
-    /// Not one well-formed media type.
+    /// Not one well-formed media type in ASCII.
     ContentType,
 }
 

@@ -189,7 +189,8 @@ pub fn parse_range(value: &str) -> Option<ByteRange> {
 /// `If-None-Match` / `If-Modified-Since`, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conditionals {
-    /// `If-None-Match`: `None` when absent; `Some(vec![])` never occurs.
+    /// `If-None-Match`: `None` when absent; an empty list when it names no tag (`""`, `,`),
+    /// which matches nothing and still turns `If-Modified-Since` off (RFC 9110 §13.1.3).
     pub if_none_match: Option<IfNoneMatch>,
     /// `If-Modified-Since`, used only when `If-None-Match` is absent.
     pub if_modified_since: Option<SystemTime>,

@@ -5,7 +5,7 @@
 
 mod body;
 mod connection;
-mod framing;
+pub(crate) mod framing;
 mod sendfile;
 mod streams;
 mod tls;
