@@ -33,6 +33,9 @@ pub struct Daemon {
     readies: watch::Receiver<u64>,
     /// Peak of resident memory plus the bytes of its memory files.
     pub peak_memory: AtomicU64,
+    /// What the peak was made of: resident anonymous memory, resident file pages (the code),
+    /// memory files, cached bytes.
+    pub peak_parts: std::sync::Mutex<[u64; 4]>,
     pub peak_fds: AtomicU64,
     pub capacity: u64,
 }
@@ -144,6 +147,9 @@ level = "warn"
             .args(["serve", "--config"])
             .arg(&config_path)
             .env_clear()
+            .envs(unit_environment(
+                &shared.fixtures.join("../../systemd/s3warden.service"),
+            ))
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)
             .env("NOTIFY_SOCKET", &socket_path)
@@ -168,6 +174,7 @@ level = "warn"
             child: std::sync::Mutex::new(child),
             readies,
             peak_memory: AtomicU64::new(0),
+            peak_parts: Default::default(),
             peak_fds: AtomicU64::new(0),
             capacity: CAPACITY_MIB << 20,
         });
@@ -229,15 +236,18 @@ level = "warn"
         }
     }
 
-    /// Resident memory in bytes.
-    pub fn rss(&self) -> u64 {
+    /// Resident memory in bytes: (anonymous, file pages).
+    pub fn rss(&self) -> (u64, u64) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        (field("RssAnon:") + field("RssShmem:"), field("RssFile:"))
     }
 
     /// Open descriptors, and how many of them are connections to the S3 endpoint (its
@@ -300,19 +310,26 @@ level = "warn"
             .join("; ")
     }
 
-    /// Bytes held in memory files, from its metrics.
-    pub async fn memory_file_bytes(&self, http: &reqwest::Client) -> u64 {
+    /// Bytes held in memory files, and bytes cached, from its metrics.
+    pub async fn held(&self, http: &reqwest::Client) -> (u64, u64) {
         let Ok(response) = http.get(format!("{}/metrics", self.admin)).send().await else {
-            return 0;
+            return (0, 0);
         };
         let text = response.text().await.unwrap_or_default();
-        metric(&text, "s3warden_memory_file_bytes")
+        (
+            metric(&text, "s3warden_memory_file_bytes"),
+            metric(&text, "s3warden_cache_bytes"),
+        )
     }
 
     /// Samples memory and descriptors, keeping the peaks.
     pub async fn sample(&self, http: &reqwest::Client) {
-        let memory = self.rss() + self.memory_file_bytes(http).await;
-        self.peak_memory.fetch_max(memory, Ordering::Relaxed);
+        let (anon, file) = self.rss();
+        let (files, cached) = self.held(http).await;
+        let memory = anon + file + files;
+        if memory > self.peak_memory.fetch_max(memory, Ordering::Relaxed) {
+            *self.peak_parts.lock().unwrap() = [anon, file, files, cached];
+        }
         let (fds, _) = self.descriptors(SocketAddr::from(([127, 0, 0, 1], 0)));
         self.peak_fds.fetch_max(fds, Ordering::Relaxed);
     }
@@ -336,6 +353,16 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// The `Environment=` settings of the systemd unit: the daemon runs as deployed.
+fn unit_environment(unit: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(unit).expect("systemd/s3warden.service");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("Environment="))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// A metric's value in Prometheus text (0 when absent).

@@ -493,11 +493,17 @@ fn report(
         world.tally.explained.load(Ordering::Relaxed)
     );
     for ((target, baseline), (end, pool)) in targets.iter().zip(baselines).zip(fds_end) {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let [anon, file, files, cached] = *target.daemon.peak_parts.lock().unwrap();
         println!(
-            "{}: peak memory (resident + memory files) {:.1} MiB (bound {} MiB); descriptors {} at the start, peak {}, {} at the end (+{} pooled S3 connections)",
+            "{}: peak memory (resident + memory files) {:.1} MiB (bound {} MiB: anonymous {:.1}, code and other file pages {:.1}, memory files {:.1}; {:.1} cached); descriptors {} at the start, peak {}, {} at the end (+{} pooled S3 connections)",
             target.daemon.name,
-            target.daemon.peak_memory.load(Ordering::Relaxed) as f64 / 1048576.0,
+            mib(target.daemon.peak_memory.load(Ordering::Relaxed)),
             (target.daemon.capacity + MEMORY_HEADROOM) >> 20,
+            mib(anon),
+            mib(file),
+            mib(files),
+            mib(cached),
             baseline,
             target.daemon.peak_fds.load(Ordering::Relaxed),
             end,
