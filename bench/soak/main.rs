@@ -144,6 +144,7 @@ async fn run(args: Args) -> usize {
             versions,
             made: Default::default(),
             etags: Default::default(),
+            signed: Default::default(),
             chunked: tokio::sync::Semaphore::new(2),
         }));
     }

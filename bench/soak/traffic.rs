@@ -34,6 +34,9 @@ pub struct Target {
     pub made: Mutex<Vec<String>>,
     /// ETags seen, by key.
     pub etags: Mutex<BTreeMap<String, (String, Body)>>,
+    /// Signed URLs handed out: key, URL, and the signing generations it may have been made
+    /// under (lowest, highest), read again later as a browser's cache would.
+    pub signed: Mutex<Vec<(String, String, u64, u64)>>,
     /// At most two uploads of unknown length at once (they take multipart buffers).
     pub chunked: tokio::sync::Semaphore,
 }
@@ -258,7 +261,8 @@ impl World {
                 72..75 => self.put(&target, true).await,
                 75..77 => self.form_upload(&target).await,
                 77..80 => self.delete(&target).await,
-                80..90 => self.sign(&target).await,
+                80..87 => self.sign(&target).await,
+                87..90 => self.signed_again(&target).await,
                 90..95 => self.vanish_reading(&target).await,
                 _ => self.vanish_uploading(&target).await,
             }
@@ -714,6 +718,7 @@ impl World {
             return;
         }
         let (lowest, _) = self.secrets.signing_generation(minted_from);
+        let (_, highest) = self.secrets.signing_generation(minted_to);
         let mut urls = Vec::new();
         for (key, item) in keys.iter().zip(&items) {
             let url = item["url"].as_str();
@@ -729,7 +734,17 @@ impl World {
             }
         }
         for (key, signed) in &urls {
-            self.signed_read(target, key, signed, lowest).await;
+            self.signed_read(target, key, signed, (lowest, highest))
+                .await;
+        }
+        {
+            let mut kept = target.signed.lock().unwrap();
+            kept.extend(
+                urls.iter()
+                    .map(|(k, u)| (k.clone(), u.clone(), lowest, highest)),
+            );
+            let excess = kept.len().saturating_sub(500);
+            kept.drain(..excess);
         }
         // The signature of one key does not open another.
         if let Some((key, signed)) = urls.first() {
@@ -762,18 +777,19 @@ impl World {
 
     /// Reads a proxy-signed URL minted under signing generation `minted` or later: it must
     /// work while that secret is one of the two configured, and stop once it is retired.
-    async fn signed_read(&self, target: &Target, key: &str, signed: &str, minted: u64) {
+    async fn signed_read(&self, target: &Target, key: &str, signed: &str, minted: (u64, u64)) {
         self.tally.op("signed-read");
         let from = Instant::now();
         let answer = send(target.http.get(signed)).await;
         let to = Instant::now();
+        let (retired_by, _) = self.secrets.signing_generation(from);
         let (_, newest) = self.secrets.signing_generation(to);
         let name = target.daemon.name;
         if let Ok(a) = &answer
             && (a.status == StatusCode::FORBIDDEN || a.status == StatusCode::UNAUTHORIZED)
         {
             self.tally.status(a.status);
-            if minted + 1 >= newest {
+            if minted.0 + 1 >= newest {
                 self.tally.violation(format!(
                     "{name} signed URL of {key} refused while its secret is configured: {}",
                     a.status
@@ -781,7 +797,27 @@ impl World {
             }
             return;
         }
+        // Two rotations after the newest secret it can have been signed with, it is dead.
+        if minted.1 + 1 < retired_by {
+            self.tally.violation(format!(
+                "{name} signed URL of {key} accepted after its secret was retired: {:?}",
+                answer.as_ref().map(|a| a.status)
+            ));
+            return;
+        }
         self.judge_read(target, key, from, to, answer, Read::Whole, None, None, None);
+    }
+
+    /// A signed URL handed out earlier, read again (rotations may have retired its secret).
+    async fn signed_again(&self, target: &Target) {
+        let kept = {
+            let kept = target.signed.lock().unwrap();
+            (!kept.is_empty()).then(|| kept[fastrand::usize(..kept.len())].clone())
+        };
+        if let Some((key, signed, lowest, highest)) = kept {
+            self.signed_read(target, &key, &signed, (lowest, highest))
+                .await;
+        }
     }
 
     /// A client that reads part of an answer and goes away.
