@@ -111,18 +111,7 @@ pub enum Seen<'a> {
 impl Versions {
     /// Records `body` as what `key` held before the soak began.
     pub fn seed(&self, key: &str, body: Option<Body>, at: Instant) {
-        self.keys
-            .lock()
-            .unwrap()
-            .entry(key.to_owned())
-            .or_default()
-            .push(Attempt {
-                id: self.next_id(),
-                body,
-                started: at,
-                ended: Some(at),
-                outcome: Outcome::Confirmed,
-            });
+        self.record(key, body, at, at);
     }
 
     /// Waits until no other write of `key` runs, then records this one as started.

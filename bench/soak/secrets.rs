@@ -43,6 +43,27 @@ fn hmac_secret(generation: u64) -> String {
     format!("soak-hmac-secret-generation-{generation:08}-0123456789abcdef")
 }
 
+/// Claims for `user`, valid for five minutes.
+fn claims(user: User) -> serde_json::Value {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    serde_json::json!({ "sub": user.sub(), "roles": user.roles(), "exp": exp })
+}
+
+/// An HS256 token for `user` signed with the secret of `generation`.
+fn hs256(user: User, generation: u64) -> Token {
+    let key = EncodingKey::from_secret(hmac_secret(generation).as_bytes());
+    let jwt =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(user), &key).expect("sign");
+    Token {
+        jwt,
+        hmac_generation: Some(generation),
+    }
+}
+
 fn url_secret(generation: u64) -> String {
     format!("soak-url-signing-secret-generation-{generation:08}-0123456789")
 }
@@ -83,31 +104,17 @@ impl Secrets {
             return None;
         }
         let state = self.state.lock().unwrap();
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 300;
-        let claims = serde_json::json!({ "sub": user.sub(), "roles": user.roles(), "exp": exp });
         if fastrand::bool() {
-            let generation = state.hmac_generation;
-            let key = EncodingKey::from_secret(hmac_secret(generation).as_bytes());
-            let jwt =
-                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign");
-            Some(Token {
-                jwt,
-                hmac_generation: Some(generation),
-            })
-        } else {
-            let mut header = Header::new(Algorithm::RS256);
-            header.kid = Some(["rsa-1", "rsa-2"][state.rsa_key].to_owned());
-            let jwt =
-                jsonwebtoken::encode(&header, &claims, &self.rsa[state.rsa_key]).expect("sign");
-            Some(Token {
-                jwt,
-                hmac_generation: None,
-            })
+            return Some(hs256(user, state.hmac_generation));
         }
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(["rsa-1", "rsa-2"][state.rsa_key].to_owned());
+        let jwt =
+            jsonwebtoken::encode(&header, &claims(user), &self.rsa[state.rsa_key]).expect("sign");
+        Some(Token {
+            jwt,
+            hmac_generation: None,
+        })
     }
 
     /// An HS256 token for `user` signed with a secret retired at least two rotations ago, if
@@ -117,22 +124,7 @@ impl Secrets {
         let generation = state.hmac_generation.checked_sub(2)?;
         // Retired for sure once the rotation after it was done.
         let retired_at = state.hmac[generation as usize + 1].1?;
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 300;
-        let claims = serde_json::json!({ "sub": user.sub(), "roles": user.roles(), "exp": exp });
-        let key = EncodingKey::from_secret(hmac_secret(generation).as_bytes());
-        let jwt =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign");
-        Some((
-            Token {
-                jwt,
-                hmac_generation: Some(generation),
-            },
-            retired_at,
-        ))
+        Some((hs256(user, generation), retired_at))
     }
 
     /// Writes a new HS256 secret; `reload` applies it; then clients use it.
