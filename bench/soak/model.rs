@@ -428,32 +428,13 @@ mod tests {
         );
         assert!(v.check("k", later, later, Seen::Missing).is_err());
         let part = &new.bytes()[3..7];
-        assert!(
-            v.check(
-                "k",
-                later,
-                later,
-                Seen::Part {
-                    start: 3,
-                    total: 12,
-                    bytes: part
-                }
-            )
-            .is_ok()
-        );
-        assert!(
-            v.check(
-                "k",
-                later,
-                later,
-                Seen::Part {
-                    start: 4,
-                    total: 12,
-                    bytes: part
-                }
-            )
-            .is_err()
-        );
+        let seen_at = |start| Seen::Part {
+            start,
+            total: 12,
+            bytes: part,
+        };
+        assert!(v.check("k", later, later, seen_at(3)).is_ok());
+        assert!(v.check("k", later, later, seen_at(4)).is_err());
     }
 
     #[tokio::test]
