@@ -111,10 +111,14 @@ async fn run(args: Args) -> usize {
     .expect("embedded S3");
     s3.create_bucket(BUCKET).expect("bucket");
     let (faults, proxy) = Faults::start(s3.addr(), Duration::from_secs(3)).await;
-    let jwks = JwksServer::start(Some(
-        include_str!("../../tests/fixtures/jwks.json").to_owned(),
-    ))
-    .await;
+    // Up until the end: a key published during the last rotation may be fetched only by the
+    // final reads.
+    let jwks = Arc::new(
+        JwksServer::start(Some(
+            include_str!("../../tests/fixtures/jwks.json").to_owned(),
+        ))
+        .await,
+    );
     let secrets = Arc::new(Secrets::new(dir.clone(), &fixtures));
     let shared = Shared {
         dir: dir.clone(),
@@ -176,7 +180,7 @@ async fn run(args: Args) -> usize {
             clients.spawn(world.clone().client(target.clone(), deadline));
         }
     }
-    let chaos = tokio::spawn(chaos(world.clone(), jwks, deadline));
+    let chaos = tokio::spawn(chaos(world.clone(), jwks.clone(), deadline));
     let sampler = tokio::spawn(sample(targets.clone(), admin_http.clone()));
     while clients.join_next().await.is_some() {}
     let events = chaos.await.expect("chaos task");
@@ -288,7 +292,7 @@ struct Events {
 }
 
 /// Faults, reloads and purges until `deadline`.
-async fn chaos(world: Arc<World>, jwks: JwksServer, deadline: tokio::time::Instant) -> Events {
+async fn chaos(world: Arc<World>, jwks: Arc<JwksServer>, deadline: tokio::time::Instant) -> Events {
     let mut events = Events::default();
     let admin = reqwest::Client::new();
     let mut next_burst = tokio::time::Instant::now() + Duration::from_secs(5);
