@@ -563,7 +563,10 @@ async fn one_uploader_cannot_take_the_whole_upload_memory() {
     .start()
     .await;
     // alice: eight uploads that each grow a part buffer to 8 MiB and hold on (64 MiB: all of
-    // it). Her share is a quarter, 16 MiB: six of them are refused at once.
+    // it). Her share is a quarter, 16 MiB: at most two of them can hold on, so at least six are
+    // refused at once. Which ones, and whether a seventh is, depends on how the eight buffers'
+    // doublings interleave: a buffer that asks while the others' growing buffers fill her share
+    // is refused, even if one of those is refused a moment later.
     let mut held = Vec::new();
     for i in 0..8 {
         let key = format!("users/alice/held{i}.bin");
@@ -577,7 +580,7 @@ async fn one_uploader_cannot_take_the_whole_upload_memory() {
         .flatten()
         .filter(|a| a.starts_with("HTTP/1.1 503"))
         .count();
-    assert_eq!(refused, 6, "{answers:?}");
+    assert!((6..=7).contains(&refused), "{refused} refused: {answers:?}");
     // bob's upload finds room while alice's two still hold theirs.
     let started = Instant::now();
     let mut bob = HeldUpload::start_as(&daemon, "bob", "users/bob/mine.bin", 1 << 20).await;
