@@ -63,8 +63,11 @@ impl Keys {
             .unwrap_or_default()
     }
 
+    /// Whether requests may be signed with these keys at `now`: until [`EXPIRY_MARGIN`] before
+    /// they expire.
     fn usable_at(&self, now: SystemTime) -> bool {
-        self.expires.is_none_or(|expires| now < expires)
+        self.expires
+            .is_none_or(|expires| now + EXPIRY_MARGIN < expires)
     }
 }
 
@@ -105,6 +108,11 @@ struct ChainSettings {
 /// Longest wait for one fetch from the chain (IMDS and STS calls have their own, shorter
 /// timeouts and retries).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keys are put aside this long before they expire, so that a request signed with them does
+/// not reach S3 after they expired (S3 would refuse it as `ExpiredToken`): once keys cannot be
+/// refreshed, requests answer 503 from then on instead of failing one by one at S3.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 impl Keyring {
     /// The keyring for a store's configured source. A default chain reuses `previous` when it
@@ -315,7 +323,7 @@ impl Refresh {
                             store = %store,
                             error = %why,
                             "cannot refresh S3 credentials; the current ones stay in use until {}",
-                            humantime::format_rfc3339_seconds(expires)
+                            humantime::format_rfc3339_seconds(expires - EXPIRY_MARGIN)
                         ),
                         None if usable.is_some() => {
                             tracing::warn!(store = %store, error = %why, "cannot refresh S3 credentials")
@@ -415,6 +423,26 @@ pub(crate) fn error_text(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_put_aside_a_second_before_they_expire() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let keys = |expires: Option<SystemTime>| {
+            let credentials = Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                Some("token".into()),
+                expires,
+                "test",
+            );
+            Keys::from_sdk(credentials, "test")
+        };
+        assert!(keys(Some(now + Duration::from_millis(1001))).usable_at(now));
+        assert!(!keys(Some(now + Duration::from_secs(1))).usable_at(now));
+        assert!(!keys(Some(now + Duration::from_millis(400))).usable_at(now));
+        assert!(!keys(Some(now)).usable_at(now));
+        assert!(keys(None).usable_at(now), "keys without an expiry");
+    }
 
     #[test]
     fn refreshes_come_before_expiry() {
