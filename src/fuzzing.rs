@@ -52,7 +52,7 @@ pub fn framing(data: &[u8]) {
 }
 
 /// `bytes` cut at each of `cuts` (taken modulo its length + 1).
-fn cut<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+pub(crate) fn cut<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     cuts.sort_unstable();
     let mut parts = Vec::new();

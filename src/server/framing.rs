@@ -576,15 +576,7 @@ mod tests {
         ) {
             let corpus = corpus();
             let request = &corpus[which % corpus.len()];
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (request.len() + 1)).collect();
-            cuts.sort_unstable();
-            let mut parts = Vec::new();
-            let mut from = 0;
-            for c in cuts {
-                parts.push(&request[from..c]);
-                from = c;
-            }
-            parts.push(&request[from..]);
+            let parts = crate::fuzzing::cut(request, &cuts);
             proptest::prop_assert_eq!(outcome(&parts), outcome(&[request]));
         }
     }
