@@ -150,6 +150,47 @@ bench_wrk() {
     }' <<<"$report"
 }
 
+# core_ticks: busy clock ticks of CPU 0 and CPU 1 (user, nice, system, interrupts, softirqs).
+core_ticks() { awk '$1 == "cpu0" || $1 == "cpu1" { printf "%d ", $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+
+# bench_fixed NAME SIZE PID URL [HEADER]: a fixed offered load, the same for every server
+# (h2load over HTTP/1.1 from CPU 1: 16 connections, 100 requests a second each, 5 s); prints a
+# JSON line with the requests answered, the server's CPU time and each core's busy time. On
+# loopback the receiving side's kernel work runs on whichever core sent the packets, so the two
+# cores together are the fair total: the client's work is the same whatever answers it.
+bench_fixed() {
+  local name=$1 size=$2 pid=$3 url=$4 header=${5:-}
+  local args=(--h1 -t1 -c16 --rps=100 -D5)
+  [[ -n "$header" ]] && args+=(-H "$header")
+  local c0 c1 k0 k1 report
+  c0=$(cpu_ticks "$pid"); k0=$(core_ticks)
+  report=$(taskset -c 1 h2load "${args[@]}" "$url")
+  c1=$(cpu_ticks "$pid"); k1=$(core_ticks)
+  if ! grep -q ' 0 failed, 0 errored' <<<"$report" || ! grep -q 'status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx' <<<"$report"; then
+    echo "bench $name $size (fixed load): errors from h2load:" >&2
+    echo "$report" >&2
+    return 1
+  fi
+  local done_
+  done_=$(awk '/^requests:/ { print $8 }' <<<"$report")
+  python3 - "$name" "$size" "$done_" "$c0" "$c1" "$(getconf CLK_TCK)" $k0 $k1 <<'PY'
+import json, sys
+name, size, n, c0, c1, tck, a0, b0, a1, b1 = sys.argv[1:]
+n, tck = int(n), int(tck)
+us = lambda ticks: round(ticks / tck * 1e6 / n, 1)
+print(json.dumps({"system": name, "size": size, "requests": n,
+                  "server_us": us(int(c1) - int(c0)), "cpu0_us": us(int(a1) - int(a0)),
+                  "cpu1_us": us(int(b1) - int(b0))}))
+PY
+}
+
+# bench_fixed_case "NAME|PID|URL|HEADER" SIZE: bench_fixed for one entry of a list of cases.
+bench_fixed_case() {
+  local name pid url header
+  IFS='|' read -r name pid url header <<<"$1"
+  bench_fixed "$name" "$2" "$pid" "$url" "$header"
+}
+
 # bench_case "NAME|PID|URL|HEADER" SIZE: bench_wrk for one entry of a list of cases.
 bench_case() {
   local name pid url header

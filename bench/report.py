@@ -183,6 +183,48 @@ if tp:
         row(label, "1m", ratio("s3warden_hs256", peer, "1m", value=cpu_per_request), ok,
             ratio("ceiling", peer, "1m", value=cpu_per_request))
 
+    fixed_rows = lines("fixed.jsonl")
+    fixed = {}
+    for r in fixed_rows:
+        fixed.setdefault(r["system"], []).append(r)
+    whole = lambda r: r["cpu0_us"] + r["cpu1_us"]
+    if fixed:
+        print()
+        print("### 1 MiB objects at a fixed offered load")
+        print()
+        print("The same load for each server, so their CPU per request compares like for like:")
+        print("`h2load --h1 -t1 -c16 --rps=100 -D5` (1,600 requests a second) pinned to CPU 1,")
+        print("medians of the rounds. On loopback the receiver's kernel work (the client's TCP")
+        print("receive) runs on whichever core sends the packets, inside the server's `sendfile`")
+        print("when the client's receive window takes the whole answer at once, inside the")
+        print("client's reads when it does not. The two cores together are the fair total: the")
+        print("client's own work is the same whatever server answers it.")
+        print()
+        print("| system | requests | server µs CPU/req | CPU 0 µs/req | CPU 1 (client) µs/req | both cores µs/req |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for system in ("ceiling", "nginx_static", "s3warden_hs256"):
+            runs = fixed.get(system)
+            if runs:
+                m = lambda f: median([f(r) for r in runs])
+                print(f"| {LABELS[system]} | {m(lambda r: r['requests']):,} | {m(lambda r: r['server_us']):.0f} | "
+                      f"{m(lambda r: r['cpu0_us']):.0f} | {m(lambda r: r['cpu1_us']):.0f} | {m(whole):.0f} |")
+
+        def fixed_ratio(a, b, value):
+            pairs = [value(x) / value(y) for x, y in zip(fixed.get(a, []), fixed.get(b, [])) if value(y)]
+            return median(pairs) if pairs else None
+
+        print()
+        print("| ratio, paired per round | size | measured | met | ceiling's ratio |")
+        print("| --- | --- | ---: | --- | ---: |")
+        row("reference: server CPU per request, s3warden / nginx static", "1m",
+            fixed_ratio("s3warden_hs256", "nginx_static", lambda r: r["server_us"]), None,
+            fixed_ratio("ceiling", "nginx_static", lambda r: r["server_us"]))
+        row("reference: both cores' CPU per request, s3warden / nginx static", "1m",
+            fixed_ratio("s3warden_hs256", "nginx_static", whole), None,
+            fixed_ratio("ceiling", "nginx_static", whole))
+        row("reference: client core's CPU per request, s3warden / nginx static", "1m",
+            fixed_ratio("s3warden_hs256", "nginx_static", lambda r: r["cpu1_us"]), None,
+            fixed_ratio("ceiling", "nginx_static", lambda r: r["cpu1_us"]))
     print()
     print("### What limits s3warden here")
     print()
@@ -208,27 +250,37 @@ if tp:
           "and 96% of s3warden's CPU per request is the kernel's (`perf record`; s3warden's own code, "
           "hyper and tokio together about 4 µs). The top of that profile is the page-by-page splice "
           "out of shared memory (`filemap_get_entry` 8%, `shmem_file_splice_read` 6%, "
-          "`splice_to_socket` 4%, `shmem_get_folio_gfp` 3%): memory files are `shmem`, kept in 4 KiB "
-          "pages when transparent huge pages for shared memory are off (this machine: "
-          "`/sys/kernel/mm/transparent_hugepage/shmem_enabled` = `never`), while nginx's files sit "
-          "on ext4, whose page cache holds large folios, so its splice walks far fewer pages. With "
-          "`shmem_enabled` set to `within_size` for one run, s3warden's 1 MiB hit fell from about 120 "
-          "to 110 µs CPU (nginx static 75 µs in the same runs). Files in a tmpfs mounted with "
-          "`huge=within_size`, space reserved with `fallocate` before the body is written, do get "
-          "1 MiB folios (checked through `/proc/kpageflags`), yet CPU 0's time per 1 MiB hit at a "
-          "fixed 1,600 req/s (`h2load --h1 -c16 --rps=100`, 8 rounds) did not drop out of the "
-          "noise: medians 170 µs for them, 157.5 µs for memory files, 102 µs for nginx static. "
-          "Keeping large objects in unlinked files "
-          "on ext4 instead (tried, not adopted) brought the whole of CPU 0's time per 1 MiB hit, "
-          "softirqs included, to 1.25–1.35× nginx static's (107–122 vs 78–93 µs, `/proc/stat`, 3 "
-          "rounds): the rest is in the TCP transmit path, where s3warden's answers leave in about "
-          "twice as many loopback transmits (`perf stat -C 0 -e net:net_dev_queue`: 13.6 per "
-          "answer against nginx's 5.5 under `wrk -c64`, and 20.7 against 8.8–11.4 at the same "
-          "offered load of 1,600 req/s with `h2load --h1 --rps`), although both write each answer "
-          "with one `sendfile` of the whole body; s3warden also serves 1.5–2× nginx's req/s in "
-          "this test, and nginx's own CPU per request varied from 105 to 260 µs across those "
-          "rounds. Disk files would also put private objects' bytes on disk, so large bodies stay "
-          "in memory files and this target stays open.")
+          "`splice_to_socket` 4%, `shmem_get_folio_gfp` 3%; nginx's `filemap_splice_read` 3%): "
+          "memory files are `shmem`, kept in 4 KiB pages when transparent huge pages for shared "
+          "memory are off (this machine: `/sys/kernel/mm/transparent_hugepage/shmem_enabled` = "
+          "`never`), while nginx's files sit on ext4, whose page cache holds large folios. Tried and "
+          "not adopted: `shmem_enabled` = `within_size` for one run (about 120 to 110 µs; nginx 75 "
+          "µs in the same runs); files in a tmpfs mounted with `huge=within_size`, which do get 1 MiB "
+          "folios (checked through `/proc/kpageflags`) yet did not move CPU 0's time per hit at a "
+          "fixed 1,600 req/s out of the noise (medians of 8 rounds: 170 µs, memory files 157.5, "
+          "nginx static 102); unlinked files on ext4 (1.25–1.35× nginx static's CPU 0 time per "
+          "hit), which would put private objects' bytes on disk.")
+    if fixed:
+        both = fixed_ratio("s3warden_hs256", "nginx_static", whole)
+        own = fixed_ratio("s3warden_hs256", "nginx_static", lambda r: r["server_us"])
+        print(f"- **1 MiB: on loopback, whose core does the receiver's work.** At the same offered "
+              f"load the two cores together spend {both:.2f}× nginx static's CPU per 1 MiB answer "
+              f"when s3warden answers, while s3warden's own CPU is {own:.2f}× nginx's (the fixed-load "
+              "table). The kernel's work moves between the cores, not the amount of it. s3warden "
+              "writes the head with `MSG_MORE`, so it shares a packet with the body's first bytes; the "
+              "client's receive window then grows to take whole answers (`ss -ti` on the server's "
+              "sockets: a send window of 4–6 MB, limited by it 0.4–1.7% of the time, against "
+              "0.5–0.8 MB and up to 68% of the time for nginx, which sends its head in a packet of "
+              "its own), so each answer leaves inside s3warden's `sendfile`, and on loopback the "
+              "client's TCP receive runs there too, charged to s3warden's core. nginx's answers wait "
+              "for the client's window, and most of each leaves from the client's reads, on the "
+              "client's core. With the head sent without `MSG_MORE` (a one-line patch, not kept; "
+              "6 rounds at this fixed load), s3warden's own CPU per answer fell from 192 to 128 µs "
+              "(nginx static 109), both cores' rose from 381 to 455 µs (nginx static 440), and under "
+              "`wrk -c64` its req/s fell from about 4,000 to nginx's 2,100, the client's core being "
+              "full. That would still miss the server-only target (1.2×) and cost the machine "
+              "more, so the head keeps `MSG_MORE` and the server-only target stays open here; over "
+              "a network the receiver's work is on another machine.")
     print("- **The two nginx `proxy_cache` peers.** The S3 gateway (`bench/nginx/s3_gateway.conf`, "
           "`gateway.js`) is laid out like nginx's own S3 gateway: on every request an "
           "`auth_request` subrequest loads the credentials, njs checks the HS256 token and "

@@ -112,6 +112,16 @@ if want throughput; then
         bench_case "${cases[$(( (i + run) % ${#cases[@]} ))]}" "$size"
       done
     done >> "$out/throughput.jsonl"
+    if [[ $size == 1m ]]; then
+      # The same offered load for each (wrk above drives every server as fast as it goes, so
+      # their req/s differ): where the machine's CPU goes per 1 MiB answer.
+      fixed=("${cases[0]}" "${cases[1]}" "${cases[5]}") # the ceiling, nginx static, s3warden HS256
+      for run in $(seq 0 $((RUNS - 1))); do
+        for i in $(seq 0 $((${#fixed[@]} - 1))); do
+          bench_fixed_case "${fixed[$(( (i + run) % ${#fixed[@]} ))]}" "$size"
+        done
+      done >> "$out/fixed.jsonl"
+    fi
     kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
   done
   cleanup_processes
