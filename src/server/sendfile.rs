@@ -37,8 +37,11 @@ const FRAME: usize = 1 << 20;
 /// The most a copied frame (TLS, HTTP/2) holds. hyper takes the next frame of a body before it
 /// knows whether the client can take it: a client that opens streams and never reads (HTTP/2
 /// flow control, a TLS reader that stalls) holds one frame per response in server memory, so
-/// frames are one HTTP/2 frame or TLS record long, not a megabyte.
-const COPY_FRAME: usize = crate::buffers::SIZE;
+/// frames are about one TLS record long, not a megabyte. One record less the HTTP/2 frame head
+/// (9 bytes): a DATA frame and its head then fill one record, where a full 16 KiB payload
+/// would spill its last 9 bytes into a record of their own (twice the records to encrypt and
+/// decrypt).
+const COPY_FRAME: usize = crate::buffers::SIZE - 9;
 
 /// Placeholder windows; consecutive frames use different ones, so a stale segment cannot match.
 const WINDOWS: usize = 16;

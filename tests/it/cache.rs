@@ -611,6 +611,54 @@ async fn large_objects_go_out_with_sendfile_whole_and_in_ranges() {
 }
 
 #[tokio::test]
+async fn http2_over_tls_sends_a_large_hit_in_whole_records() {
+    // Each DATA frame and its 9-byte head fill one TLS record: a frame of a full 16 KiB would
+    // spill its last 9 bytes into a record of their own, twice the records for the client to
+    // decrypt (and a second encryption for the server) per frame.
+    let h = Setup::default().tls().start().await;
+    let big = patterned(1 << 20, 4);
+    h.put("photos/big.bin", &big);
+    let t = token("alice");
+    let io = h2raw::RecordCount::new(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    let records = io.records.clone();
+    let tls = h2raw::tls_over(io, &[b"h2"]).await;
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(8 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let url = format!("https://localhost:{}/files/photos/big.bin", h.addr.port());
+    let mut counted = 0;
+    // The first read fills the cache; the second is a hit from its memory file.
+    for _ in 0..2 {
+        client = client.ready().await.unwrap();
+        records.lock().unwrap().clear();
+        let request = http::Request::get(url.as_str())
+            .header("authorization", format!("Bearer {t}"))
+            .body(())
+            .unwrap();
+        let (answer, _) = client.send_request(request, true).unwrap();
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got == big);
+        counted = records.lock().unwrap().len();
+    }
+    // 1 MiB is 65 frames of 16,375 bytes; a few more records for the head and the
+    // connection's own frames. Frames of 16 KiB made about 130.
+    assert_eq!(h.s3_log().all(), 1, "the second read was a hit");
+    assert!(counted <= 64 + 8, "{counted} records for a 1 MiB hit");
+}
+
+#[tokio::test]
 async fn pipelined_answers_from_memory_files_keep_their_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Setup::default().start().await;

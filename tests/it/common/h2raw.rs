@@ -113,6 +113,14 @@ pub async fn tls(
     addr: std::net::SocketAddr,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_over(TcpStream::connect(addr).await.unwrap(), alpn).await
+}
+
+/// [`tls`] over a connection the caller made.
+pub async fn tls_over<IO: AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: IO,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<IO> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = super::fixture_bytes("tls_cert.pem");
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -125,12 +133,90 @@ pub async fn tls(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+        .connect(name, io)
         .await
         .unwrap()
+}
+
+/// A connection that notes the length of every TLS record the server sends (their 5-byte
+/// headers are not encrypted) before TLS reads it.
+pub struct RecordCount<IO> {
+    inner: IO,
+    /// The record lengths seen, shared with the test.
+    pub records: Arc<std::sync::Mutex<Vec<usize>>>,
+    /// Bytes of the current record's header seen, and of its body still to come.
+    header: Vec<u8>,
+    left: usize,
+}
+
+impl<IO> RecordCount<IO> {
+    pub fn new(inner: IO) -> Self {
+        RecordCount {
+            inner,
+            records: Arc::default(),
+            header: Vec::new(),
+            left: 0,
+        }
+    }
+
+    fn saw(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (5 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == 5 {
+                self.left = u16::from_be_bytes([self.header[3], self.header[4]]) as usize;
+                self.records.lock().unwrap().push(self.left);
+                self.header.clear();
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for RecordCount<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = buf.filled()[before..].to_vec();
+        self.saw(&new);
+        result
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for RecordCount<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Resident memory of a process, in KiB.
