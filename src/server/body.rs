@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body::{Frame, SizeHint};
 
-use super::sendfile::{FileBody, Sink};
+use super::sendfile::FileBody;
 use crate::memfile::StoredFile;
 
 /// Errors a streamed body can end with; they abort the client connection.
@@ -68,8 +68,7 @@ impl Body {
         extensions: &http::Extensions,
         sent: prometheus_client::metrics::counter::Counter,
     ) -> Body {
-        let sink = extensions.get::<Sink>().cloned();
-        Body::File(FileBody::new(file, range, sink, sent))
+        Body::File(FileBody::new(file, range, extensions, sent))
     }
 }
 

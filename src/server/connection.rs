@@ -74,9 +74,9 @@ impl<H: Handler> Connection<H> {
             let (handler, activity, framing) =
                 (self.handler.clone(), activity.clone(), framing.clone());
             service_fn(move |mut request: Request<Incoming>| {
-                if let Some(sink) = &sink
-                    && request.version() < http::Version::HTTP_2
-                {
+                if request.version() >= http::Version::HTTP_2 {
+                    request.extensions_mut().insert(sendfile::Http2);
+                } else if let Some(sink) = &sink {
                     request.extensions_mut().insert(sink.clone());
                 }
                 let local = local.clone();

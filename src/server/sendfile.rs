@@ -37,11 +37,18 @@ const FRAME: usize = 1 << 20;
 /// The most a copied frame (TLS, HTTP/2) holds. hyper takes the next frame of a body before it
 /// knows whether the client can take it: a client that opens streams and never reads (HTTP/2
 /// flow control, a TLS reader that stalls) holds one frame per response in server memory, so
-/// frames are about one TLS record long, not a megabyte. One record less the HTTP/2 frame head
-/// (9 bytes): a DATA frame and its head then fill one record, where a full 16 KiB payload
-/// would spill its last 9 bytes into a record of their own (twice the records to encrypt and
-/// decrypt).
-const COPY_FRAME: usize = crate::buffers::SIZE - 9;
+/// frames are one TLS record long, not a megabyte.
+const COPY_FRAME: usize = crate::buffers::SIZE;
+
+/// On HTTP/2, one record less the DATA frame's head (9 bytes): frame and head then fill one
+/// TLS record, where a full record's worth of payload would spill its last 9 bytes into a
+/// record of their own (twice the records to encrypt and decrypt).
+const HTTP2_COPY_FRAME: usize = COPY_FRAME - 9;
+
+/// Marks an HTTP/2 request (in its `extensions`): its copied frames are [`HTTP2_COPY_FRAME`]
+/// long.
+#[derive(Clone, Copy)]
+pub struct Http2;
 
 /// Placeholder windows; consecutive frames use different ones, so a stale segment cannot match.
 const WINDOWS: usize = 16;
@@ -141,22 +148,30 @@ pub struct FileBody {
     offset: u64,
     end: u64,
     sink: Option<Sink>,
+    /// The most a copied frame holds (without a sink).
+    copy_frame: usize,
     sent: prometheus_client::metrics::counter::Counter,
 }
 
 impl FileBody {
-    /// The bytes `offset..end` of `file`; `sent` counts the bytes handed to `sendfile`.
+    /// The bytes `offset..end` of `file`, for a request with these `extensions` (a [`Sink`] when
+    /// its connection has one, [`Http2`]); `sent` counts the bytes handed to `sendfile`.
     pub fn new(
         file: Arc<StoredFile>,
         range: std::ops::Range<u64>,
-        sink: Option<Sink>,
+        extensions: &http::Extensions,
         sent: prometheus_client::metrics::counter::Counter,
     ) -> FileBody {
         FileBody {
             file,
             offset: range.start,
             end: range.end,
-            sink,
+            sink: extensions.get::<Sink>().cloned(),
+            copy_frame: if extensions.get::<Http2>().is_some() {
+                HTTP2_COPY_FRAME
+            } else {
+                COPY_FRAME
+            },
             sent,
         }
     }
@@ -171,7 +186,7 @@ impl FileBody {
         let most = if self.sink.is_some() {
             FRAME
         } else {
-            COPY_FRAME
+            self.copy_frame
         };
         let len = self.remaining().min(most as u64) as usize;
         if len == 0 {
