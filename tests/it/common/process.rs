@@ -43,7 +43,20 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Asks the process to stop (SIGTERM), so it stops its own children too (nginx's workers
+    /// outlive a killed master), and kills it when it has not within 3 s.
     fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        if let Some(pid) = Pid::from_raw(self.0.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
