@@ -53,6 +53,12 @@ def median(values):
 
 
 
+def paired_median(xs, ys, value):
+    """The median over the rounds of value(x) / value(y), x and y measured in the same round."""
+    pairs = [value(x) / value(y) for x, y in zip(xs or [], ys or []) if value(y)]
+    return median(pairs) if pairs else None
+
+
 def tail_factor(r):
     """p99 over the mean latency, which is 64 connections / req/s (Little's law)."""
     return r["p99"] / (64 / r["rps"] * 1000) if r and r["rps"] else float("nan")
@@ -135,11 +141,8 @@ if tp:
 
     def ratio(a, b, size, field="rps", value=lambda r, field: r[field]):
         """The median over the rounds of `a`'s `field` over `b`'s in the same round."""
-        ra, rb = tp_rounds.get((a, size)), tp_rounds.get((b, size))
-        if not ra or not rb:
-            return None
-        pairs = [value(x, field) / value(y, field) for x, y in zip(ra, rb) if value(y, field)]
-        return median(pairs) if pairs else None
+        return paired_median(tp_rounds.get((a, size)), tp_rounds.get((b, size)),
+                             lambda r: value(r, field))
 
     def cpu_per_request(r, _field):
         return r["cores"] / r["rps"] if r["rps"] else 0
@@ -210,8 +213,7 @@ if tp:
                       f"{m(lambda r: r['cpu0_us']):.0f} | {m(lambda r: r['cpu1_us']):.0f} | {m(whole):.0f} |")
 
         def fixed_ratio(a, b, value):
-            pairs = [value(x) / value(y) for x, y in zip(fixed.get(a, []), fixed.get(b, [])) if value(y)]
-            return median(pairs) if pairs else None
+            return paired_median(fixed.get(a), fixed.get(b), value)
 
         print()
         print("| ratio, paired per round | size | measured | met | ceiling's ratio |")
@@ -356,11 +358,7 @@ if any(tls.values()):
     rounds = {proto: table_rounds(rows) for proto, rows in tls.items()}
 
     def paired(proto, a, b, size, value):
-        ra, rb = rounds[proto].get((a, size)), rounds[proto].get((b, size))
-        if not ra or not rb:
-            return None
-        pairs = [value(x) / value(y) for x, y in zip(ra, rb) if value(y)]
-        return median(pairs) if pairs else None
+        return paired_median(rounds[proto].get((a, size)), rounds[proto].get((b, size)), value)
 
     rps = lambda r: r["rps"]
     cpu = lambda r: r["cores"] / r["rps"] if r["rps"] else 0

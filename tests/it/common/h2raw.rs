@@ -3,10 +3,12 @@
 //! offer exactly the ALPN protocols a test wants, and what the kernel says about a process.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_util::io::InspectReader;
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const DATA: u8 = 0x0;
@@ -140,83 +142,33 @@ pub async fn tls_over<IO: AsyncRead + tokio::io::AsyncWrite + Unpin>(
         .unwrap()
 }
 
-/// A connection that notes the length of every TLS record the server sends (their 5-byte
-/// headers are not encrypted) before TLS reads it.
-pub struct RecordCount<IO> {
-    inner: IO,
-    /// The record lengths seen, shared with the test.
-    pub records: Arc<std::sync::Mutex<Vec<usize>>>,
-    /// Bytes of the current record's header seen, and of its body still to come.
-    header: Vec<u8>,
-    left: usize,
-}
-
-impl<IO> RecordCount<IO> {
-    pub fn new(inner: IO) -> Self {
-        RecordCount {
-            inner,
-            records: Arc::default(),
-            header: Vec::new(),
-            left: 0,
-        }
-    }
-
-    fn saw(&mut self, mut bytes: &[u8]) {
+/// `io`, counting in `count` the TLS records the server sends over it (their 5-byte headers
+/// are not encrypted) before TLS reads them.
+pub fn count_records<IO: AsyncRead>(
+    io: IO,
+    count: Arc<AtomicUsize>,
+) -> InspectReader<IO, impl FnMut(&[u8])> {
+    // Bytes of the current record's header seen so far, and of its body still to come.
+    let (mut header, mut left) = (Vec::with_capacity(5), 0usize);
+    InspectReader::new(io, move |mut bytes: &[u8]| {
         while !bytes.is_empty() {
-            if self.left > 0 {
-                let n = self.left.min(bytes.len());
-                self.left -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let n = (5 - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes[..n]);
+            let n = if left > 0 {
+                let n = left.min(bytes.len());
+                left -= n;
+                n
+            } else {
+                let n = (5 - header.len()).min(bytes.len());
+                header.extend_from_slice(&bytes[..n]);
+                if header.len() == 5 {
+                    left = u16::from_be_bytes([header[3], header[4]]) as usize;
+                    count.fetch_add(1, Ordering::Relaxed);
+                    header.clear();
+                }
+                n
+            };
             bytes = &bytes[n..];
-            if self.header.len() == 5 {
-                self.left = u16::from_be_bytes([self.header[3], self.header[4]]) as usize;
-                self.records.lock().unwrap().push(self.left);
-                self.header.clear();
-            }
         }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for RecordCount<IO> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let new = buf.filled()[before..].to_vec();
-        self.saw(&new);
-        result
-    }
-}
-
-impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for RecordCount<IO> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    })
 }
 
 /// Resident memory of a process, in KiB.
