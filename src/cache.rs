@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 
-use crate::config::CacheConfig;
+use crate::config::Config;
 use crate::memfile::{FileWriter, MIN_FILE_SIZE, StoredFile};
 use crate::metrics::{CacheEvent, Metrics};
 use crate::policy::{Permit, Read};
@@ -107,15 +107,21 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
     /// Largest object cached.
     pub max_object_size: u64,
+    /// Whether large bodies go to memory files. They pay off where a plain HTTP/1 connection
+    /// sends them with `sendfile`; over TLS every answer is read back out of the file into a
+    /// buffer before it is encrypted, a copy the heap saves.
+    pub memory_files: bool,
 }
 
-impl From<&CacheConfig> for CacheSettings {
-    fn from(c: &CacheConfig) -> Self {
+impl From<&Config> for CacheSettings {
+    fn from(config: &Config) -> Self {
+        let c = &config.cache;
         CacheSettings {
             ttl: c.ttl,
             stale_if_error: c.stale_if_error,
             negative_ttl: c.negative_ttl,
             max_object_size: c.max_object_size.bytes(),
+            memory_files: config.server.tls.is_none(),
         }
     }
 }
@@ -193,9 +199,9 @@ pub enum OnMiss {
 }
 
 impl ObjectCache {
-    /// A cache of `capacity` bytes.
-    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> ObjectCache {
-        let capacity = config.capacity.bytes();
+    /// A cache of `config.cache.capacity` bytes.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> ObjectCache {
+        let capacity = config.cache.capacity.bytes();
         let entries = Cache::builder()
             .max_capacity(capacity)
             .weigher(|key: &S3Object, entry: &Arc<Entry>| entry.weight(key))
@@ -212,7 +218,7 @@ impl ObjectCache {
     }
 
     /// Applies new settings (on reload); cached entries stay.
-    pub fn reconfigure(&self, config: &CacheConfig) {
+    pub fn reconfigure(&self, config: &Config) {
         self.settings.store(Arc::new(CacheSettings::from(config)));
     }
 
@@ -428,14 +434,14 @@ impl ObjectCache {
 }
 
 /// Reads a whole body; only a body of exactly the announced length becomes an entry. Large
-/// bodies go to a memory file (the heap when one cannot be made).
+/// bodies go to a memory file when the settings say so (the heap when one cannot be made).
 async fn read_whole(
     fetched: Fetched,
     settings: &CacheSettings,
     now: Instant,
 ) -> Result<CachedObject, S3Error> {
     let expected = fetched.body_len;
-    let mut body = Collect::new(expected);
+    let mut body = Collect::new(expected, settings.memory_files);
     let mut chunks = fetched.body;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
@@ -467,8 +473,8 @@ enum Collect {
 }
 
 impl Collect {
-    fn new(expected: u64) -> Collect {
-        if expected >= MIN_FILE_SIZE {
+    fn new(expected: u64, memory_files: bool) -> Collect {
+        if memory_files && expected >= MIN_FILE_SIZE {
             match FileWriter::new() {
                 Ok(writer) => return Collect::File(writer),
                 Err(e) => tracing::debug!(error = %e, "no memory file; caching on the heap"),

@@ -1,6 +1,7 @@
-//! Sealed memory files (`memfd`) for large cached bodies: they stay off the heap, cannot change
-//! once written, and a plain HTTP/1 connection can `sendfile` them to the socket (the server
-//! does that). Each holds a file descriptor, so together they take at most half the limit.
+//! Sealed memory files (`memfd`) for large cached bodies when the public listener is plain:
+//! they stay off the heap, cannot change once written, and a plain HTTP/1 connection can
+//! `sendfile` them to the socket (the server does that). Each holds a file descriptor, so
+//! together they take at most half the limit.
 
 use std::fs::File;
 use std::io::{self, Write};

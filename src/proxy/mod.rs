@@ -162,7 +162,7 @@ impl App {
     /// Builds the app with its own clock for signing windows and signed-URL expiry.
     pub async fn with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
-        let cache = ObjectCache::new(&config.cache, metrics.clone());
+        let cache = ObjectCache::new(&config, metrics.clone());
         let upload_memory = upload::UploadMemory::new(&config.upload);
         let live = Generation::new(config, &metrics, None).await?;
         let inner = Arc::new(Shared {
@@ -190,7 +190,7 @@ impl App {
         if config.server.listen != old.server.listen || config.admin.listen != old.admin.listen {
             tracing::warn!("listen address changes take effect at the next restart");
         }
-        self.inner.cache.reconfigure(&config.cache);
+        self.inner.cache.reconfigure(&config);
         let previous = self.inner.live.load_full();
         let live = Generation::new(config, &self.inner.metrics, Some(&previous)).await?;
         self.inner.live.store(Arc::new(live));

@@ -99,9 +99,10 @@ impl Exchange<'_> {
     /// HTTP/1 connection sends with `sendfile`.
     fn cached_body(&self, stored: &Stored, range: Range<u64>, wanted: &ReadPlan<'_>) -> Body {
         match stored {
-            Stored::Memory(bytes) => {
-                Body::full(bytes.slice(range.start as usize..range.end as usize))
-            }
+            Stored::Memory(bytes) => Body::from_memory(
+                bytes.slice(range.start as usize..range.end as usize),
+                wanted.extensions,
+            ),
             Stored::File(file) => Body::from_file(
                 file.clone(),
                 range,

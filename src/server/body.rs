@@ -1,5 +1,5 @@
-//! The response body: empty, one buffer (cache hits: a `Bytes` clone, no copy), a range of a
-//! cached object's memory file, or a stream
+//! The response body: empty, one buffer (cache hits: a `Bytes` clone, no copy; on HTTP/2 in
+//! frames that fill TLS records), a range of a cached object's memory file, or a stream
 //! (pass-through from S3) that fails loudly instead of ending short.
 
 use std::ops::Range;
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body::{Frame, SizeHint};
 
-use super::sendfile::FileBody;
+use super::sendfile::{FileBody, HTTP2_FRAME, Http2};
 use crate::memfile::StoredFile;
 
 /// Errors a streamed body can end with; they abort the client connection.
@@ -26,6 +26,8 @@ pub enum Body {
     Empty,
     /// One buffer, sent as one frame.
     Full(Option<Bytes>),
+    /// One buffer, sent in frames of [`HTTP2_FRAME`] bytes (what is left of it).
+    Split(Bytes),
     /// A range of a cached object's memory file.
     File(FileBody),
     /// Chunks from elsewhere; `len` is the exact length when known.
@@ -59,6 +61,18 @@ impl Body {
 }
 
 impl Body {
+    /// A cached body (or a slice of one) from the heap, for a request with these `extensions`:
+    /// on HTTP/2 in frames that each fill one TLS record with their head, as copied frames do
+    /// (hyper would cut one buffer into frames of 16 KiB, each spilling 9 bytes into a record of
+    /// their own).
+    pub fn from_memory(bytes: Bytes, extensions: &http::Extensions) -> Body {
+        if extensions.get::<Http2>().is_some() && bytes.len() > HTTP2_FRAME {
+            Body::Split(bytes)
+        } else {
+            Body::full(bytes)
+        }
+    }
+
     /// Bytes `range` of a cached object's memory file. On a plain HTTP/1 connection the kernel
     /// sends them with `sendfile` (the connection left its queue in the request's
     /// `extensions`; `sent` counts those bytes); elsewhere they are copied out in small frames.
@@ -93,6 +107,11 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Split(rest) if rest.is_empty() => Poll::Ready(None),
+            Body::Split(rest) => {
+                let frame = rest.split_to(rest.len().min(HTTP2_FRAME));
+                Poll::Ready(Some(Ok(Frame::data(frame))))
+            }
             Body::File(file) => Poll::Ready(
                 file.next_frame()
                     .map(|frame| frame.map(Frame::data).map_err(Into::into)),
@@ -126,6 +145,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
+            Body::Split(rest) => rest.is_empty(),
             Body::File(file) => file.remaining() == 0,
             Body::Stream { .. } => false,
         }
@@ -135,6 +155,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Split(rest) => SizeHint::with_exact(rest.len() as u64),
             Body::File(file) => SizeHint::with_exact(file.remaining()),
             Body::Stream {
                 remaining: Some(n), ..

@@ -40,13 +40,12 @@ const FRAME: usize = 1 << 20;
 /// frames are one TLS record long, not a megabyte.
 const COPY_FRAME: usize = crate::buffers::SIZE;
 
-/// On HTTP/2, one record less the DATA frame's head (9 bytes): frame and head then fill one
-/// TLS record, where a full record's worth of payload would spill its last 9 bytes into a
-/// record of their own (twice the records to encrypt and decrypt).
-const HTTP2_COPY_FRAME: usize = COPY_FRAME - 9;
+/// On HTTP/2, body frames are one record less the DATA frame's head (9 bytes): frame and head
+/// then fill one TLS record, where a full record's worth of payload would spill its last 9
+/// bytes into a record of their own (twice the records to encrypt and decrypt).
+pub(super) const HTTP2_FRAME: usize = COPY_FRAME - 9;
 
-/// Marks an HTTP/2 request (in its `extensions`): its copied frames are [`HTTP2_COPY_FRAME`]
-/// long.
+/// Marks an HTTP/2 request (in its `extensions`): its body frames are [`HTTP2_FRAME`] long.
 #[derive(Clone, Copy)]
 pub struct Http2;
 
@@ -168,7 +167,7 @@ impl FileBody {
             end: range.end,
             sink: extensions.get::<Sink>().cloned(),
             copy_frame: if extensions.get::<Http2>().is_some() {
-                HTTP2_COPY_FRAME
+                HTTP2_FRAME
             } else {
                 COPY_FRAME
             },

@@ -611,6 +611,67 @@ async fn large_objects_go_out_with_sendfile_whole_and_in_ranges() {
     );
 }
 
+/// An HTTP/2 client over TLS that counts the TLS records the server sends.
+struct RecordCountingH2 {
+    client: h2::client::SendRequest<bytes::Bytes>,
+    records: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    port: u16,
+}
+
+impl RecordCountingH2 {
+    async fn connect(h: &Harness) -> RecordCountingH2 {
+        let records = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let io = h2raw::count_records(tcp, records.clone());
+        let tls = h2raw::tls_over(io, &[b"h2"]).await;
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(8 << 20)
+            .initial_connection_window_size(8 << 20)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        RecordCountingH2 {
+            client,
+            records,
+            port: h.addr.port(),
+        }
+    }
+
+    /// GETs `key` with `token`: the status, the body, and the records that carried them.
+    async fn get(&mut self, key: &str, token: &str) -> (StatusCode, Vec<u8>, usize) {
+        self.client = self.client.clone().ready().await.unwrap();
+        self.records.store(0, Ordering::Relaxed);
+        let url = format!("https://localhost:{}/files/{key}", self.port);
+        let request = http::Request::get(url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        let (answer, _) = self.client.send_request(request, true).unwrap();
+        let answer = answer.await.unwrap();
+        let status = answer.status();
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        (status, got, self.records.load(Ordering::Relaxed))
+    }
+
+    /// GETs `key` (1 MiB) and checks that it came whole, in about one TLS record per 16 KiB:
+    /// 65 frames of 16,375 bytes, and a few more records for the head and the connection's own
+    /// frames. Frames of 16 KiB made about 130.
+    async fn assert_whole_records(&mut self, key: &str, token: &str, body: &[u8]) {
+        assert_eq!(body.len(), 1 << 20);
+        let (status, got, records) = self.get(key, token).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(got == body, "{key}");
+        assert!(records <= 64 + 8, "{records} records for a 1 MiB hit");
+    }
+}
+
 #[tokio::test]
 async fn http2_over_tls_sends_a_large_hit_in_whole_records() {
     // Each DATA frame and its 9-byte head fill one TLS record: a frame of a full 16 KiB would
@@ -620,44 +681,52 @@ async fn http2_over_tls_sends_a_large_hit_in_whole_records() {
     let big = patterned(1 << 20, 4);
     h.put("photos/big.bin", &big);
     let t = token("alice");
-    let records = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let io = h2raw::count_records(tcp, records.clone());
-    let tls = h2raw::tls_over(io, &[b"h2"]).await;
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(8 << 20)
-        .initial_connection_window_size(8 << 20)
-        .handshake::<_, bytes::Bytes>(tls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let url = format!("https://localhost:{}/files/photos/big.bin", h.addr.port());
-    let mut counted = 0;
-    // The first read fills the cache; the second is a hit from its memory file.
-    for _ in 0..2 {
-        client = client.ready().await.unwrap();
-        records.store(0, Ordering::Relaxed);
-        let request = http::Request::get(url.as_str())
-            .header("authorization", format!("Bearer {t}"))
-            .body(())
-            .unwrap();
-        let (answer, _) = client.send_request(request, true).unwrap();
-        let answer = answer.await.unwrap();
-        assert_eq!(answer.status(), StatusCode::OK);
-        let mut body = answer.into_body();
-        let mut got = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            body.flow_control().release_capacity(chunk.len()).unwrap();
-            got.extend_from_slice(&chunk);
-        }
-        assert!(got == big);
-        counted = records.load(Ordering::Relaxed);
-    }
-    // 1 MiB is 65 frames of 16,375 bytes; a few more records for the head and the
-    // connection's own frames. Frames of 16 KiB made about 130.
+    let mut client = RecordCountingH2::connect(&h).await;
+    // The first read fills the cache; the second is a hit.
+    client.get("photos/big.bin", &t).await;
+    client
+        .assert_whole_records("photos/big.bin", &t, &big)
+        .await;
     assert_eq!(h.s3_log().all(), 1, "the second read was a hit");
-    assert!(counted <= 64 + 8, "{counted} records for a 1 MiB hit");
+}
+
+#[tokio::test]
+async fn large_objects_are_kept_where_the_listener_sends_them_best() {
+    // On plain HTTP/1 large objects live in memory files, for `sendfile`; over TLS, where every
+    // answer is copied and encrypted anyway, on the heap (no read out of a file). Objects cached
+    // before a reload switched TLS on or off stay where they are, and are served whole there.
+    let mut h = Setup::default().tls().start().await;
+    let (early, late) = (patterned(1 << 20, 6), patterned(1 << 20, 7));
+    h.put("photos/early.bin", &early);
+    h.put("photos/late.bin", &late);
+    let t = token("alice");
+    let mut client = RecordCountingH2::connect(&h).await;
+    let (status, got, _) = client.get("photos/early.bin", &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(got == early);
+
+    // Plain again: the object cached over TLS is on the heap, served without sendfile; one
+    // cached now goes to a memory file.
+    h.reload(Setup::default()).await;
+    for (key, body) in [("photos/early.bin", &early), ("photos/late.bin", &late)] {
+        let r = h.get(key, Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap() == body[..], "{key}");
+    }
+    assert_eq!(h.s3_log().all(), 2, "early.bin was a hit");
+    assert_eq!(
+        h.metric("s3warden_client_sendfile_bytes_total").await,
+        Some(late.len() as u64),
+        "only late.bin went out with sendfile"
+    );
+
+    // TLS again: the memory file is copied out over HTTP/2 in whole records too.
+    h.reload(Setup::default().tls()).await;
+    let mut client = RecordCountingH2::connect(&h).await;
+    client
+        .assert_whole_records("photos/late.bin", &t, &late)
+        .await;
+    assert_eq!(h.s3_log().all(), 2, "late.bin was a hit");
 }
 
 #[tokio::test]

@@ -187,6 +187,21 @@ impl Setup {
             .render()
     }
 
+    /// The config text and config for S3 at `endpoint`, with secrets in `dir`.
+    fn config(self, dir: &Path, endpoint: &str, url: &str) -> (String, Config) {
+        let text = self
+            .set("s3.endpoint", &format!("\"{endpoint}\""))
+            .set("server.public_url", &format!("\"{url}\""))
+            .render();
+        let env = Environment::from_pairs([
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ]);
+        let config = Config::from_toml(&text, dir, &env, &s3warden::check_config)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        (text, config)
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         for (section, keys) in &self.sections {
@@ -251,17 +266,9 @@ impl Harness {
         let url = format!("http://{addr}");
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let endpoint = setup.endpoint.clone().unwrap_or_else(|| s3.endpoint());
-        let setup = setup
-            .set("s3.endpoint", &format!("\"{endpoint}\""))
-            .set("server.public_url", &format!("\"{url}\""));
-        let text = setup.render();
-        let env = Environment::from_pairs([
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-        ]);
-        let config = Config::from_toml(&text, dir.path(), &env, &s3warden::check_config)
-            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-        let running = Running::start(config, vec![public], admin, setup.clock.clone())
+        let clock = setup.clock.clone();
+        let (text, config) = setup.config(dir.path(), &endpoint, &url);
+        let running = Running::start(config, vec![public], admin, clock)
             .await
             .expect("s3warden starts");
         Harness {
@@ -275,6 +282,16 @@ impl Harness {
             text,
             running: Some(running),
         }
+    }
+
+    /// Reloads with `setup`'s config, as `s3warden reload` does: the same S3, listeners and
+    /// cache.
+    pub async fn reload(&mut self, setup: Setup) {
+        let endpoint = setup.endpoint.clone().unwrap_or_else(|| self.s3.endpoint());
+        let (text, config) = setup.config(self.dir.path(), &endpoint, &self.url);
+        let running = self.running.as_ref().expect("running");
+        running.reload(config).await.expect("reload");
+        self.text = text;
     }
 
     /// The config file this instance runs with (relative paths are relative to `dir`).
