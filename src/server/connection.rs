@@ -94,7 +94,10 @@ impl<H: Handler> Connection<H> {
             })
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
+        // The connection before the timers: a request that arrived by the time a timer fired is
+        // read (and the timer starts over), not dropped unanswered with the connection.
         tokio::select! {
+            biased;
             result = WithStreams::new(Box::pin(self.watcher.watch(connection)), cork) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
