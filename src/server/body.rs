@@ -66,7 +66,7 @@ impl Body {
     /// (hyper would cut one buffer into frames of 16 KiB, each spilling 9 bytes into a record of
     /// their own).
     pub fn from_memory(bytes: Bytes, extensions: &http::Extensions) -> Body {
-        if extensions.get::<Http2>().is_some() && bytes.len() > HTTP2_FRAME {
+        if bytes.len() > HTTP2_FRAME && extensions.get::<Http2>().is_some() {
             Body::Split(bytes)
         } else {
             Body::full(bytes)
