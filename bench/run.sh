@@ -325,6 +325,7 @@ if want cost; then
     "$(curl -fsS http://127.0.0.1:19611/metrics | awk '$1 == "s3warden_cache_bytes" { print $2 }')" > "$out/cost.json"
   python3 bench/trace.py lru "$work/trace.txt" "$capacity" > "$out/cost_lru.json"
   python3 bench/trace.py tinylfu "$work/trace.txt" "$capacity" > "$out/cost_tinylfu.json"
+  python3 bench/trace.py lfu "$work/trace.txt" "$capacity" > "$out/cost_lfu.json"
   python3 bench/trace.py oracle "$work/trace.txt" "$capacity" > "$out/cost_oracle.json"
   cleanup_processes
 fi

@@ -9,6 +9,10 @@
   trace.py tinylfu TRACE CAPACITY         an idealized TinyLFU, offline: exact request counts,
                                           and a newcomer is kept only when it was asked for more
                                           often than the entries it would evict together
+  trace.py lfu TRACE CAPACITY             a perfect LFU, offline: exact counts of every object ever
+                                          asked for; the least asked-for entries are evicted first,
+                                          and a newcomer is kept only when asked for more often
+                                          than each of them
   trace.py oracle TRACE CAPACITY          a bound: the best fixed set of objects for that
                                           capacity, chosen knowing every request in advance
 
@@ -130,6 +134,38 @@ def tinylfu(trace_path, capacity):
                    seen=lambda key: counts.update([key]))
 
 
+def lfu(trace_path, capacity):
+    from collections import Counter
+    counts, sizes, cache, held, fetched, sent, hits = Counter(), {}, {}, 0, 0, 0, []
+    for clock, (key, size, _) in enumerate(load(trace_path)):
+        counts[key] += 1
+        sizes[key] = size
+        sent += size
+        if key in cache:
+            cache[key] = clock
+            hits.append(True)
+            continue
+        hits.append(False)
+        fetched += size
+        if size > capacity:
+            continue
+        victims, freed = [], 0
+        # Least asked-for first; among equals, the least recently used.
+        for victim in sorted(cache, key=lambda k: (counts[k], cache[k])):
+            if held - freed + size <= capacity:
+                break
+            victims.append(victim)
+            freed += sizes[victim]
+        if any(counts[v] >= counts[key] for v in victims):
+            continue
+        for victim in victims:
+            del cache[victim]
+            held -= sizes[victim]
+        cache[key] = clock
+        held += size
+    print(json.dumps({"s3_bytes": fetched, "client_bytes": sent, "hits": hits}))
+
+
 def oracle(trace_path, capacity):
     """The most requested objects that fit, chosen knowing the whole trace; each is fetched
     once, everything else on every request. No policy that learns as it goes does much
@@ -145,7 +181,8 @@ def oracle(trace_path, capacity):
             held += sizes[key]
     fetched = sum(sizes[k] * (1 if k in kept else n) for k, n in counts.items())
     sent = sum(size for _, size, _ in requests)
-    print(json.dumps({"s3_bytes": fetched, "client_bytes": sent}))
+    print(json.dumps({"s3_bytes": fetched, "client_bytes": sent,
+                      "first_fetch_bytes": sum(sizes.values())}))
 
 
 if __name__ == "__main__":
@@ -158,6 +195,8 @@ if __name__ == "__main__":
         lru(args[0], int(args[1]))
     elif verb == "tinylfu":
         tinylfu(args[0], int(args[1]))
+    elif verb == "lfu":
+        lfu(args[0], int(args[1]))
     elif verb == "oracle":
         oracle(args[0], int(args[1]))
     else:
