@@ -155,8 +155,8 @@ impl ProxyError {
             AclNotSupported => (
                 StatusCode::BAD_GATEWAY,
                 "acl_not_supported",
-                "the bucket has ACLs disabled; set upload.default_acl = \"none\" and grant public \
-                 reads with a bucket policy"
+                "the bucket has ACLs disabled, so uploads cannot be public-read; grant public \
+                 reads with a bucket policy, or enable ACLs on the bucket"
                     .into(),
             ),
             Unavailable => (

@@ -127,6 +127,9 @@ impl UploadTerms {
     }
 
     /// The headers an upload under these terms carries, as a pre-signed S3 PUT signs them.
+    /// Unlike s3warden's own uploads ([`Acl::header`]), a signed URL names `private` too: S3
+    /// then refuses any other ACL its holder sends, even where a store does not check that
+    /// every `x-amz-*` header is signed. Buckets with ACLs disabled need `none`.
     pub fn headers(&self) -> Vec<(&'static str, &str)> {
         let mut headers = vec![(
             "content-type",

@@ -354,7 +354,8 @@ pub enum Acl {
     Private,
     /// Anyone can read it straight from S3.
     PublicRead,
-    /// Send no ACL at all (buckets with ACLs disabled).
+    /// Private, with no ACL named anywhere: what buckets with ACLs disabled need for S3 PUT
+    /// URLs, which otherwise sign `private` (s3warden's own uploads never send it).
     None,
 }
 
@@ -366,6 +367,13 @@ impl Acl {
             Acl::PublicRead => "public-read",
             Acl::None => "none",
         }
+    }
+
+    /// The `x-amz-acl` header s3warden's own upload under this ACL carries. Only `public-read`
+    /// is sent: a new object without one is private on every S3, and buckets with ACLs disabled
+    /// (AWS's default for new buckets) refuse every ACL, `private` included.
+    pub fn header(self) -> Option<&'static str> {
+        (self == Acl::PublicRead).then_some("public-read")
     }
 
     /// The ACL a client names (`private` or `public-read`; `none` is the operator's setting).

@@ -417,7 +417,7 @@ impl Exchange<'_> {
             }
             return Ok(PutOptions {
                 content_type: terms.content_type.clone(),
-                acl: (terms.acl != Acl::None).then_some(terms.acl),
+                acl: terms.acl,
             });
         }
         let content_type = match named_type {
@@ -431,10 +431,7 @@ impl Exchange<'_> {
         if !permit.may_set_acl(acl) {
             return Err(ProxyError::AclNotAllowed);
         }
-        Ok(PutOptions {
-            content_type,
-            acl: (acl != Acl::None).then_some(acl),
-        })
+        Ok(PutOptions { content_type, acl })
     }
 
     /// Streams `body` to S3: one PutObject when its length is known, else a multipart upload
@@ -516,8 +513,8 @@ impl Exchange<'_> {
         options: &PutOptions,
     ) -> Result<Response<Body>, ProxyError> {
         let public = match options.acl {
-            Some(Acl::PublicRead) => self.live.s3.object_url(permit.object()),
-            _ => None,
+            Acl::PublicRead => self.live.s3.object_url(permit.object()),
+            Acl::Private | Acl::None => None,
         };
         let url = match public {
             Some(url) => url.to_string(),
@@ -533,9 +530,8 @@ impl Exchange<'_> {
             key: permit.key().as_str(),
             etag: etag.as_ref().and_then(|e| e.to_str().ok()),
             acl: match options.acl {
-                Some(Acl::PublicRead) => "public-read",
-                Some(_) => "private",
-                None => "none",
+                Acl::PublicRead => "public-read",
+                Acl::Private | Acl::None => "private",
             },
             url,
         };

@@ -20,26 +20,18 @@ use crate::server::ByteStream;
 pub struct PutOptions {
     /// `Content-Type` stored with the object.
     pub content_type: HeaderValue,
-    /// Canned ACL to send as `x-amz-acl` (`None`: send none).
-    pub acl: Option<Acl>,
+    /// The object's canned ACL (sent as `x-amz-acl` only when [`Acl::header`] says so).
+    pub acl: Acl,
 }
 
 impl PutOptions {
     fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, self.content_type.clone());
-        if let Some(acl) = self.acl.and_then(acl_header) {
-            headers.insert("x-amz-acl", acl);
+        if let Some(acl) = self.acl.header() {
+            headers.insert("x-amz-acl", HeaderValue::from_static(acl));
         }
         headers
-    }
-}
-
-fn acl_header(acl: Acl) -> Option<HeaderValue> {
-    match acl {
-        Acl::Private => Some(HeaderValue::from_static("private")),
-        Acl::PublicRead => Some(HeaderValue::from_static("public-read")),
-        Acl::None => None,
     }
 }
 

@@ -550,10 +550,8 @@ async fn the_signer_fixes_a_put_urls_type_and_acl() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(
-        h.s3_log().acl(BUCKET, "users/alice/default.png").as_deref(),
-        Some("private")
-    );
+    // Private is what S3 makes a new object without an ACL, so none is sent.
+    assert_eq!(h.s3_log().acl(BUCKET, "users/alice/default.png"), None);
     assert_eq!(put_via(&h, &typed, &[], "png").await, StatusCode::CREATED);
     let r = h.get("users/alice/typed.bin", Some(&token("alice"))).await;
     assert_eq!(r.headers()["content-type"], "image/png");
@@ -684,6 +682,39 @@ async fn s3_put_urls_are_off_unless_allowed_and_then_s3_checks_type_and_acl() {
         h.s3_log().acl(BUCKET, "users/alice/direct.png").as_deref(),
         Some("public-read")
     );
+
+    // A private S3 PUT URL signs `private`, so its holder cannot publish, even on a store
+    // (like this one) that lets a request carry an `x-amz-acl` it did not sign.
+    let private = json!({"bucket": "files", "method": "PUT", "kind": "s3",
+        "keys": ["users/alice/own.png"]});
+    let url = url_of(&sign_ok(&h, private.clone()).await, 0);
+    let published = [("content-type", "image/png"), ("x-amz-acl", "public-read")];
+    assert_eq!(
+        put_via(&h, &url, &published, "x").await,
+        StatusCode::FORBIDDEN
+    );
+    assert!(!h.s3.exists(BUCKET, "users/alice/own.png"));
+
+    // With `upload.default_acl = "none"` (buckets with ACLs disabled) it names no ACL.
+    let h = Setup::default()
+        .set("signing.allow_s3_put", "true")
+        .set("upload.default_acl", "\"none\"")
+        .start_with(h.s3.clone())
+        .await;
+    h.s3_log().disable_acls();
+    let v = sign_ok(&h, private).await;
+    let url = url_of(&v, 0);
+    assert!(
+        url.contains("X-Amz-SignedHeaders=content-type%3Bhost&"),
+        "{url}"
+    );
+    assert_eq!(
+        v["items"][0]["headers"],
+        json!({"content-type": "image/png"})
+    );
+    let status = put_via(&h, &url, &[("content-type", "image/png")], "png").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.s3_log().acl(BUCKET, "users/alice/own.png"), None);
 }
 
 #[tokio::test]

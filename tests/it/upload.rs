@@ -95,10 +95,8 @@ async fn private_upload_then_read_back() {
     assert_eq!(v["url"], format!("{}/files/users/alice/notes.txt", h.url));
     assert_eq!(v["url"], location.as_str());
     assert!(v["etag"].as_str().unwrap().starts_with('"'));
-    assert_eq!(
-        h.s3_log().acl(BUCKET, "users/alice/notes.txt").as_deref(),
-        Some("private")
-    );
+    // Private is what S3 makes a new object without an ACL, so none is sent.
+    assert_eq!(h.s3_log().acl(BUCKET, "users/alice/notes.txt"), None);
     let r = h.get("users/alice/notes.txt", Some(&token("alice"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "text/plain");
@@ -153,31 +151,44 @@ async fn public_upload_records_the_acl_and_returns_the_public_url() {
 }
 
 #[tokio::test]
-async fn buckets_without_acls_need_default_acl_none() {
+async fn buckets_without_acls_take_private_uploads_and_refuse_public_ones() {
+    // AWS's default for new buckets: ACLs disabled, and any ACL refused, `private` included.
     let h = Setup::default().start().await;
     h.s3_log().disable_acls();
-    let r = put(&h, "users/alice/a.txt", b"a", &[]).await;
+    for named in [&[][..], &[("x-amz-acl", "private")]] {
+        let r = put(&h, "users/alice/a.txt", b"a", named).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{named:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["acl"], "private");
+        assert_eq!(h.s3_log().acl(BUCKET, "users/alice/a.txt"), None);
+    }
+
+    let r = put(
+        &h,
+        "users/alice/p.png",
+        b"p",
+        &[("x-amz-acl", "public-read")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"], "acl_not_supported");
     assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains("upload.default_acl"),
+        e["message"].as_str().unwrap().contains("bucket policy"),
         "{e}"
     );
-    assert!(stored(&h, "users/alice/").is_empty());
+    assert!(!h.s3.exists(BUCKET, "users/alice/p.png"));
 
+    // `none`, which configurations named for such buckets before, still means private.
     let h = Setup::default()
         .set("upload.default_acl", "\"none\"")
         .start_with(h.s3.clone())
         .await;
-    let r = put(&h, "users/alice/a.txt", b"a", &[]).await;
+    let r = put(&h, "users/alice/b.txt", b"b", &[]).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["acl"], "none");
-    assert_eq!(h.s3_log().acl(BUCKET, "users/alice/a.txt"), None);
+    assert_eq!(v["acl"], "private");
+    assert_eq!(h.s3_log().acl(BUCKET, "users/alice/b.txt"), None);
 }
 
 fn form(boundary: &str, filename: &str, content_type: &str, data: &[u8]) -> Vec<u8> {
