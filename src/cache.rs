@@ -348,7 +348,11 @@ impl ObjectCache {
         settings: &CacheSettings,
         now: Instant,
     ) -> Result<(Op<Arc<Entry>>, Lookup), S3Error> {
-        let fetched = match s3.get(permit, &GetOptions::default()).await {
+        let options = GetOptions {
+            unsized_limit: settings.max_object_size,
+            ..GetOptions::default()
+        };
+        let fetched = match s3.get(permit, &options).await {
             Ok(fetched) => fetched,
             Err(e) if e.is_not_found() => return Ok(self.missing(settings, now)),
             Err(e) => return Err(e),
@@ -383,6 +387,7 @@ impl ObjectCache {
         let options = GetOptions {
             range: None,
             if_none_match: old.meta.etag.clone(),
+            unsized_limit: settings.max_object_size,
         };
         let fetched = match s3.get(permit, &options).await {
             Ok(fetched) => fetched,
@@ -446,9 +451,7 @@ async fn read_whole(
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
         if body.len() + chunk.len() as u64 > expected {
-            return Err(S3Error::Unreachable(
-                "body longer than Content-Length".into(),
-            ));
+            return Err(S3Error::Malformed("body longer than Content-Length".into()));
         }
         body.push(&chunk)?;
     }

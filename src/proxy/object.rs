@@ -188,6 +188,7 @@ impl Exchange<'_> {
                 .range
                 .filter(|_| wanted.read.conditionals.if_range.is_none()),
             if_none_match: forwardable_if_none_match(&wanted.read.conditionals),
+            unsized_limit: self.live.config.cache.max_object_size.bytes(),
         };
         match s3.get(permit, &options).await {
             Ok(fetched) => Ok(self.serve_fetched(permit, fetched, wanted)),

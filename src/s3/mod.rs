@@ -46,6 +46,9 @@ pub enum S3Error {
     /// Connecting or talking to S3 failed.
     #[error("S3 unreachable: {0}")]
     Unreachable(String),
+    /// S3 answered, but not in a form s3warden can serve.
+    #[error("S3's answer could not be used: {0}")]
+    Malformed(String),
     /// S3 answered with an error status.
     #[error("S3 answered {status} {}", code.as_deref().unwrap_or("(no code)"))]
     Status {
@@ -98,6 +101,7 @@ impl S3Error {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
             S3Error::Timeout
+            | S3Error::Malformed(_)
             | S3Error::Sign(_)
             | S3Error::ClockSkew { .. }
             | S3Error::NoCredentials(_) => false,
@@ -172,6 +176,10 @@ pub struct GetOptions {
     pub range: Option<ByteRange>,
     /// Answer 304 if the object still has this ETag.
     pub if_none_match: Option<HeaderValue>,
+    /// A whole object sent without `Content-Length` (chunked, as some stores send objects they
+    /// decompress on the way out) is read into memory up to this many bytes to learn its size;
+    /// a longer one is refused.
+    pub unsized_limit: u64,
 }
 
 /// Builds object and bucket URLs, path-style or virtual-hosted.
@@ -445,7 +453,7 @@ impl S3Client {
                     .headers()
                     .get(header::CONTENT_RANGE)
                     .and_then(|v| parse_content_range(v.to_str().ok()?))
-                    .ok_or_else(|| S3Error::Unreachable("206 without Content-Range".into()))?;
+                    .ok_or_else(|| S3Error::Malformed("206 without Content-Range".into()))?;
                 let meta = ObjectMeta {
                     size: total,
                     ..meta
@@ -461,6 +469,18 @@ impl S3Client {
             }
             _ => Answer::Whole,
         };
+        let no_length = content_length(response.headers()).is_none();
+        let body = up.timed_body(response);
+        if answer == Answer::Whole && no_length {
+            let bytes = read_unsized(body, options.unsized_limit).await?;
+            meta.size = bytes.len() as u64;
+            return Ok(Fetched {
+                answer,
+                body_len: meta.size,
+                meta,
+                body: Box::pin(futures_util::stream::iter([Ok(bytes)])),
+            });
+        }
         let body_len = if answer == Answer::NotModified {
             0
         } else {
@@ -470,7 +490,7 @@ impl S3Client {
             answer,
             meta,
             body_len,
-            body: up.timed_body(response),
+            body,
         })
     }
 
@@ -663,6 +683,29 @@ async fn error_body(response: reqwest::Response, timeout: Duration) -> xml::Answ
     xml::answer(&String::from_utf8_lossy(&body))
 }
 
+/// Reads a body S3 sent without `Content-Length`, refusing one longer than `limit`.
+async fn read_unsized(mut body: ByteStream, limit: u64) -> Result<bytes::Bytes, S3Error> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
+        if (whole.len() + chunk.len()) as u64 > limit {
+            return Err(S3Error::Malformed(format!(
+                "an object sent without Content-Length is longer than cache.max_object_size \
+                 ({limit} bytes), which bounds what is read to learn its size"
+            )));
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(whole.freeze())
+}
+
+/// `Content-Length`, when the answer has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
 /// `local - server` in whole seconds.
 fn skew(local: SystemTime, server: SystemTime) -> i64 {
     match local.duration_since(server) {
@@ -675,10 +718,7 @@ fn skew(local: SystemTime, server: SystemTime) -> i64 {
 fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
     let (content_type, passive) =
         crate::response::resolve_type(headers.get_all(header::CONTENT_TYPE).iter(), key);
-    let size = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
+    let size = content_length(headers).unwrap_or(0);
     let last_modified_header = headers
         .get(header::LAST_MODIFIED)
         .filter(|v| {

@@ -801,3 +801,48 @@ async fn large_objects_over_tls_and_http2_are_copied_from_the_memory_file() {
         Some(0)
     );
 }
+
+/// What some stores send for objects they decompress on the way out: no `Content-Length`, a
+/// chunked body, and the whole object even when a range was asked for.
+const CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\
+    etag: \"c\"\r\nlast-modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n\
+    5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+
+#[tokio::test]
+async fn objects_sent_without_a_length_are_served_whole_and_cached() {
+    let up = FaultyUpstream::start(Fault::Answer(CHUNKED)).await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    let t = token("alice");
+    for state in ["MISS", "HIT"] {
+        let r = h.get("photos/chunked.txt", Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(x_cache(&r), state);
+        assert_eq!(r.headers()["content-length"], "11");
+        assert_eq!(r.text().await.unwrap(), "hello world");
+    }
+    assert_eq!(up.requests(), 1);
+
+    // A ranged miss goes to the store, which ignores the range: the whole object is the answer.
+    let r = h
+        .http
+        .get(h.object_url("photos/ranged.txt"))
+        .bearer_auth(&t)
+        .header("range", "bytes=0-4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], "11");
+    assert_eq!(r.text().await.unwrap(), "hello world");
+
+    // What is read to learn the length is bounded by cache.max_object_size.
+    let h = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("cache.max_object_size", "\"10B\"")
+        .start()
+        .await;
+    let r = h.get("photos/chunked.txt", Some(&t)).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "upstream_error");
+}
