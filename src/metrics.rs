@@ -453,6 +453,8 @@ struct ProcessStats {
 }
 
 impl ProcessStats {
+    /// Reads only the process's own files under `/proc/self`, which stay visible when the unit
+    /// mounts `/proc` with `ProcSubset=pid` (no `/proc/uptime` or `/proc/stat` there).
     fn read() -> Option<ProcessStats> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // Fields after the command name, which is in parentheses and may hold spaces.
@@ -461,12 +463,10 @@ impl ProcessStats {
         let ticks = rustix::param::clock_ticks_per_second() as f64;
         let page = rustix::param::page_size() as f64;
         let (utime, stime, start, rss) = (field(14)?, field(15)?, field(22)?, field(24)?);
-        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
+        // The start time counts clock ticks since boot: the boot-time clock says how long ago
+        // that was.
+        let since_boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let uptime = since_boot.tv_sec as f64 + since_boot.tv_nsec as f64 / 1e9;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?

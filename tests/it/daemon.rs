@@ -18,6 +18,7 @@ use crate::common::*;
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 /// From Debian's `util-linux` package.
 const PRLIMIT: &str = "/usr/bin/prlimit";
+const UNSHARE: &str = "/usr/bin/unshare";
 
 /// A running `s3warden serve` and the S3 it talks to.
 pub(crate) struct Daemon {
@@ -36,6 +37,8 @@ pub(crate) struct Launch {
     socket_activated: bool,
     /// Run under `prlimit --nofile=SOFT:HARD`.
     descriptor_limit: Option<(u64, u64)>,
+    /// Run with `/proc` mounted as the unit's `ProcSubset=pid` mounts it (needs root).
+    proc_subset_pid: bool,
 }
 
 impl Launch {
@@ -48,6 +51,7 @@ impl Launch {
             ],
             socket_activated: false,
             descriptor_limit: None,
+            proc_subset_pid: false,
         }
     }
 
@@ -111,6 +115,13 @@ impl Launch {
         } else if let Some((soft, hard)) = self.descriptor_limit {
             let mut c = Command::new(PRLIMIT);
             c.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(bin);
+            c
+        } else if self.proc_subset_pid {
+            // A mount namespace of its own, whose /proc shows only processes.
+            let mut c = Command::new(UNSHARE);
+            c.args(["--mount", "--", "sh", "-c"])
+                .arg("mount -t proc -o subset=pid proc /proc && exec \"$0\" \"$@\"")
+                .arg(bin);
             c
         } else {
             Command::new(bin)
@@ -681,6 +692,59 @@ async fn admin_endpoints() {
         .unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(get("/nothing").await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn process_metrics_survive_the_units_proc_subset() {
+    // The unit's `ProcSubset=pid` hides /proc/uptime, /proc/stat and the like.
+    if !tools_installed(&[UNSHARE]) {
+        return;
+    }
+    // Mounting needs root and a machine (or container) that allows mount namespaces.
+    let probe = Command::new(UNSHARE)
+        .args([
+            "--mount",
+            "--",
+            "mount",
+            "-t",
+            "proc",
+            "-o",
+            "subset=pid",
+            "proc",
+            "/proc",
+        ])
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        eprintln!(
+            "skipped: cannot mount /proc here: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        return;
+    }
+    let mut launch = Launch::new(Setup::default());
+    launch.proc_subset_pid = true;
+    let daemon = launch.start().await;
+    let metrics = metrics_at(&daemon.admin_url).await;
+    let value = |name: &str| -> f64 {
+        (metrics.lines())
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 0.0);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&started),
+        "started at {started}, now {now}"
+    );
 }
 
 #[tokio::test]

@@ -367,17 +367,16 @@ pub fn write_secrets(dir: &Path) {
     std::fs::write(dir.join("admin-token"), format!("{ADMIN_TOKEN}\n")).unwrap();
 }
 
+/// The `/metrics` text of the admin listener at `admin_url`.
+pub async fn metrics_at(admin_url: &str) -> String {
+    let r = client().get(format!("{admin_url}/metrics")).send().await;
+    r.unwrap().text().await.unwrap()
+}
+
 /// One sample of the `/metrics` of the admin listener at `admin_url`, by its full name with
 /// labels (`None` if absent).
 pub async fn metric_at(admin_url: &str, name: &str) -> Option<u64> {
-    let text = client()
-        .get(format!("{admin_url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_at(admin_url).await;
     text.lines()
         .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
