@@ -64,8 +64,12 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-    tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown().await;
+    tracing::info!("shutting down: draining in-flight requests (a second signal stops at once)");
+    tokio::select! {
+        _ = running.shutdown() => {}
+        _ = term.recv() => tracing::warn!("second signal: stopping without waiting for the drain"),
+        _ = int.recv() => tracing::warn!("second signal: stopping without waiting for the drain"),
+    }
     if let Some(w) = watchdog {
         w.abort();
     }

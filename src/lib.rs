@@ -153,8 +153,10 @@ impl Running {
         Ok(())
     }
 
-    /// Stops accepting and drains in-flight requests (up to `server.shutdown_grace`).
+    /// Stops accepting and drains in-flight requests (up to `server.shutdown_grace`); the
+    /// admin listener answers `/readyz` with 503 meanwhile.
     pub async fn shutdown(self) {
+        self.app.start_draining();
         self.public.shutdown().await;
         self.admin.shutdown().await;
     }

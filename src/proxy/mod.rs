@@ -50,6 +50,8 @@ struct Shared {
     upload_memory: upload::UploadMemory,
     /// What the background probe of the buckets last found (`None` before its first round).
     probe: tokio::sync::watch::Sender<Option<Probe>>,
+    /// Shutting down: in-flight requests are draining, and no new ones should be sent here.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// One round of the background bucket probe.
@@ -172,6 +174,7 @@ impl App {
             clock,
             upload_memory,
             probe: tokio::sync::watch::Sender::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(probe_buckets(Arc::downgrade(&inner)));
         Ok(App { inner })
@@ -240,11 +243,24 @@ impl App {
         Ok(())
     }
 
+    /// From now on the instance is not ready: it is shutting down, and a balancer that asks
+    /// should send new requests elsewhere while the ones in flight finish.
+    pub fn start_draining(&self) {
+        (self.inner.draining).store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// True when token keys are loaded, every configured bucket's store has usable credentials,
     /// and the background probe found every bucket answering (an outage after that counts only
-    /// with `admin.unready_on_s3_outage`). Never calls S3: before the probe's first round it
-    /// waits for it, up to a second.
+    /// with `admin.unready_on_s3_outage`); false once shutting down. Never calls S3: before
+    /// the probe's first round it waits for it, up to a second.
     pub async fn ready(&self) -> Result<(), String> {
+        if self
+            .inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err("shutting down".into());
+        }
         let live = self.inner.live.load_full();
         let auth = &live.config.auth;
         let needs_keys = auth.jwks_url.is_some()

@@ -448,15 +448,15 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_lets_a_slow_download_finish() {
-    let total = 3 * 1024 * 1024;
+/// A daemon serving a 3 MiB download that stalls after its first MiB (until `up.release()`),
+/// with a first chunk of it already received.
+async fn slow_download(setup: Setup) -> (FaultyUpstream, Daemon, reqwest::Response, usize) {
     let up = FaultyUpstream::start(Fault::StallMidBody {
-        total,
+        total: SLOW_TOTAL,
         first: 1024 * 1024,
     })
     .await;
-    let setup = Setup::default()
+    let setup = setup
         .endpoint(&up.endpoint())
         .set("s3.timeout", "\"20s\"")
         .set("cache.max_object_size", "\"64KiB\"");
@@ -468,7 +468,15 @@ async fn sigterm_lets_a_slow_download_finish() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let mut received = r.chunk().await.unwrap().unwrap().len();
+    let received = r.chunk().await.unwrap().unwrap().len();
+    (up, daemon, r, received)
+}
+
+const SLOW_TOTAL: usize = 3 * 1024 * 1024;
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_download_finish() {
+    let (up, daemon, mut r, mut received) = slow_download(Setup::default()).await;
     daemon.signal("TERM");
     // New connections are refused while the download drains.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -476,12 +484,37 @@ async fn sigterm_lets_a_slow_download_finish() {
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Balancers that ask are told to send requests elsewhere; the process is still alive.
+    let admin = |path: &str| client().get(format!("{}{path}", daemon.admin_url)).send();
+    let ready = admin("/readyz").await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("shutting down"));
+    assert_eq!(admin("/healthz").await.unwrap().status(), StatusCode::OK);
     up.release();
     while let Some(chunk) = r.chunk().await.unwrap() {
         received += chunk.len();
     }
-    assert_eq!(received, total, "the in-flight download completed");
+    assert_eq!(received, SLOW_TOTAL, "the in-flight download completed");
     assert!(daemon.wait(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_without_waiting_for_the_drain() {
+    let setup = Setup::default().set("server.shutdown_grace", "\"60s\"");
+    let (_up, daemon, _r, _) = slow_download(setup).await;
+    daemon.signal("TERM");
+    let logged = |what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !daemon.logs().contains(what) {
+            assert!(Instant::now() < deadline, "{}", daemon.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    logged("draining");
+    daemon.signal("INT");
+    logged("second signal");
+    // The download is still stalled, and the grace is a minute.
+    assert!(daemon.wait(Duration::from_secs(5)).success());
 }
 
 #[tokio::test]
