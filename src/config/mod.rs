@@ -822,17 +822,17 @@ impl Config {
                     .first()
                     .copied()
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-                let host = if addr.ip().is_unspecified() {
-                    "localhost".to_owned()
-                } else {
-                    addr.ip().to_string()
-                };
                 let scheme = if self.server.tls.is_some() {
                     "https"
                 } else {
                     "http"
                 };
-                format!("{scheme}://{host}:{}", addr.port())
+                if addr.ip().is_unspecified() {
+                    format!("{scheme}://localhost:{}", addr.port())
+                } else {
+                    // An IPv6 address is bracketed, as URLs need it.
+                    format!("{scheme}://{addr}")
+                }
             }
         }
     }

@@ -114,6 +114,14 @@ fn a_minimal_config_is_enough() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.server.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
     assert_eq!(c.public_url(), "http://localhost:8080");
+    for (listen, url) in [
+        ("[::]:8080", "http://localhost:8080"),
+        ("127.0.0.2:81", "http://127.0.0.2:81"),
+        ("[::1]:8443", "http://[::1]:8443"),
+    ] {
+        let text = format!("[server]\nlisten = [\"{listen}\"]\n{MINIMAL}");
+        assert_eq!(parse(&text).unwrap().public_url(), url);
+    }
 }
 
 #[test]
