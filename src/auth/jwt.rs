@@ -226,7 +226,7 @@ impl Verifier {
                 .filter(|m| m.verifier == self.id && &*m.token == token)
                 .map(|m| m.identity.clone());
             if let Some(identity) = remembered
-                && identity.exp + self.leeway > now()
+                && self.unexpired(&identity)
             {
                 return Ok(identity);
             }
@@ -243,6 +243,12 @@ impl Verifier {
         Ok(identity)
     }
 
+    /// A verified identity's token has not expired (`exp` plus the leeway; an `exp` near the
+    /// largest number does not wrap around).
+    fn unexpired(&self, identity: &Identity) -> bool {
+        identity.exp.saturating_add(self.leeway) > now()
+    }
+
     /// Verifies a token: from the cache when it was verified before and is still unexpired.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
@@ -250,7 +256,7 @@ impl Verifier {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.verified.get(&digest)
-            && identity.exp + self.leeway > now()
+            && self.unexpired(&identity)
         {
             return Ok(identity);
         }
@@ -268,6 +274,9 @@ impl Verifier {
             ErrorKind::InvalidAlgorithmName => TokenError::Algorithm,
             _ => TokenError::Malformed,
         })?;
+        if names_critical_extensions(token) {
+            return Err(TokenError::Malformed);
+        }
         let alg = header.alg;
         let validation = self.validations.get(&alg).ok_or(TokenError::Algorithm)?;
         let keys = self.candidates(alg, header.kid.as_deref()).await;
@@ -307,6 +316,19 @@ impl Verifier {
         }
         keys
     }
+}
+
+/// True when the token's header lists extensions in `crit`: none are understood here, and RFC
+/// 7515 §4.1.11 says such a token must be refused. (`decode_header` ignores the parameter.)
+fn names_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(segment) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else {
+        return false;
+    };
+    serde_json::from_slice::<Map<String, Value>>(&json).is_ok_and(|h| h.contains_key("crit"))
 }
 
 /// What one client connection proved: the last token verified on it. A browser sends the same
@@ -356,7 +378,10 @@ impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(
-            (identity.exp + self.leeway).saturating_sub(now()),
+            identity
+                .exp
+                .saturating_add(self.leeway)
+                .saturating_sub(now()),
         ))
     }
 }

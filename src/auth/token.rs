@@ -123,6 +123,14 @@ pub fn find_signature(query: Option<&str>) -> Result<Option<SignedParams>, Malfo
     match (exp, sig) {
         (None, None) => Ok(None),
         (Some(exp), Some(sig)) => {
+            // Only the digits the signer wrote: no sign, no leading zeros, so one capability
+            // has one URL.
+            let canonical = !exp.is_empty()
+                && exp.bytes().all(|b| b.is_ascii_digit())
+                && (exp == "0" || !exp.starts_with('0'));
+            if !canonical {
+                return Err(MalformedSignature);
+            }
             let expires = exp.parse().map_err(|_| MalformedSignature)?;
             Ok(Some(SignedParams {
                 expires,
@@ -198,6 +206,10 @@ mod tests {
         assert!(find_signature(Some("exp=10")).is_err());
         assert!(find_signature(Some("sig=abc")).is_err());
         assert!(find_signature(Some("exp=x&sig=abc")).is_err());
+        for exp in ["+10", "010", "%2B10", "1%200", ""] {
+            let query = format!("exp={exp}&sig=abc");
+            assert!(find_signature(Some(&query)).is_err(), "{exp}");
+        }
         assert!(find_signature(Some("exp=10&sig=abc&exp=11")).is_err());
     }
 

@@ -621,6 +621,14 @@ async fn token_checks() {
         &claims("alice"),
     );
     assert_eq!(status(Some(es)).await.status(), 200);
+    // The hand-made signer signs what jsonwebtoken's does.
+    let plain = hs256_with_header(&json!({"alg": "HS256", "typ": "JWT"}), &claims("alice"));
+    assert_eq!(status(Some(plain)).await.status(), 200);
+    // An expiry at the end of time is a valid one, asked for twice (the second from memory).
+    let forever = hs256(&claims_with("alice", json!({"exp": u64::MAX})));
+    for _ in 0..2 {
+        assert_eq!(status(Some(forever.clone())).await.status(), 200);
+    }
 
     let refused = [
         // expired beyond the leeway
@@ -634,6 +642,11 @@ async fn token_checks() {
         .unwrap(),
         // alg: none
         handmade(&json!({"alg": "none", "typ": "JWT"}), &claims("alice"), b""),
+        // a critical extension nobody here understands (RFC 7515 §4.1.11)
+        hs256_with_header(
+            &json!({"alg": "HS256", "crit": ["x"], "x": 1}),
+            &claims("alice"),
+        ),
         // wrong issuer, wrong audience
         hs256(&claims_with("alice", json!({"iss": "https://evil.test/"}))),
         hs256(&claims_with("alice", json!({"aud": "other"}))),

@@ -520,6 +520,19 @@ pub fn handmade(header: &Value, claims: &Value, signature: &[u8]) -> String {
     )
 }
 
+/// An HS256 token with a header of the test's choosing, signed with the test secret.
+pub fn hs256_with_header(header: &Value, claims: &Value) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let unsigned = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).unwrap();
+    mac.update(unsigned.as_bytes());
+    format!("{unsigned}.{}", b64(&mac.finalize().into_bytes()))
+}
+
 /// A clock tests can move.
 #[derive(Clone)]
 pub struct ManualClock(Arc<std::sync::atomic::AtomicU64>);
