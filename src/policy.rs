@@ -107,7 +107,7 @@ impl UploadTerms {
         let content_type = match content_type {
             Some(text) => {
                 let text = text.trim();
-                mediatype::MediaType::parse(text).map_err(|_| BadTerms::ContentType)?;
+                upload_type(text).ok_or(BadTerms::ContentType)?;
                 // URLs carry and sign the type as text: a quoted parameter with non-ASCII bytes
                 // would be signed as "" and stored without a type.
                 if !text.is_ascii() {
@@ -140,6 +140,17 @@ impl UploadTerms {
         }
         headers
     }
+}
+
+/// The media type an upload names, when it is one well-formed type with no control characters.
+/// A tab is whitespace to the media-type grammar, but SigV4 implementations fold it
+/// differently when they canonicalize a signed header, so S3 would refuse the signature.
+pub fn upload_type(text: &str) -> Option<mediatype::MediaType<'_>> {
+    let text = text.trim();
+    if text.bytes().any(|b| b.is_ascii_control()) {
+        return None;
+    }
+    mediatype::MediaType::parse(text).ok()
 }
 
 /// Upload terms that cannot be signed.

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::Exchange;
 use crate::config::{Acl, UploadConfig};
 use crate::error::ProxyError;
-use crate::policy::{Delete, Permit, Write};
+use crate::policy::{Delete, Permit, Write, upload_type};
 use crate::s3::{PutOptions, S3Error, UploadedPart};
 use crate::server::{Body, BoxError, ByteStream};
 
@@ -397,7 +397,7 @@ impl Exchange<'_> {
                 value
                     .to_str()
                     .ok()
-                    .and_then(|text| MediaType::parse(text.trim()).ok())
+                    .and_then(upload_type)
                     .ok_or_else(|| ProxyError::BadRequest("invalid Content-Type".into()))
                     .map(|media| (value, media))
             })

@@ -590,6 +590,7 @@ acls = ["public-read"]
             {"key": "users/alice/c.png", "acl": "private"},
             {"key": "users/alice/d.png", "acl": "authenticated-read"},
             {"key": "users/alice/e.png", "content_type": "text/plain, text/html"},
+            {"key": "users/alice/f.txt", "content_type": "text/plain;\tcharset=utf-8"},
         ]}),
     )
     .await;
@@ -598,6 +599,7 @@ acls = ["public-read"]
     assert!(url_of(&v, 2).contains("acl=private"));
     assert_eq!(v["items"][3]["error"], "invalid_acl");
     assert_eq!(v["items"][4]["error"], "invalid_content_type");
+    assert_eq!(v["items"][5]["error"], "invalid_content_type");
 
     // Uploads with a token are held to the same rule.
     let put = |key: &'static str, acl: &'static str| {
