@@ -245,6 +245,8 @@ pub enum Denied {
     Forbidden,
     /// The bucket alias is not configured (404).
     UnknownBucket,
+    /// The key, with the bucket's prefix before it, is longer than S3 allows (400).
+    KeyTooLong,
 }
 
 /// The compiled rules and bucket aliases.
@@ -566,6 +568,7 @@ impl Policy {
         method: Permission,
     ) -> Result<Permit<A>, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
+        bucket.check_length(key)?;
         let identity = match who {
             Principal::Anonymous => None,
             Principal::Token(identity) => Some(identity),
@@ -610,6 +613,7 @@ impl Policy {
         terms: Option<UploadTerms>,
     ) -> Result<Permit<A>, Denied> {
         let bucket = self.buckets.get(alias).ok_or(Denied::UnknownBucket)?;
+        bucket.check_length(key)?;
         let inline_active_content = self.rules.iter().any(|r| {
             r.alias == alias
                 && r.inline_active_content
@@ -628,6 +632,14 @@ impl Policy {
 }
 
 impl Bucket {
+    /// S3 keys are at most 1024 bytes, the bucket's prefix included.
+    fn check_length(&self, key: &Key) -> Result<(), Denied> {
+        if self.prefix.len() + key.as_str().len() > crate::route::MAX_KEY_LEN {
+            return Err(Denied::KeyTooLong);
+        }
+        Ok(())
+    }
+
     /// Where `key` lives in S3.
     fn object(&self, key: &Key) -> S3Object {
         S3Object {

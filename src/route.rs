@@ -30,8 +30,8 @@ pub enum KeyError {
     /// The decoded bytes are not UTF-8.
     #[error("key is not valid UTF-8")]
     NotUtf8,
-    /// Empty, or longer than 1024 bytes.
-    #[error("key must be 1 to 1024 bytes long")]
+    /// Empty, or longer than 1024 bytes (with the bucket's prefix, in S3).
+    #[error("key must be 1 to 1024 bytes long, the bucket's prefix included")]
     Length,
     /// A control character.
     #[error("key contains a control character")]

@@ -184,7 +184,10 @@ impl Exchange<'_> {
         let key = Key::parse(item.key()).map_err(|_| "invalid_key")?;
         let permit = self
             .authorize_signing(auth, &request.bucket, &key, method)
-            .map_err(|_| "forbidden")?;
+            .map_err(|refused| match refused {
+                ProxyError::BadKey(_) => "invalid_key",
+                _ => "forbidden",
+            })?;
         if method != Permission::Put {
             return Ok(Approved {
                 permit,

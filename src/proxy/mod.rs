@@ -607,5 +607,6 @@ fn refusal(denied: Denied) -> ProxyError {
         Denied::Unauthenticated => ProxyError::Unauthenticated,
         Denied::Forbidden => ProxyError::Forbidden,
         Denied::UnknownBucket => ProxyError::NotFound,
+        Denied::KeyTooLong => ProxyError::BadKey(crate::route::KeyError::Length),
     }
 }

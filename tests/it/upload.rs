@@ -607,3 +607,35 @@ async fn uploads_through_a_proxy_signed_put_url() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn a_key_too_long_for_s3_with_the_bucket_prefix_is_refused_before_s3() {
+    let h = Setup::default()
+        .set("buckets.files.prefix", "\"tenant-1/\"")
+        .start()
+        .await;
+    let dir = "users/alice/";
+    // 1,024 bytes: a valid key, but not once `tenant-1/` is put before it.
+    let key = format!("{dir}{}", "k".repeat(1024 - dir.len()));
+    let r = put(&h, &key, b"x", &[]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["message"].as_str().unwrap().contains("prefix"), "{e}");
+    assert_eq!(
+        h.get(&key, Some(&token("alice"))).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let r = h
+        .http
+        .post(format!("{}/_sign", h.url))
+        .bearer_auth(token("alice"))
+        .json(&serde_json::json!({"bucket": "files", "keys": [key]}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["items"][0]["error"], "invalid_key");
+    for op in ["GET", "HEAD", "PUT"] {
+        assert_eq!(h.s3_log().total(op), 0, "a {op} reached S3");
+    }
+}
