@@ -313,6 +313,7 @@ impl Metrics {
             Err(S3Error::Timeout) => "timeout",
             Err(S3Error::Unreachable(_)) => "unreachable",
             Err(S3Error::Malformed(_)) => "malformed",
+            Err(S3Error::WrongRegion { .. }) => "wrong_region",
             Err(S3Error::Status { status, .. }) if status.is_client_error() => "client_error",
             Err(S3Error::Status { .. }) => "server_error",
             Err(S3Error::Sign(_)) => "sign_error",

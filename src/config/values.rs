@@ -187,11 +187,29 @@ fn validate_store(id: &str, store: &S3Config, v: &mut Validator) {
         Some(e) if !is_http_url(e) => {
             v.problem(key("endpoint"), "must be an http:// or https:// URL");
         }
-        Some(e) => v.check(
-            reqwest::Url::parse(e).is_ok_and(|u| u.path() == "/" && u.query().is_none()),
-            &key("endpoint"),
-            "must not have a path or query (bucket and key are added by s3warden)",
-        ),
+        Some(e) => match reqwest::Url::parse(e) {
+            Ok(u) if u.path() != "/" || u.query().is_some() => v.problem(
+                key("endpoint"),
+                "must not have a path or query (bucket and key are added by s3warden)",
+            ),
+            // Logs and metrics name the endpoint: keys belong in the key settings.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => v.problem(
+                key("endpoint"),
+                "must not hold a user or password: give S3 keys in the key settings",
+            ),
+            Ok(u) => {
+                let named = u.host_str().and_then(aws_region_of);
+                if let (Some(named), Some(region)) = (named, &store.region)
+                    && named != region
+                {
+                    v.problem(
+                        key("region"),
+                        format!("is {region:?}, but the endpoint is AWS's {named:?} endpoint"),
+                    );
+                }
+            }
+            Err(_) => v.problem(key("endpoint"), "is not a valid URL"),
+        },
     }
     if store.region.is_none() {
         v.problem(
@@ -213,6 +231,25 @@ fn validate_store(id: &str, store: &S3Config, v: &mut Validator) {
     v.positive(store.connect_timeout, &key("connect_timeout"));
     v.positive(store.timeout, &key("timeout"));
     v.check(store.retries <= 10, &key("retries"), "must be 10 or fewer");
+}
+
+/// The region an AWS S3 endpoint names: `s3.REGION.amazonaws.com`, `s3-REGION.amazonaws.com`,
+/// `s3.dualstack.REGION.amazonaws.com`, `s3-fips.REGION.amazonaws.com` (and `.com.cn`).
+fn aws_region_of(host: &str) -> Option<&str> {
+    let rest = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let labels: Vec<&str> = rest.split('.').collect();
+    let region = match labels.as_slice() {
+        [single] => single.strip_prefix("s3-")?,
+        [.., "s3" | "s3-fips", region] | [.., "s3" | "s3-fips", "dualstack", region] => region,
+        _ => return None,
+    };
+    let looks_like_region = region.split('-').count() >= 3
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    looks_like_region.then_some(region)
 }
 
 /// The largest weight moka can give one entry is `u32::MAX`; keep clear of it.

@@ -114,9 +114,18 @@ async fn probe_buckets(shared: std::sync::Weak<Shared>) {
                 break;
             }
         }
-        let reached_before = (shared.probe.borrow().as_ref()).is_some_and(|p| p.ever_reached);
-        if let Some(why) = &failure {
-            tracing::debug!(reason = %why, "bucket probe failed");
+        let (reached_before, failed_before) = match shared.probe.borrow().as_ref() {
+            Some(p) => (p.ever_reached, p.failure.clone()),
+            None => (false, None),
+        };
+        // Said once when it starts or changes, not every round.
+        match (&failure, &failed_before) {
+            (Some(why), before) if before.as_ref() != Some(why) => {
+                tracing::warn!(reason = %why, "bucket probe failed");
+            }
+            (Some(why), _) => tracing::debug!(reason = %why, "bucket probe failed"),
+            (None, Some(_)) => tracing::info!("bucket probe succeeded again"),
+            (None, None) => {}
         }
         shared.probe.send_replace(Some(Probe {
             ever_reached: reached_before || failure.is_none(),

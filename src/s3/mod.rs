@@ -46,6 +46,20 @@ pub enum S3Error {
     /// Connecting or talking to S3 failed.
     #[error("S3 unreachable: {0}")]
     Unreachable(String),
+    /// S3 says the bucket is in another region than the store's `region` (AWS answers such
+    /// requests 301 or 400, naming the bucket's region in `x-amz-bucket-region`).
+    #[error(
+        "S3 answered {status}: the bucket is in region {actual}, not {configured}; set the \
+         store's region (and endpoint) to {actual}"
+    )]
+    WrongRegion {
+        /// HTTP status from S3.
+        status: StatusCode,
+        /// The region the bucket is in.
+        actual: String,
+        /// The store's configured region.
+        configured: String,
+    },
     /// S3 answered, but not in a form s3warden can serve.
     #[error("S3's answer could not be used: {0}")]
     Malformed(String),
@@ -81,6 +95,13 @@ pub enum S3Error {
 /// Error codes that mean S3 does not accept the time a request was signed at.
 const CLOCK_ERRORS: [&str; 2] = ["RequestTimeTooSkewed", "RequestExpired"];
 
+/// Error codes with which S3 refuses a request sent to, or signed for, the wrong region.
+const REGION_ERRORS: [&str; 3] = [
+    "PermanentRedirect",
+    "TemporaryRedirect",
+    "AuthorizationHeaderMalformed",
+];
+
 /// S3 refuses requests signed more than 15 minutes away from its own time.
 const MAX_SKEW_SECS: i64 = 15 * 60;
 
@@ -102,6 +123,7 @@ impl S3Error {
             }
             S3Error::Timeout
             | S3Error::Malformed(_)
+            | S3Error::WrongRegion { .. }
             | S3Error::Sign(_)
             | S3Error::ClockSkew { .. }
             | S3Error::NoCredentials(_) => false,
@@ -592,6 +614,11 @@ impl Upstream {
         if status.is_success() || status == StatusCode::NOT_MODIFIED {
             return Ok(response);
         }
+        let header_region = response
+            .headers()
+            .get("x-amz-bucket-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let server_date = response
             .headers()
             .get(header::DATE)
@@ -601,6 +628,29 @@ impl Upstream {
         } else {
             error_body(response, self.timeout).await
         };
+        // The bucket's region, in a header (301 PermanentRedirect) or the error (400
+        // AuthorizationHeaderMalformed).
+        let region = (header_region.or(answer.region.clone()))
+            .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        let about_region = matches!(
+            status,
+            StatusCode::MOVED_PERMANENTLY
+                | StatusCode::TEMPORARY_REDIRECT
+                | StatusCode::BAD_REQUEST
+        ) && answer
+            .code
+            .as_deref()
+            .is_none_or(|c| REGION_ERRORS.contains(&c));
+        if let Some(actual) = region
+            && about_region
+            && actual != self.store.signer.region()
+        {
+            return Err(S3Error::WrongRegion {
+                status,
+                actual,
+                configured: self.store.signer.region().to_owned(),
+            });
+        }
         // S3's own time: the error's ServerTime, else its Date header.
         let server_time = answer
             .server_time

@@ -48,6 +48,11 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// The region it signs for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// A signer for `region`.
     pub fn new(region: &str) -> Signer {
         Signer {

@@ -12,6 +12,8 @@ pub struct Answer {
     pub code: Option<String>,
     /// `<Error><ServerTime>` of clock errors (RFC 3339).
     pub server_time: Option<String>,
+    /// `<Error><Region>`: the bucket's region, when a request named another one.
+    pub region: Option<String>,
     /// `<InitiateMultipartUploadResult><UploadId>`.
     pub upload_id: Option<String>,
     /// `<CompleteMultipartUploadResult><ETag>`.

@@ -467,3 +467,48 @@ fn trusted_proxies_must_be_addresses_or_networks() {
     let ok = "[\"10.0.0.0/8\", \"192.0.2.10\", \"2001:db8::/32\", \"::1\"]";
     assert_eq!(problems(&with(ok)), Vec::<String>::new());
 }
+
+#[test]
+fn an_endpoint_that_contradicts_the_region_or_holds_keys_is_refused() {
+    let with = |endpoint: &str, region: &str| {
+        problems(&MINIMAL.replace(
+            "endpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"",
+            &format!("endpoint = \"{endpoint}\"\nregion = \"{region}\""),
+        ))
+    };
+    for endpoint in [
+        "https://s3.eu-west-1.amazonaws.com",
+        "https://s3-eu-west-1.amazonaws.com",
+        "https://s3.dualstack.eu-west-1.amazonaws.com",
+        "https://s3-fips.eu-west-1.amazonaws.com",
+    ] {
+        let found = with(endpoint, "us-east-1");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("s3.region") && p.contains("\"eu-west-1\"")),
+            "{endpoint}: {found:?}"
+        );
+        assert_eq!(
+            with(endpoint, "eu-west-1"),
+            Vec::<String>::new(),
+            "{endpoint}"
+        );
+    }
+    // Endpoints that name no region say nothing about it.
+    for endpoint in [
+        "https://s3.amazonaws.com",
+        "https://s3-external-1.amazonaws.com",
+        "http://10.0.0.5:9000",
+        "https://abc.r2.cloudflarestorage.com",
+    ] {
+        assert_eq!(with(endpoint, "auto"), Vec::<String>::new(), "{endpoint}");
+    }
+    let found = with("https://AKIA:secret@minio.internal:9000", "us-east-1");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("s3.endpoint") && p.contains("user or password")),
+        "{found:?}"
+    );
+}

@@ -812,6 +812,43 @@ async fn readiness_comes_from_a_background_probe_never_from_s3_per_probe() {
 }
 
 #[tokio::test]
+async fn a_bucket_in_another_region_is_named_in_the_log_and_readyz() {
+    // What AWS answers a request sent to the wrong region's endpoint.
+    let up = FaultyUpstream::start(Fault::Answer(
+        "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\n\
+         content-length: 0\r\n\r\n",
+    ))
+    .await;
+    let setup = Setup::default()
+        .endpoint(&up.endpoint())
+        .set("admin.probe_interval", "\"200ms\"");
+    let daemon = Launch::new(setup).start().await;
+    let ready = client()
+        .get(format!("{}/readyz", daemon.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("region eu-west-1, not us-east-1"), "{why}");
+    let r = client()
+        .get(daemon.object_url("photos/a.png"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    // Said once at warning level, however many rounds the probe fails.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let logs = daemon.logs();
+    let warnings = (logs.lines())
+        .filter(|l| l.contains("WARN") && l.contains("bucket probe failed"))
+        .count();
+    assert_eq!(warnings, 1, "{logs}");
+    assert!(logs.contains("set the store's region"), "{logs}");
+}
+
+#[tokio::test]
 async fn an_s3_outage_makes_the_instance_unready_when_configured() {
     let setup = Setup::default()
         .set("admin.probe_interval", "\"200ms\"")
