@@ -281,12 +281,7 @@ async fn socket_activation_serves_the_passed_socket() {
     launch.socket_activated = true;
     let daemon = launch.start().await;
     daemon.s3.put(BUCKET, "photos/a.png", b"activated").unwrap();
-    let r = client()
-        .get(daemon.object_url("photos/a.png"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_as_alice(&client(), &daemon.object_url("photos/a.png")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "activated");
     assert!(
@@ -461,12 +456,7 @@ async fn slow_download(setup: Setup) -> (FaultyUpstream, Daemon, reqwest::Respon
         .set("s3.timeout", "\"20s\"")
         .set("cache.max_object_size", "\"64KiB\"");
     let daemon = Launch::new(setup).start().await;
-    let mut r = client()
-        .get(daemon.object_url("photos/slow.bin"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let mut r = get_as_alice(&client(), &daemon.object_url("photos/slow.bin")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let received = r.chunk().await.unwrap().unwrap().len();
     (up, daemon, r, received)
@@ -636,12 +626,7 @@ async fn secrets_from_credential_files_stay_out_of_the_environment() {
         .start()
         .await;
     daemon.s3.put(BUCKET, "photos/a.png", b"a").unwrap();
-    let r = client()
-        .get(daemon.object_url("photos/a.png"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_as_alice(&client(), &daemon.object_url("photos/a.png")).await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
@@ -831,12 +816,7 @@ async fn a_bucket_in_another_region_is_named_in_the_log_and_readyz() {
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let why = ready.text().await.unwrap();
     assert!(why.contains("region eu-west-1, not us-east-1"), "{why}");
-    let r = client()
-        .get(daemon.object_url("photos/a.png"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_as_alice(&client(), &daemon.object_url("photos/a.png")).await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     // Said once at warning level, however many rounds the probe fails.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -937,8 +917,14 @@ async fn s3_refusing_our_clock_is_503_with_one_log_line_naming_the_skew() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let logs = daemon.logs();
-    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("clock")).collect();
+    let clock = |l: &&str| l.contains("clock");
+    let lines: Vec<&str> = (logs.lines().filter(clock))
+        .filter(|l| l.contains("request failed"))
+        .collect();
     assert_eq!(lines.len(), 2, "one line per request:\n{logs}");
+    // And one from the bucket probe, however many rounds it has failed.
+    let probe = logs.lines().filter(clock).filter(|l| l.contains("probe"));
+    assert_eq!(probe.count(), 1, "{logs}");
     for line in lines {
         let seconds: i64 = line
             .split("clock is ")
