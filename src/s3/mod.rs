@@ -871,7 +871,7 @@ mod tests {
 
     fn client(addressing: &str, endpoint: &str) -> Addresser {
         let text = format!(
-            "[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naddressing = \"{addressing}\"\n\
+            "[s3]\nendpoint = \"{endpoint}\"\nregion = \"eu-west-1\"\naddressing = \"{addressing}\"\n\
              [buckets.a]\nbucket = \"my-bucket\"\n[[rules]]\nbucket = \"a\"\nallow = \"public\"\n"
         );
         let env =
