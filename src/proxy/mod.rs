@@ -99,6 +99,46 @@ impl Generation {
     }
 }
 
+/// The settings that differ between `old` and `new` and that only a restart applies: the
+/// listeners' sockets and limits, the memory pools sized at start, and logging.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    [
+        ("server.listen", a.listen != b.listen),
+        (
+            "server.proxy_protocol",
+            a.proxy_protocol != b.proxy_protocol,
+        ),
+        (
+            "server.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
+        (
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "server.max_header_size",
+            a.max_header_size != b.max_header_size,
+        ),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace != b.shutdown_grace,
+        ),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("cache.capacity", old.cache.capacity != new.cache.capacity),
+        (
+            "upload.buffer_memory",
+            old.upload.buffer_memory != new.upload.buffer_memory,
+        ),
+        ("[log]", old.log != new.log),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
 /// Probes every bucket of the live config at `admin.probe_interval`, for `/readyz`; stops when
 /// the app is dropped.
 async fn probe_buckets(shared: std::sync::Weak<Shared>) {
@@ -193,19 +233,18 @@ impl App {
     /// `config`. The cache and its contents stay; requests in flight finish under the old config.
     pub async fn reload(&self, config: Config) -> Result<(), AppError> {
         let old = self.config();
-        if config.cache.capacity != old.cache.capacity {
-            tracing::warn!("cache.capacity changes take effect at the next restart");
-        }
-        if config.upload.buffer_memory != old.upload.buffer_memory {
-            tracing::warn!("upload.buffer_memory changes take effect at the next restart");
-        }
-        if config.server.listen != old.server.listen || config.admin.listen != old.admin.listen {
-            tracing::warn!("listen address changes take effect at the next restart");
-        }
-        self.inner.cache.reconfigure(&config);
+        let later = restart_only_changes(&old, &config);
         let previous = self.inner.live.load_full();
+        // Built first: a config refused here changes nothing, the cache's lifetimes included.
         let live = Generation::new(config, &self.inner.metrics, Some(&previous)).await?;
+        self.inner.cache.reconfigure(&live.config);
         self.inner.live.store(Arc::new(live));
+        if !later.is_empty() {
+            tracing::warn!(
+                settings = %later.join(", "),
+                "these changes take effect at the next restart; the rest of the config is in use"
+            );
+        }
         Ok(())
     }
 

@@ -382,6 +382,11 @@ async fn sighup_applies_new_rules_and_keeps_the_cache() {
         "prefix = \"photos/\"\nmethods = [\"GET\"]\nallow = \"authenticated\"",
         "prefix = \"photos/\"\nmethods = [\"GET\"]\nallow = { claims = { roles = \"admin\" } }",
     );
+    // And settings only a restart applies: the reload says which.
+    rewrite_config(&daemon, "[server]\n", "[server]\nidle_timeout = \"61s\"\n");
+    let path = daemon.config_path();
+    let text = std::fs::read_to_string(&path).unwrap() + "\n[log]\nlevel = \"warn\"\n";
+    std::fs::write(&path, text).unwrap();
     daemon.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(token("alice")).await.status() != StatusCode::FORBIDDEN {
@@ -403,7 +408,15 @@ async fn sighup_applies_new_rules_and_keeps_the_cache() {
         daemon.s3.log().requests("GET", BUCKET, "photos/team.png"),
         1
     );
-    assert!(daemon.logs().contains("configuration reloaded"));
+    let logs = daemon.logs();
+    assert!(logs.contains("configuration reloaded"));
+    let later = (logs.lines())
+        .find(|l| l.contains("WARN") && l.contains("next restart"))
+        .unwrap_or_else(|| panic!("no warning:\n{logs}"));
+    assert!(
+        later.contains("server.idle_timeout, [log]") && !later.contains("server.listen"),
+        "{later}"
+    );
 }
 
 #[tokio::test]
