@@ -145,15 +145,17 @@ pub fn is_valid_alias(alias: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
 }
 
-/// S3's bucket naming rules (3–63 characters, lowercase letters, digits, dots and hyphens,
-/// starting and ending with a letter or digit).
+/// A bucket name S3 serves: today's rules (3–63 lowercase letters, digits, dots and hyphens),
+/// or the legacy ones that buckets made in us-east-1 before March 2018 may still follow (up to
+/// 255 characters, capitals and underscores too), starting and ending with a letter or digit.
+/// Names that are not DNS names are addressed path-style.
 fn is_valid_s3_bucket(name: &str) -> bool {
     let b = name.as_bytes();
-    (3..=63).contains(&b.len())
+    (3..=255).contains(&b.len())
         && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
         && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
         && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
 }
 
 fn is_http_url(s: &str) -> bool {
@@ -322,7 +324,8 @@ pub(super) fn validate(c: &Config, v: &mut Validator) {
         v.check(
             is_valid_s3_bucket(&b.bucket),
             &format!("{key}.bucket"),
-            "is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
+            "is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-'; legacy \
+             us-east-1 names: up to 255, capitals and '_' too)",
         );
         if let Some(store) = &b.store
             && !c.stores.contains_key(store)

@@ -512,3 +512,41 @@ fn an_endpoint_that_contradicts_the_region_or_holds_keys_is_refused() {
         "{found:?}"
     );
 }
+
+#[test]
+fn legacy_bucket_names_are_served_path_style() {
+    let legacy = MINIMAL
+        .replace("bucket = \"my-bucket\"", "bucket = \"My_Legacy_Bucket\"")
+        .replace(
+            "http://127.0.0.1:9000",
+            "https://s3.us-east-1.amazonaws.com",
+        );
+    let c = parse(&legacy).unwrap();
+    let object = s3warden::s3::S3Object {
+        store: "s3".into(),
+        bucket: c.buckets["files"].bucket.as_str().into(),
+        key: "a.png".into(),
+    };
+    let url = s3warden::s3::Addresser::new(&c.s3).object_url(&object);
+    assert_eq!(
+        url.as_str(),
+        "https://s3.us-east-1.amazonaws.com/My_Legacy_Bucket/a.png"
+    );
+    // Virtual-hosted addressing cannot reach it, and says so.
+    let found = problems(&legacy.replace("[s3]\n", "[s3]\naddressing = \"virtual\"\n"));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("s3.addressing") && p.contains("not a DNS name")),
+        "{found:?}"
+    );
+    for bad in ["ab", "-abc", "abc-", "a b c", "ab/c", &"a".repeat(256)] {
+        let text = MINIMAL.replace("bucket = \"my-bucket\"", &format!("bucket = \"{bad}\""));
+        assert!(
+            problems(&text)
+                .iter()
+                .any(|p| p.contains("buckets.files.bucket")),
+            "{bad}"
+        );
+    }
+}
