@@ -289,8 +289,14 @@ impl Secrets {
             // A file that could not be read is reported already.
             _ if problems.len() > problems_before => AwsSource::DefaultChain { profile: None },
             _ => {
+                // Named where the operator has to look: not a config key when none was set.
+                let missing = match origin {
+                    "environment" => "AWS_SECRET_ACCESS_KEY".to_owned(),
+                    "systemd credentials" => "$CREDENTIALS_DIRECTORY/aws_secret_access_key".into(),
+                    _ => key("secret_access_key_file"),
+                };
                 problems.push(problem(
-                    &key("access_key_id_file"),
+                    &missing,
                     format!("incomplete S3 credentials in the {origin}: a key id needs its secret"),
                 ));
                 AwsSource::DefaultChain { profile: None }

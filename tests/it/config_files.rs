@@ -215,9 +215,10 @@ fn missing_secret_files_are_reported_when_loading() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("incomplete S3 credentials in the environment"),
+        e.contains("AWS_SECRET_ACCESS_KEY: incomplete S3 credentials in the environment"),
         "{e}"
     );
+    assert!(!e.contains("access_key_id_file"), "{e}");
 }
 
 #[test]
