@@ -846,26 +846,3 @@ async fn objects_sent_without_a_length_are_served_whole_and_cached() {
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["error"], "upstream_error");
 }
-
-#[tokio::test]
-async fn an_unquoted_etag_from_the_store_is_quoted_so_if_range_matches_it() {
-    let up = FaultyUpstream::start(Fault::Answer(
-        "HTTP/1.1 200 OK\r\ncontent-length: 11\r\ncontent-type: text/plain\r\netag: abc123\r\n\r\nhello world",
-    ))
-    .await;
-    let h = Setup::default().endpoint(&up.endpoint()).start().await;
-    let t = token("alice");
-    let r = h.get("photos/tag.txt", Some(&t)).await;
-    assert_eq!(r.headers()["etag"], "\"abc123\"");
-    let r = h
-        .http
-        .get(h.object_url("photos/tag.txt"))
-        .bearer_auth(&t)
-        .header("range", "bytes=0-4")
-        .header("if-range", "\"abc123\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.text().await.unwrap(), "hello");
-}
