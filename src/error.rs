@@ -63,7 +63,7 @@ pub enum ProxyError {
     /// S3 failed.
     #[error(transparent)]
     Upstream(#[from] S3Error),
-    /// S3 refused the configured ACL: buckets with ACLs disabled need `upload.default_acl = "none"`.
+    /// S3 refused the ACL: buckets with ACLs disabled take no `public-read` uploads.
     #[error("S3 refused the object ACL")]
     AclNotSupported,
     /// Over capacity.
