@@ -59,6 +59,9 @@ struct Shared {
 struct Probe {
     /// The first bucket that did not answer, and why.
     failure: Option<String>,
+    /// The same failure without what changes from round to round (a clock skew's seconds),
+    /// to tell a new failure from the same one again.
+    failure_kind: Option<String>,
     /// Every bucket answered, in this round or an earlier one.
     ever_reached: bool,
 }
@@ -113,7 +116,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             "server.header_read_timeout",
             a.header_read_timeout != b.header_read_timeout,
         ),
-        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
+        // Request bodies are paced by the new value at once.
+        (
+            "server.idle_timeout (for idle connections)",
+            a.idle_timeout != b.idle_timeout,
+        ),
         (
             "server.max_connections",
             a.max_connections != b.max_connections,
@@ -148,19 +155,21 @@ async fn probe_buckets(shared: std::sync::Weak<Shared>) {
         };
         let live = shared.live.load_full();
         let mut failure = None;
+        let mut failure_kind = None;
         for b in live.config.buckets.values() {
             if let Err(e) = live.s3.probe_bucket(&Config::store_of(b), &b.bucket).await {
                 failure = Some(format!("bucket {}: {e}", b.bucket));
+                failure_kind = Some(format!("bucket {}: {}", b.bucket, e.kind()));
                 break;
             }
         }
-        let (reached_before, failed_before) = match shared.probe.borrow().as_ref() {
-            Some(p) => (p.ever_reached, p.failure.clone()),
+        let (reached_before, kind_before) = match shared.probe.borrow().as_ref() {
+            Some(p) => (p.ever_reached, p.failure_kind.clone()),
             None => (false, None),
         };
         // Said once when it starts or changes, not every round.
-        match (&failure, &failed_before) {
-            (Some(why), before) if before.as_ref() != Some(why) => {
+        match (&failure, &kind_before) {
+            (Some(why), before) if *before != failure_kind => {
                 tracing::warn!(reason = %why, "bucket probe failed");
             }
             (Some(why), _) => tracing::debug!(reason = %why, "bucket probe failed"),
@@ -170,6 +179,7 @@ async fn probe_buckets(shared: std::sync::Weak<Shared>) {
         shared.probe.send_replace(Some(Probe {
             ever_reached: reached_before || failure.is_none(),
             failure,
+            failure_kind,
         }));
         let interval = live.config.admin.probe_interval;
         drop((live, shared));

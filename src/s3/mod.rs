@@ -130,6 +130,15 @@ impl S3Error {
         }
     }
 
+    /// The error without what differs between two occurrences of the same failure (how far
+    /// the clock is off, which S3 measures to the second): the same failure twice has one kind.
+    pub fn kind(&self) -> String {
+        match self {
+            S3Error::ClockSkew { code, .. } => format!("clock refused ({code})"),
+            other => other.to_string(),
+        }
+    }
+
     /// True when S3 says the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, S3Error::Status { status, .. } if *status == StatusCode::NOT_FOUND)
@@ -632,15 +641,17 @@ impl Upstream {
         // AuthorizationHeaderMalformed).
         let region = (header_region.or(answer.region.clone()))
             .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-        let about_region = matches!(
-            status,
-            StatusCode::MOVED_PERMANENTLY
-                | StatusCode::TEMPORARY_REDIRECT
-                | StatusCode::BAD_REQUEST
-        ) && answer
-            .code
-            .as_deref()
-            .is_none_or(|c| REGION_ERRORS.contains(&c));
+        // A redirect is about the region whatever its body; a 400 only when its code says so,
+        // or when it has no body to say it (a HEAD) and names a region, as AWS answers a HEAD
+        // signed for the wrong one.
+        let about_region = match (status, answer.code.as_deref()) {
+            (StatusCode::MOVED_PERMANENTLY | StatusCode::TEMPORARY_REDIRECT, code) => {
+                code.is_none_or(|c| REGION_ERRORS.contains(&c))
+            }
+            (StatusCode::BAD_REQUEST, Some(code)) => REGION_ERRORS.contains(&code),
+            (StatusCode::BAD_REQUEST, None) => method == Method::HEAD,
+            _ => false,
+        };
         if let Some(actual) = region
             && about_region
             && actual != self.store.signer.region()

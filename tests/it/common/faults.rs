@@ -27,6 +27,8 @@ pub enum Fault {
 pub struct FaultyUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// Bucket probes (`HEAD /bucket`), which `requests` leaves out.
+    pub probes: Arc<AtomicU64>,
     /// When each request's head arrived.
     pub arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     release: Arc<Release>,
@@ -38,18 +40,21 @@ impl FaultyUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
+        let probes = Arc::new(AtomicU64::new(0));
         let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
         let release = Arc::new(Release::default());
-        let (r, a, n) = (requests.clone(), arrivals.clone(), release.clone());
+        let counts = (requests.clone(), probes.clone());
+        let (a, n) = (arrivals.clone(), release.clone());
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let (r, a, n) = (r.clone(), a.clone(), n.clone());
-                tokio::spawn(serve(socket, fault, r, a, n));
+                let (c, a, n) = (counts.clone(), a.clone(), n.clone());
+                tokio::spawn(serve(socket, fault, c, a, n));
             }
         });
         FaultyUpstream {
             addr,
             requests,
+            probes,
             arrivals,
             release,
             task,
@@ -62,6 +67,11 @@ impl FaultyUpstream {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Bucket probes answered so far.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Ordering::SeqCst)
     }
 
     /// Lets every stalled (and future) response finish.
@@ -86,7 +96,7 @@ impl Drop for FaultyUpstream {
 async fn serve(
     mut socket: TcpStream,
     fault: Fault,
-    requests: Arc<AtomicU64>,
+    (requests, probes): (Arc<AtomicU64>, Arc<AtomicU64>),
     arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     release: Arc<Release>,
 ) {
@@ -105,7 +115,9 @@ async fn serve(
         let path = line.split_whitespace().nth(1).unwrap_or_default();
         path.trim_matches('/').split('/').count() == 1
     };
-    if !probe {
+    if probe {
+        probes.fetch_add(1, Ordering::SeqCst);
+    } else {
         requests.fetch_add(1, Ordering::SeqCst);
         arrivals.lock().unwrap().push(std::time::Instant::now());
     }
