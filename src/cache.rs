@@ -348,23 +348,18 @@ impl ObjectCache {
         settings: &CacheSettings,
         now: Instant,
     ) -> Result<(Op<Arc<Entry>>, Lookup), S3Error> {
-        let options = GetOptions {
-            unsized_limit: settings.max_object_size,
-            ..GetOptions::default()
-        };
-        let fetched = match s3.get(permit, &options).await {
+        let fetched = match s3.get(permit, &GetOptions::default()).await {
             Ok(fetched) => fetched,
             Err(e) if e.is_not_found() => return Ok(self.missing(settings, now)),
             Err(e) => return Err(e),
         };
-        if fetched.meta.size > settings.max_object_size {
-            self.metrics.cache(CacheEvent::Bypass);
-            let marker = Entry::TooLarge {
-                until: now + settings.ttl,
-            };
-            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(Box::new(fetched))));
-        }
-        let object = Arc::new(read_whole(fetched, settings, now).await?);
+        let object = match read_whole(fetched, settings, now).await? {
+            Collected::Whole(object) => Arc::new(object),
+            Collected::TooLarge(fetched) => {
+                self.metrics.cache(CacheEvent::Bypass);
+                return Ok(too_large(fetched, settings, now));
+            }
+        };
         self.metrics.cache(CacheEvent::Miss);
         let entry = Arc::new(Entry::Object(object.clone()));
         let weight = u64::from(entry.weight(permit.object()));
@@ -387,7 +382,6 @@ impl ObjectCache {
         let options = GetOptions {
             range: None,
             if_none_match: old.meta.etag.clone(),
-            unsized_limit: settings.max_object_size,
         };
         let fetched = match s3.get(permit, &options).await {
             Ok(fetched) => fetched,
@@ -416,13 +410,10 @@ impl ObjectCache {
             ));
         }
         self.metrics.cache(CacheEvent::Changed);
-        if fetched.meta.size > settings.max_object_size {
-            let marker = Entry::TooLarge {
-                until: now + settings.ttl,
-            };
-            return Ok((Op::Put(Arc::new(marker)), Lookup::Stream(Box::new(fetched))));
-        }
-        let object = Arc::new(read_whole(fetched, settings, now).await?);
+        let object = match read_whole(fetched, settings, now).await? {
+            Collected::Whole(object) => Arc::new(object),
+            Collected::TooLarge(fetched) => return Ok(too_large(fetched, settings, now)),
+        };
         let entry = Arc::new(Entry::Object(object.clone()));
         Ok((Op::Put(entry), Lookup::Object(object, CacheStatus::Miss)))
     }
@@ -438,35 +429,73 @@ impl ObjectCache {
     }
 }
 
-/// Reads a whole body; only a body of exactly the announced length becomes an entry. Large
-/// bodies go to a memory file when the settings say so (the heap when one cannot be made).
+/// A response too large to cache: streamed, and remembered as such for `ttl`.
+fn too_large(fetched: Fetched, settings: &CacheSettings, now: Instant) -> (Op<Arc<Entry>>, Lookup) {
+    let marker = Entry::TooLarge {
+        until: now + settings.ttl,
+    };
+    (Op::Put(Arc::new(marker)), Lookup::Stream(Box::new(fetched)))
+}
+
+/// What reading a fetched body for the cache came to.
+enum Collected {
+    /// The whole body, to store.
+    Whole(CachedObject),
+    /// Longer than `cache.max_object_size`: the response to stream instead, the bytes already
+    /// read first.
+    TooLarge(Fetched),
+}
+
+/// Reads a whole body for the cache; only a body of exactly the announced length becomes an
+/// entry. A body sent without a length is read until it ends or passes `max_object_size`.
+/// Large bodies go to a memory file when the settings say so (the heap when one cannot be
+/// made).
 async fn read_whole(
-    fetched: Fetched,
+    mut fetched: Fetched,
     settings: &CacheSettings,
     now: Instant,
-) -> Result<CachedObject, S3Error> {
+) -> Result<Collected, S3Error> {
+    let limit = settings.max_object_size;
     let expected = fetched.body_len;
+    if expected.is_some_and(|len| len > limit) {
+        return Ok(Collected::TooLarge(fetched));
+    }
     let mut body = Collect::new(expected, settings.memory_files);
-    let mut chunks = fetched.body;
-    while let Some(chunk) = chunks.next().await {
+    while let Some(chunk) = fetched.body.next().await {
         let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
-        if body.len() + chunk.len() as u64 > expected {
+        let len = body.len() + chunk.len() as u64;
+        if expected.is_some_and(|expected| len > expected) {
             return Err(S3Error::Malformed("body longer than Content-Length".into()));
         }
         body.push(&chunk)?;
+        if len > limit {
+            // Unknown length, and more than the cache takes: what was read goes first.
+            let read = match body {
+                Collect::Memory(bytes) => bytes.freeze(),
+                Collect::File(_) => {
+                    unreachable!("a body of unknown length is collected on the heap")
+                }
+            };
+            let read = futures_util::stream::iter([Ok(read)]);
+            fetched.body = Box::pin(read.chain(fetched.body));
+            return Ok(Collected::TooLarge(fetched));
+        }
     }
-    if body.len() != expected {
+    if expected.is_some_and(|expected| body.len() != expected) {
         return Err(S3Error::Unreachable(format!(
-            "body ended at {} of {expected} bytes",
-            body.len()
+            "body ended at {} of {} bytes",
+            body.len(),
+            expected.unwrap_or_default()
         )));
     }
-    Ok(CachedObject {
-        headers: crate::response::whole_headers(&fetched.meta),
-        meta: fetched.meta,
-        body: body.finish()?,
+    let mut meta = fetched.meta;
+    meta.size = Some(body.len());
+    Ok(Collected::Whole(CachedObject {
+        headers: crate::response::whole_headers(&meta),
+        meta,
+        body: body.finish(settings.memory_files)?,
         fresh_until: now + settings.ttl,
-    })
+    }))
 }
 
 /// A body being collected, in memory or in a memory file.
@@ -476,7 +505,9 @@ enum Collect {
 }
 
 impl Collect {
-    fn new(expected: u64, memory_files: bool) -> Collect {
+    /// For a body of `expected` bytes; one of unknown length is collected on the heap.
+    fn new(expected: Option<u64>, memory_files: bool) -> Collect {
+        let expected = expected.unwrap_or_default();
         if memory_files && expected >= MIN_FILE_SIZE {
             match FileWriter::new() {
                 Ok(writer) => return Collect::File(writer),
@@ -501,8 +532,19 @@ impl Collect {
         Ok(())
     }
 
-    fn finish(self) -> Result<Stored, S3Error> {
+    /// The body to store; one collected on the heap for want of a length moves to a memory file
+    /// now when it is large enough for one.
+    fn finish(self, memory_files: bool) -> Result<Stored, S3Error> {
         Ok(match self {
+            Collect::Memory(bytes) if memory_files && bytes.len() as u64 >= MIN_FILE_SIZE => {
+                match FileWriter::new().and_then(|mut w| w.write(&bytes).map(|()| w)) {
+                    Ok(writer) => Stored::File(Arc::new(writer.finish().map_err(memory_file)?)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no memory file; caching on the heap");
+                        Stored::Memory(bytes.freeze())
+                    }
+                }
+            }
             Collect::Memory(bytes) => Stored::Memory(bytes.freeze()),
             Collect::File(writer) => Stored::File(Arc::new(writer.finish().map_err(memory_file)?)),
         })

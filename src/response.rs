@@ -110,8 +110,11 @@ pub fn object(
             let mut headers = whole_headers(meta);
             headers.insert(
                 header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {first}-{last}/{}", meta.size))
-                    .expect("digits"),
+                HeaderValue::from_str(&format!(
+                    "bytes {first}-{last}/{}",
+                    meta.size.map_or("*".to_owned(), |size| size.to_string())
+                ))
+                .expect("digits"),
             );
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             (StatusCode::PARTIAL_CONTENT, headers)
@@ -152,7 +155,9 @@ pub fn whole_headers(meta: &ObjectMeta) -> HeaderMap {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    if let Some(size) = meta.size {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
     // Placeholders that `finish` always overwrites: a clone of these headers (every cache hit
     // makes one) then has room for them and never grows.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));

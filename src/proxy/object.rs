@@ -75,7 +75,8 @@ impl Exchange<'_> {
         if let Some(range) = wanted.read.range
             && wanted.read.conditionals.range_applies(etag, modified)
         {
-            return match range.resolve(meta.size) {
+            let size = object.body.len();
+            return match range.resolve(size) {
                 Some((first, last)) => response::object(
                     settings,
                     permit,
@@ -84,7 +85,7 @@ impl Exchange<'_> {
                     status,
                     self.cached_body(&object.body, first..last + 1, wanted),
                 ),
-                None => ProxyError::RangeNotSatisfiable(Some(meta.size)).into_response(),
+                None => ProxyError::RangeNotSatisfiable(Some(size)).into_response(),
             };
         }
         let body = if wanted.read.head {
@@ -143,7 +144,7 @@ impl Exchange<'_> {
         let body = if wanted.read.head {
             Body::Empty
         } else {
-            Body::stream(fetched.body, Some(fetched.body_len))
+            Body::stream(fetched.body, fetched.body_len)
         };
         response::object(settings, permit, meta, part, CacheStatus::Bypass, body)
     }
@@ -188,13 +189,12 @@ impl Exchange<'_> {
                 .range
                 .filter(|_| wanted.read.conditionals.if_range.is_none()),
             if_none_match: forwardable_if_none_match(&wanted.read.conditionals),
-            unsized_limit: self.live.config.cache.max_object_size.bytes(),
         };
         match s3.get(permit, &options).await {
             Ok(fetched) => Ok(self.serve_fetched(permit, fetched, wanted)),
             Err(S3Error::Status { status, .. }) if status == StatusCode::RANGE_NOT_SATISFIABLE => {
                 // Tell the client how long the object is, as RFC 9110 §15.5.17 asks.
-                let size = s3.head(permit).await.ok().map(|meta| meta.size);
+                let size = s3.head(permit).await.ok().and_then(|meta| meta.size);
                 Err(ProxyError::RangeNotSatisfiable(size))
             }
             Err(e) => Err(upstream(e)),

@@ -148,8 +148,9 @@ impl S3Error {
 /// What s3warden keeps of an object's metadata: the headers it may pass on, already validated.
 #[derive(Debug, Clone)]
 pub struct ObjectMeta {
-    /// Total object size in bytes.
-    pub size: u64,
+    /// Total object size in bytes; `None` when S3 did not say (a whole object sent without
+    /// `Content-Length`, as some stores send objects they decompress on the way out).
+    pub size: Option<u64>,
     /// `ETag` as S3 sent it (quoted).
     pub etag: Option<HeaderValue>,
     /// `Last-Modified`.
@@ -194,8 +195,8 @@ pub struct Fetched {
     pub answer: Answer,
     /// The object's metadata.
     pub meta: ObjectMeta,
-    /// Body bytes to expect.
-    pub body_len: u64,
+    /// Body bytes to expect, when S3 said.
+    pub body_len: Option<u64>,
     /// The body; each chunk must arrive within `s3.timeout`.
     pub body: ByteStream,
 }
@@ -207,10 +208,6 @@ pub struct GetOptions {
     pub range: Option<ByteRange>,
     /// Answer 304 if the object still has this ETag.
     pub if_none_match: Option<HeaderValue>,
-    /// A whole object sent without `Content-Length` (chunked, as some stores send objects they
-    /// decompress on the way out) is read into memory up to this many bytes to learn its size;
-    /// a longer one is refused.
-    pub unsized_limit: u64,
 }
 
 /// Builds object and bucket URLs, path-style or virtual-hosted.
@@ -486,34 +483,22 @@ impl S3Client {
                     .and_then(|v| parse_content_range(v.to_str().ok()?))
                     .ok_or_else(|| S3Error::Malformed("206 without Content-Range".into()))?;
                 let meta = ObjectMeta {
-                    size: total,
+                    size: Some(total),
                     ..meta
                 };
-                let body_len = last - first + 1;
                 let body = up.timed_body(response);
                 return Ok(Fetched {
                     answer: Answer::Partial { first, last },
                     meta,
-                    body_len,
+                    body_len: Some(last - first + 1),
                     body,
                 });
             }
             _ => Answer::Whole,
         };
-        let no_length = content_length(response.headers()).is_none();
         let body = up.timed_body(response);
-        if answer == Answer::Whole && no_length {
-            let bytes = read_unsized(body, options.unsized_limit).await?;
-            meta.size = bytes.len() as u64;
-            return Ok(Fetched {
-                answer,
-                body_len: meta.size,
-                meta,
-                body: Box::pin(futures_util::stream::iter([Ok(bytes)])),
-            });
-        }
         let body_len = if answer == Answer::NotModified {
-            0
+            Some(0)
         } else {
             meta.size
         };
@@ -744,22 +729,6 @@ async fn error_body(response: reqwest::Response, timeout: Duration) -> xml::Answ
     xml::answer(&String::from_utf8_lossy(&body))
 }
 
-/// Reads a body S3 sent without `Content-Length`, refusing one longer than `limit`.
-async fn read_unsized(mut body: ByteStream, limit: u64) -> Result<bytes::Bytes, S3Error> {
-    let mut whole = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| S3Error::Unreachable(format!("body: {e}")))?;
-        if (whole.len() + chunk.len()) as u64 > limit {
-            return Err(S3Error::Malformed(format!(
-                "an object sent without Content-Length is longer than cache.max_object_size \
-                 ({limit} bytes), which bounds what is read to learn its size"
-            )));
-        }
-        whole.extend_from_slice(&chunk);
-    }
-    Ok(whole.freeze())
-}
-
 /// `Content-Length`, when the answer has a valid one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -779,7 +748,7 @@ fn skew(local: SystemTime, server: SystemTime) -> i64 {
 fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
     let (content_type, passive) =
         crate::response::resolve_type(headers.get_all(header::CONTENT_TYPE).iter(), key);
-    let size = content_length(headers).unwrap_or(0);
+    let size = content_length(headers);
     let last_modified_header = headers
         .get(header::LAST_MODIFIED)
         .filter(|v| {

@@ -822,7 +822,8 @@ async fn objects_sent_without_a_length_are_served_whole_and_cached() {
     }
     assert_eq!(up.requests(), 1);
 
-    // A ranged miss goes to the store, which ignores the range: the whole object is the answer.
+    // A ranged miss goes to the store, which ignores the range: the whole object is the
+    // answer, streamed as it comes, without a length.
     let r = h
         .http
         .get(h.object_url("photos/ranged.txt"))
@@ -832,17 +833,58 @@ async fn objects_sent_without_a_length_are_served_whole_and_cached() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["content-length"], "11");
+    assert_eq!(r.headers().get("content-length"), None);
     assert_eq!(r.text().await.unwrap(), "hello world");
+    // A HEAD does not claim a length the store did not give.
+    let r = h
+        .http
+        .head(h.object_url("photos/head.txt"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers().get("content-length"), None);
 
-    // What is read to learn the length is bounded by cache.max_object_size.
+    // Longer than cache.max_object_size: streamed whole, not cached, nothing refused.
     let h = Setup::default()
         .endpoint(&up.endpoint())
         .set("cache.max_object_size", "\"10B\"")
         .start()
         .await;
-    let r = h.get("photos/chunked.txt", Some(&t)).await;
-    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
-    let e: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(e["error"], "upstream_error");
+    let before = up.requests();
+    for _ in 0..2 {
+        let r = h.get("photos/chunked.txt", Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(x_cache(&r), "BYPASS");
+        assert_eq!(r.headers().get("content-length"), None);
+        assert_eq!(r.text().await.unwrap(), "hello world");
+    }
+    assert_eq!(up.requests() - before, 2);
+}
+
+#[tokio::test]
+async fn a_large_object_sent_without_a_length_is_cached_in_a_memory_file() {
+    let chunk = "x".repeat(20_000);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\
+         etag: \"c\"\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    let up = FaultyUpstream::start(Fault::Answer(Box::leak(answer.into_boxed_str()))).await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    let t = token("alice");
+    for state in ["MISS", "HIT"] {
+        let r = h.get("photos/big.txt", Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(x_cache(&r), state);
+        assert_eq!(r.headers()["content-length"], "40000");
+        assert_eq!(r.text().await.unwrap(), chunk.repeat(2));
+    }
+    assert_eq!(up.requests(), 1);
+    // Both answers went out with sendfile, from the memory file it was stored in.
+    assert_eq!(
+        h.metric("s3warden_client_sendfile_bytes_total").await,
+        Some(80_000)
+    );
 }
