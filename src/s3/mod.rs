@@ -243,19 +243,21 @@ impl Addresser {
         self.base(bucket).0
     }
 
-    /// The bucket's URL and how it was addressed. Virtual-hosted only where that works; a
-    /// host name that cannot be built falls back to path-style rather than failing.
+    /// The bucket's URL and how it was addressed. Virtual-hosted only where that works, and
+    /// with `auto` only on AWS, as botocore does: other stores answer path-style everywhere,
+    /// while `{bucket}.{host}` needs their wildcard DNS and a setting of their own (MinIO's
+    /// `MINIO_DOMAIN`, Garage's `root_domain`, Ceph's `rgw_dns_name`). A host name that cannot
+    /// be built falls back to path-style rather than failing.
     fn base(&self, bucket: &str) -> (Url, Style) {
         let mut url = self.endpoint.clone();
+        let virtual_works = || virtual_host_works(&self.endpoint, bucket).is_ok();
         let wanted = match self.addressing {
             Addressing::Path => Style::Path,
-            Addressing::Virtual | Addressing::Auto => {
-                if virtual_host_works(&self.endpoint, bucket).is_ok() {
-                    Style::Virtual
-                } else {
-                    Style::Path
-                }
+            Addressing::Auto if !is_aws_host(self.endpoint.host_str().unwrap_or_default()) => {
+                Style::Path
             }
+            Addressing::Virtual | Addressing::Auto if virtual_works() => Style::Virtual,
+            Addressing::Virtual | Addressing::Auto => Style::Path,
         };
         if wanted == Style::Virtual {
             let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
@@ -273,6 +275,13 @@ impl Addresser {
 enum Style {
     Path,
     Virtual,
+}
+
+/// An AWS S3 endpoint (`s3.REGION.amazonaws.com`, China's `amazonaws.com.cn`, FIPS, dual-stack
+/// and PrivateLink names), where virtual-hosted URLs always work.
+fn is_aws_host(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
 }
 
 /// Whether `{bucket}.{endpoint host}` can reach the bucket; why not, when it cannot.
@@ -904,8 +913,30 @@ mod tests {
             "https://s3.eu-west-1.amazonaws.com/my.photos/k/a.png"
         );
         assert_eq!(
-            url("http://minio.internal:9000", "my.photos"),
-            "http://my.photos.minio.internal:9000/k/a.png"
+            url("http://s3.cn-north-1.amazonaws.com.cn", "my.photos"),
+            "http://my.photos.s3.cn-north-1.amazonaws.com.cn/k/a.png"
+        );
+        // Other stores by name (a container's service name, a cluster's, a provider's):
+        // path-style, which they all answer, while `bucket.host` needs DNS and a setting.
+        for endpoint in [
+            "http://minio:9000",
+            "http://minio.internal:9000",
+            "http://garage.storage.svc.cluster.local:3900",
+            "https://storage.googleapis.com",
+            "https://account.r2.cloudflarestorage.com",
+            "https://s3.us-west-004.backblazeb2.com",
+        ] {
+            assert_eq!(
+                url(endpoint, "photos"),
+                format!("{endpoint}/photos/k/a.png"),
+            );
+        }
+        // Unless told otherwise.
+        assert_eq!(
+            addresser("http://minio.internal:9000", Addressing::Virtual)
+                .object_url(&object("photos"))
+                .as_str(),
+            "http://photos.minio.internal:9000/k/a.png"
         );
         // Names that are no DNS names.
         for bucket in ["192.168.1.1", "a..b", "a-.b", "a.-b"] {
