@@ -58,12 +58,12 @@ impl S3Log {
             .sum()
     }
 
-    /// Every request for objects, of any kind (bucket probes are counted apart, in
-    /// `total("HEADBUCKET")`).
+    /// Every request for objects, of any kind (the readiness probe's are counted apart, in
+    /// `total("PROBE")`, and bucket HEADs in `total("HEADBUCKET")`).
     pub fn all(&self) -> u64 {
         let counts = self.counts.lock().expect("lock");
         (counts.iter())
-            .filter(|((op, _), _)| *op != "HEADBUCKET")
+            .filter(|((op, _), _)| !matches!(*op, "PROBE" | "HEADBUCKET"))
             .map(|(_, n)| n)
             .sum()
     }
@@ -110,6 +110,7 @@ fn op_name(op: &str) -> &'static str {
         "MULTIPART" => "MULTIPART",
         "ABORT" => "ABORT",
         "HEADBUCKET" => "HEADBUCKET",
+        "PROBE" => "PROBE",
         _ => "OTHER",
     }
 }
@@ -190,7 +191,9 @@ impl S3 for Store {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        self.log.count("GET", &bucket, &key);
+        let probe = key.rsplit('/').next() == Some(crate::s3::PROBE_KEY);
+        self.log
+            .count(if probe { "PROBE" } else { "GET" }, &bucket, &key);
         // The file is open (and its ETag read) once this returns: a later write replaces it
         // without changing what this read sends.
         let lock = self.lock_of(&bucket, &key);

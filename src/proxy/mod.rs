@@ -157,7 +157,8 @@ async fn probe_buckets(shared: std::sync::Weak<Shared>) {
         let mut failure = None;
         let mut failure_kind = None;
         for b in live.config.buckets.values() {
-            if let Err(e) = live.s3.probe_bucket(&Config::store_of(b), &b.bucket).await {
+            let store = Config::store_of(b);
+            if let Err(e) = live.s3.probe_bucket(&store, &b.bucket, &b.prefix).await {
                 failure = Some(format!("bucket {}: {e}", b.bucket));
                 failure_kind = Some(format!("bucket {}: {}", b.bucket, e.kind()));
                 break;

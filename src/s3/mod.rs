@@ -102,6 +102,9 @@ const REGION_ERRORS: [&str; 3] = [
     "AuthorizationHeaderMalformed",
 ];
 
+/// The key the readiness probe asks for under each bucket alias's prefix; it need not exist.
+pub const PROBE_KEY: &str = ".s3warden-probe";
+
 /// S3 refuses requests signed more than 15 minutes away from its own time.
 const MAX_SKEW_SECS: i64 = 15 * 60;
 
@@ -529,14 +532,42 @@ impl S3Client {
         Ok(meta_from(response.headers(), &permit.object().key))
     }
 
-    /// HEAD a bucket of a store: fine when it exists and the credentials may use it.
-    pub async fn probe_bucket(&self, store: &str, bucket: &str) -> Result<(), S3Error> {
+    /// Checks that a store takes the credentials, region and clock s3warden signs with, and
+    /// holds the bucket: a GET of its first byte of [`PROBE_KEY`] under `prefix`, the access
+    /// reads need (a bucket HEAD needs `s3:ListBucket`, or on GCS `storage.buckets.get`, which
+    /// credentials for objects alone lack), answered with an error code S3 names.
+    pub async fn probe_bucket(
+        &self,
+        store: &str,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<(), S3Error> {
         let up = (self.upstreams.get(store))
             .ok_or_else(|| S3Error::Unreachable(format!("no store {store}")))?;
-        let url = up.store.addresser.bucket_url(bucket);
-        up.send_idempotent(Method::HEAD, url, HeaderMap::new())
-            .await
-            .map(drop)
+        let object = S3Object {
+            store: store.into(),
+            bucket: bucket.into(),
+            key: format!("{prefix}{PROBE_KEY}").into(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+        match (up.send_idempotent(Method::GET, up.object_url(&object), headers)).await {
+            Ok(_) => Ok(()),
+            // The key is absent, and S3 says so (NoSuchKey), or refuses to say to credentials
+            // that may not list the bucket (AWS's AccessDenied): it took the request, so the
+            // keys, region, clock and bucket are right. An empty object cannot be ranged.
+            Err(S3Error::Status {
+                status,
+                code: Some(code),
+            }) if matches!(
+                (status.as_u16(), code.as_str()),
+                (404, "NoSuchKey") | (403, "AccessDenied") | (416, "InvalidRange")
+            ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -788,7 +788,7 @@ async fn readiness_comes_from_a_background_probe_never_from_s3_per_probe() {
         let req = http.get(format!("{}/readyz", daemon.admin_url));
         async move { req.send().await.unwrap().status() }
     };
-    let probes = || daemon.s3.log().total("HEADBUCKET");
+    let probes = || daemon.s3.log().total("PROBE");
     assert_eq!(ready().await, StatusCode::OK);
     let before = probes();
     let started = Instant::now();
@@ -904,11 +904,67 @@ async fn an_instance_whose_buckets_never_answered_is_not_ready() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        up.requests(),
-        0,
-        "the probe's HEADs of the bucket are not object requests"
+    assert_eq!(up.requests(), 0, "the probe's GETs are not object requests");
+    assert!(up.probes() > 0);
+}
+
+/// An S3 error answer with `code`.
+fn s3_error(status: &str, code: &str) -> &'static str {
+    let body = format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code></Error>");
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     );
+    Box::leak(answer.into_boxed_str())
+}
+
+#[tokio::test]
+async fn the_readiness_probe_needs_only_the_access_reads_need_and_names_s3s_refusal() {
+    // A key that need not exist, under the alias's prefix, where the reads' access is.
+    let h = Setup::default()
+        .set("buckets.files.prefix", "\"shared/\"")
+        .start()
+        .await;
+    let r = (h.http.get(format!("{}/readyz", h.admin_url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let probe = format!("shared/{}", s3warden::s3::PROBE_KEY);
+    assert!(h.s3_log().requests("PROBE", BUCKET, &probe) > 0);
+    assert_eq!(h.s3_log().all(), 0);
+
+    let readiness = |answer: &'static str| async move {
+        let up = FaultyUpstream::start(Fault::Answer(answer)).await;
+        let h = Setup::default().endpoint(&up.endpoint()).start().await;
+        let r = (h.http.get(format!("{}/readyz", h.admin_url)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(up.requests(), 0);
+        assert!(up.probes() > 0);
+        (r.status(), r.text().await.unwrap())
+    };
+    // Credentials for objects alone (no s3:ListBucket, GCS's object roles): S3 will not say
+    // whether the key exists, but it took the keys, the region, the clock and the bucket.
+    let (status, _) = readiness(s3_error("403 Forbidden", "AccessDenied")).await;
+    assert_eq!(status, StatusCode::OK);
+    // What went wrong is S3's own code, which a bucket HEAD's empty answer never carried.
+    for (answer, code) in [
+        (
+            s3_error("403 Forbidden", "SignatureDoesNotMatch"),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            s3_error("403 Forbidden", "InvalidAccessKeyId"),
+            "InvalidAccessKeyId",
+        ),
+        (s3_error("404 Not Found", "NoSuchBucket"), "NoSuchBucket"),
+    ] {
+        let (status, why) = readiness(answer).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{code}");
+        assert!(why.contains(code), "{code}: {why}");
+    }
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ pub enum Fault {
 pub struct FaultyUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
-    /// Bucket probes (`HEAD /bucket`), which `requests` leaves out.
+    /// Readiness probes, which `requests` leaves out.
     pub probes: Arc<AtomicU64>,
     /// When each request's head arrived.
     pub arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
@@ -108,13 +108,11 @@ async fn serve(
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    // The readiness probe's HEAD of the bucket is answered like the rest, but not counted: the
-    // tests count object requests.
+    // The readiness probe's GET is answered like the rest, but not counted: the tests count
+    // object requests.
     let line = String::from_utf8_lossy(&head);
-    let probe = line.starts_with("HEAD /") && {
-        let path = line.split_whitespace().nth(1).unwrap_or_default();
-        path.trim_matches('/').split('/').count() == 1
-    };
+    let path = line.split_whitespace().nth(1).unwrap_or_default();
+    let probe = path.ends_with(&format!("/{}", s3warden::s3::PROBE_KEY));
     if probe {
         probes.fetch_add(1, Ordering::SeqCst);
     } else {
