@@ -192,7 +192,8 @@ pub struct S3Config {
     /// Time to the first byte of a response, and between body chunks.
     #[serde(default = "default_s3_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
-    /// Retries of GET/HEAD before the first byte is sent to the client.
+    /// Retries of reads before the first byte is sent to the client, and of writes whose bodies
+    /// are held in memory.
     #[serde(default = "default_retries")]
     pub retries: u32,
 }

@@ -102,6 +102,32 @@ const REGION_ERRORS: [&str; 3] = [
     "AuthorizationHeaderMalformed",
 ];
 
+/// A request body that can be sent again: none, or bytes held in memory, hashed into the
+/// signature or sent as `UNSIGNED-PAYLOAD` (parts).
+#[derive(Debug, Clone, Copy)]
+enum Held<'a> {
+    Empty,
+    Hashed(&'a bytes::Bytes),
+    Unhashed(&'a bytes::Bytes),
+}
+
+impl<'a> Held<'a> {
+    fn payload(&self) -> Payload<'a> {
+        match *self {
+            Held::Empty => Payload::Bytes(b""),
+            Held::Hashed(bytes) => Payload::Bytes(bytes),
+            Held::Unhashed(_) => Payload::Unsigned,
+        }
+    }
+
+    fn body(&self) -> Option<reqwest::Body> {
+        match *self {
+            Held::Empty => None,
+            Held::Hashed(bytes) | Held::Unhashed(bytes) => Some(reqwest::Body::from(bytes.clone())),
+        }
+    }
+}
+
 /// The key the readiness probe asks for under each bucket alias's prefix; it need not exist.
 pub const PROBE_KEY: &str = ".s3warden-probe";
 
@@ -585,35 +611,64 @@ impl Upstream {
         headers: HeaderMap,
     ) -> Result<reqwest::Response, S3Error> {
         let deadline = Instant::now() + self.timeout;
+        let name = if method == Method::HEAD {
+            "HEAD"
+        } else {
+            "GET"
+        };
+        let observe = |took, result: &_| self.metrics.observe_s3(name, took, result);
+        (self.send_retrying(method, url, headers, Held::Empty, Some(deadline), observe)).await
+    }
+
+    /// Sends a write whose body is held in memory (or empty), retrying connection failures, 5xx
+    /// and 429 answers up to `s3.retries` times: S3 asks for that (`SlowDown`, `InternalError`),
+    /// and some stores answer 503 to a share of writes by design (Backblaze B2).
+    async fn send_write(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        held: Held<'_>,
+    ) -> Result<reqwest::Response, S3Error> {
+        self.send_retrying(method, url, headers, held, None, |_, _| {})
+            .await
+    }
+
+    /// Sends one request until it succeeds, fails for good, or runs out of retries (or of
+    /// `deadline`, when one is set); `observe` sees every attempt.
+    async fn send_retrying(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        held: Held<'_>,
+        deadline: Option<Instant>,
+        observe: impl Fn(Duration, &Result<reqwest::Response, S3Error>),
+    ) -> Result<reqwest::Response, S3Error> {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let result = tokio::time::timeout_at(
-                deadline.into(),
-                self.send(
-                    method.clone(),
-                    url.clone(),
-                    headers.clone(),
-                    Payload::Bytes(b""),
-                    None,
-                ),
-            )
-            .await
-            .unwrap_or(Err(S3Error::Timeout));
-            let name = if method == Method::HEAD {
-                "HEAD"
-            } else {
-                "GET"
+            let request = self.send(
+                method.clone(),
+                url.clone(),
+                headers.clone(),
+                held.payload(),
+                held.body(),
+            );
+            let result = match deadline {
+                Some(deadline) => (tokio::time::timeout_at(deadline.into(), request).await)
+                    .unwrap_or(Err(S3Error::Timeout)),
+                None => request.await,
             };
-            self.metrics.observe_s3(name, started.elapsed(), &result);
+            observe(started.elapsed(), &result);
             match result {
                 Err(e) if e.retryable() && attempt < self.retries => {
                     attempt += 1;
                     let pause = backoff(attempt);
-                    if Instant::now() + pause >= deadline {
+                    if deadline.is_some_and(|deadline| Instant::now() + pause >= deadline) {
                         return Err(e);
                     }
-                    tracing::debug!(error = %e, attempt, "retrying S3 request");
+                    tracing::debug!(error = %e, attempt, %method, "retrying S3 request");
                     tokio::time::sleep(pause).await;
                 }
                 other => return other,

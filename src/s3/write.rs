@@ -1,5 +1,7 @@
 //! Writes to S3: PutObject (streamed), multipart uploads for bodies of unknown length, and
-//! DeleteObject. Writes are never retried: their bodies are consumed as they are sent.
+//! DeleteObject. A write whose body is held in memory (a part, a small upload, the multipart
+//! calls, a delete) is retried as reads are; a streamed PutObject is not: its body is consumed
+//! as it is sent.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use reqwest::Url;
 use tokio::sync::Notify;
 
 use super::sigv4::Payload;
-use super::{S3Client, S3Error, Upstream};
+use super::{Held, S3Client, S3Error, Upstream};
 use crate::config::Acl;
 use crate::policy::{Delete, Permit, Write};
 use crate::server::ByteStream;
@@ -72,13 +74,7 @@ impl S3Client {
         let up = self.upstream(permit.object())?;
         let url = up.object_url(permit.object());
         let response = up
-            .send(
-                Method::PUT,
-                url,
-                options.headers(),
-                Payload::Bytes(&bytes),
-                Some(reqwest::Body::from(bytes.clone())),
-            )
+            .send_write(Method::PUT, url, options.headers(), Held::Hashed(&bytes))
             .await?;
         Ok(response.headers().get(header::ETAG).cloned())
     }
@@ -99,13 +95,7 @@ impl S3Client {
         let mut url = up.object_url(permit.object());
         url.set_query(Some("uploads"));
         let response = up
-            .send(
-                Method::POST,
-                url,
-                options.headers(),
-                Payload::Bytes(b""),
-                None,
-            )
+            .send_write(Method::POST, url, options.headers(), Held::Empty)
             .await?;
         let text = up.read_small(response).await?;
         super::xml::answer(&text)
@@ -131,13 +121,7 @@ impl S3Client {
             ],
         );
         let response = up
-            .send(
-                Method::PUT,
-                url,
-                HeaderMap::new(),
-                Payload::Unsigned,
-                Some(reqwest::Body::from(bytes)),
-            )
+            .send_write(Method::PUT, url, HeaderMap::new(), Held::Unhashed(&bytes))
             .await?;
         let etag = response
             .headers()
@@ -161,24 +145,32 @@ impl S3Client {
         let url = up.multipart_url(permit, &[("uploadId", upload_id)]);
         let xml = super::xml::complete_multipart(parts.iter().map(|p| (p.number, p.etag.as_str())));
         let body = Bytes::from(xml);
-        let response = up
-            .send(
+        let mut attempt = 0;
+        loop {
+            let response = (up.send_write(
                 Method::POST,
-                url,
+                url.clone(),
                 HeaderMap::new(),
-                Payload::Bytes(&body),
-                Some(reqwest::Body::from(body.clone())),
-            )
+                Held::Hashed(&body),
+            ))
             .await?;
-        // S3 may answer 200 and still report an error in the body.
-        let answer = super::xml::answer(&up.read_small(response).await?);
-        if let Some(code) = answer.code {
-            return Err(S3Error::Status {
+            // S3 may answer 200 and still report an error in the body (`InternalError`,
+            // `SlowDown`), which is to be retried like a 5xx.
+            let answer = super::xml::answer(&up.read_small(response).await?);
+            let Some(code) = answer.code else {
+                return Ok(answer.etag.and_then(|e| HeaderValue::from_str(&e).ok()));
+            };
+            let error = S3Error::Status {
                 status: http::StatusCode::INTERNAL_SERVER_ERROR,
                 code: Some(code),
-            });
+            };
+            if attempt >= up.retries {
+                return Err(error);
+            }
+            attempt += 1;
+            tracing::debug!(%error, attempt, "retrying CompleteMultipartUpload");
+            tokio::time::sleep(super::backoff(attempt)).await;
         }
-        Ok(answer.etag.and_then(|e| HeaderValue::from_str(&e).ok()))
     }
 
     /// AbortMultipartUpload: frees the parts; nothing of the upload remains.
@@ -195,8 +187,7 @@ impl S3Client {
 
 impl Upstream {
     async fn send_delete(&self, url: Url) -> Result<(), S3Error> {
-        let (headers, payload) = (HeaderMap::new(), Payload::Bytes(b""));
-        self.send(Method::DELETE, url, headers, payload, None)
+        (self.send_write(Method::DELETE, url, HeaderMap::new(), Held::Empty))
             .await
             .map(drop)
     }
@@ -238,12 +229,21 @@ impl Upstream {
         }
     }
 
-    /// A small response body (XML) as text, within the timeout.
-    async fn read_small(&self, response: reqwest::Response) -> Result<String, S3Error> {
-        let bytes = tokio::time::timeout(self.timeout, response.bytes())
+    /// A small response body (XML, at most 1 MiB) as text. Each piece must come within the
+    /// timeout, not the whole: S3 keeps a long CompleteMultipartUpload's answer open with
+    /// whitespace for as long as it takes.
+    async fn read_small(&self, mut response: reqwest::Response) -> Result<String, S3Error> {
+        let mut text = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(self.timeout, response.chunk())
             .await
             .map_err(|_| S3Error::Timeout)?
-            .map_err(|e| S3Error::Unreachable(super::error_chain(e)))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| S3Error::Unreachable(super::error_chain(e)))?
+        {
+            text.extend_from_slice(&chunk);
+            if text.len() > 1024 * 1024 {
+                return Err(S3Error::Malformed("an answer over 1 MiB".into()));
+            }
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
     }
 }

@@ -639,3 +639,59 @@ async fn a_key_too_long_for_s3_with_the_bucket_prefix_is_refused_before_s3() {
         assert_eq!(h.s3_log().total(op), 0, "a {op} reached S3");
     }
 }
+
+#[tokio::test]
+async fn writes_held_in_memory_are_retried_when_s3_asks() {
+    let proxy = crate::common::faults::FlakyWrites::start().await;
+    let h = Setup::default()
+        .endpoint(&proxy.endpoint())
+        .set("s3.retries", "2")
+        .start()
+        .await;
+    proxy.forward_to(&h.s3.endpoint());
+    // Every write fails once: the CreateMultipartUpload, both parts and the
+    // CompleteMultipartUpload (200 with an InternalError inside) of an upload of unknown length.
+    let chunks: Vec<Vec<u8>> = (0..9).map(|i| vec![b'a' + i; 1024 * 1024]).collect();
+    let r = put_chunked(&h, "users/alice/parts.bin", chunks).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let stored_bytes = h.s3.read(BUCKET, "users/alice/parts.bin").unwrap();
+    assert_eq!(stored_bytes.len(), 9 * 1024 * 1024);
+    assert!(stored_bytes[8 * 1024 * 1024..].iter().all(|&b| b == b'i'));
+    assert_eq!(proxy.failed(), 4);
+    assert_eq!(
+        h.s3_log()
+            .requests("ABORT", BUCKET, "users/alice/parts.bin"),
+        0
+    );
+
+    // A small body of unknown length is held whole and sent in one PutObject: retried too.
+    let r = put_chunked(&h, "users/alice/small.txt", vec![b"small".to_vec()]).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        h.s3.read(BUCKET, "users/alice/small.txt").unwrap(),
+        b"small"
+    );
+    assert_eq!(proxy.failed(), 5);
+
+    // And a delete.
+    let r = (h.http.delete(h.object_url("users/alice/small.txt")))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(!h.s3.exists(BUCKET, "users/alice/small.txt"));
+    assert_eq!(proxy.failed(), 6);
+
+    // A body with a Content-Length streams to S3 as it arrives and cannot be sent twice: the
+    // client gets S3's refusal and nothing is stored.
+    let r = put(&h, "users/alice/streamed.txt", b"streamed", &[]).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(!h.s3.exists(BUCKET, "users/alice/streamed.txt"));
+    assert_eq!(proxy.failed(), 7);
+}

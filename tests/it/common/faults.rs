@@ -158,3 +158,111 @@ async fn serve(
         }
     }
 }
+
+type ProxyError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A proxy in front of a real S3 that fails each write (PUT, POST, DELETE) the first time it
+/// sees it, as S3 asks to be retried (503 `SlowDown`; a CompleteMultipartUpload gets S3's 200
+/// with an `InternalError` body), and forwards everything else untouched, `Host` included, so
+/// SigV4 signatures still verify.
+pub struct FlakyWrites {
+    pub addr: SocketAddr,
+    state: Arc<Flaky>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Flaky {
+    /// Writes failed so far.
+    failed: AtomicU64,
+    /// Where the rest goes.
+    target: std::sync::OnceLock<String>,
+    /// The writes seen, by method and target.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    http: reqwest::Client,
+}
+
+impl FlakyWrites {
+    pub async fn start() -> FlakyWrites {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Flaky::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let state = shared.clone();
+                let service = hyper::service::service_fn(move |req| flaky(req, state.clone()));
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(socket);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        FlakyWrites { addr, state, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Where requests that are not failed go.
+    pub fn forward_to(&self, endpoint: &str) {
+        self.state
+            .target
+            .set(endpoint.to_owned())
+            .expect("set once");
+    }
+
+    /// Writes failed so far.
+    pub fn failed(&self) -> u64 {
+        self.state.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FlakyWrites {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn flaky(
+    req: hyper::Request<hyper::body::Incoming>,
+    state: Arc<Flaky>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, ProxyError> {
+    use http_body_util::{BodyExt, Full};
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let write = parts.method != http::Method::GET && parts.method != http::Method::HEAD;
+    let first = (state.seen.lock().unwrap()).insert(format!("{} {target}", parts.method));
+    if write && first {
+        state.failed.fetch_add(1, Ordering::SeqCst);
+        let completing = parts.method == http::Method::POST && target.contains("uploadId=");
+        let (status, code) = if completing {
+            (200, "InternalError")
+        } else {
+            (503, "SlowDown")
+        };
+        let xml = format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code></Error>");
+        return Ok(hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .body(Full::new(bytes::Bytes::from(xml)))?);
+    }
+    let url = format!("{}{target}", state.target.get().expect("forward_to"));
+    let mut forwarded = state.http.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        forwarded = forwarded.header(name, value);
+    }
+    let answer = forwarded.send().await?;
+    let mut out = hyper::Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != http::header::TRANSFER_ENCODING {
+            out = out.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await?;
+    Ok(out.body(Full::new(bytes))?)
+}
