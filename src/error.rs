@@ -155,8 +155,10 @@ impl ProxyError {
             AclNotSupported => (
                 StatusCode::BAD_GATEWAY,
                 "acl_not_supported",
-                "the bucket has ACLs disabled, so uploads cannot be public-read; grant public \
-                 reads with a bucket policy, or enable ACLs on the bucket"
+                "the store refused the upload's ACL: the bucket has ACLs disabled, or the store \
+                 has none (R2, GCS with uniform bucket-level access), so uploads cannot be \
+                 public-read; grant public reads with a bucket policy, or enable ACLs on the \
+                 bucket"
                     .into(),
             ),
             Unavailable => (

@@ -21,8 +21,9 @@ use tokio::task::JoinSet;
 pub struct S3Log {
     counts: Mutex<HashMap<(&'static str, String), u64>>,
     acls: Mutex<HashMap<String, String>>,
-    /// Refuse any request carrying an ACL, like a bucket with "bucket owner enforced".
-    acls_disabled: std::sync::atomic::AtomicBool,
+    /// The error any request carrying an ACL gets, as from a bucket with "bucket owner
+    /// enforced" or a store without ACLs (`None`: ACLs are taken).
+    acl_refusal: Mutex<Option<S3ErrorCode>>,
     /// Body bytes of the objects (and ranges) GET answered with.
     sent_bytes: std::sync::atomic::AtomicU64,
 }
@@ -81,15 +82,20 @@ impl S3Log {
     /// Makes the store refuse ACLs as buckets with ACLs disabled do
     /// (`AccessControlListNotSupported`).
     pub fn disable_acls(&self) {
-        self.acls_disabled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.refuse_acls_with(S3ErrorCode::AccessControlListNotSupported);
+    }
+
+    /// Makes the store refuse ACLs with `code`, as stores without them do: R2 answers
+    /// `NotImplemented`, GCS with uniform bucket-level access `InvalidArgument`.
+    pub fn refuse_acls_with(&self, code: S3ErrorCode) {
+        *self.acl_refusal.lock().expect("lock") = Some(code);
     }
 
     fn check_acl(&self, acl: Option<&ObjectCannedACL>) -> S3Result<()> {
-        if acl.is_some() && self.acls_disabled.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(S3Error::new(S3ErrorCode::AccessControlListNotSupported));
+        match &*self.acl_refusal.lock().expect("lock") {
+            Some(code) if acl.is_some() => Err(S3Error::new(code.clone())),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn record_acl(&self, bucket: &str, key: &str, acl: Option<String>) {

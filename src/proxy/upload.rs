@@ -454,7 +454,7 @@ impl Exchange<'_> {
             Some(length) if length <= SINGLE_PUT_MAX => s3.put(permit, body, length, options).await,
             _ => self.upload_in_parts(permit, body, options, state).await,
         };
-        let etag = result.map_err(|e| upload_error(e, state))?;
+        let etag = result.map_err(|e| upload_error(e, state, options.acl))?;
         self.shared.cache.invalidate(permit.object()).await;
         Ok(etag)
     }
@@ -780,7 +780,7 @@ fn limit_stream(body: ByteStream, limit: u64, pace: Pace, state: Arc<BodyState>)
 
 /// Why an upload failed, from the client's side first: too large, too slow, broken off, then
 /// s3warden's memory, then S3.
-fn upload_error(e: S3Error, state: &BodyState) -> ProxyError {
+fn upload_error(e: S3Error, state: &BodyState, acl: Acl) -> ProxyError {
     if state.too_large.load(Ordering::SeqCst) {
         return ProxyError::PayloadTooLarge;
     }
@@ -796,9 +796,17 @@ fn upload_error(e: S3Error, state: &BodyState) -> ProxyError {
     match e {
         S3Error::Status {
             code: Some(code), ..
-        } if code == "AccessControlListNotSupported" => ProxyError::AclNotSupported,
+        } if refuses_acls(&code, acl) => ProxyError::AclNotSupported,
         e => ProxyError::Upstream(e),
     }
+}
+
+/// Whether S3's error `code` for an upload under `acl` says the store takes no object ACLs:
+/// AWS buckets with ACLs disabled say so by name; R2 answers a request that names an ACL
+/// `NotImplemented`, and GCS buckets with uniform bucket-level access `InvalidArgument`.
+fn refuses_acls(code: &str, acl: Acl) -> bool {
+    code == "AccessControlListNotSupported"
+        || (acl.header().is_some() && matches!(code, "NotImplemented" | "InvalidArgument"))
 }
 
 /// A safe extension from a file name: letters and digits only, at most 10.

@@ -196,6 +196,29 @@ async fn buckets_without_acls_take_private_uploads_and_refuse_public_ones() {
     assert_eq!(h.s3_log().acl(BUCKET, "users/alice/b.txt"), None);
 }
 
+#[tokio::test]
+async fn stores_without_acls_refuse_public_uploads_by_their_own_codes_and_take_private_ones() {
+    // R2 answers a request naming an ACL `NotImplemented`; GCS with uniform bucket-level
+    // access answers `InvalidArgument`.
+    for code in [
+        s3s::S3ErrorCode::NotImplemented,
+        s3s::S3ErrorCode::InvalidArgument,
+    ] {
+        let h = Setup::default().start().await;
+        h.s3_log().refuse_acls_with(code.clone());
+        let r = put(&h, "users/alice/a.txt", b"a", &[]).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{code:?}");
+
+        let public = [("x-amz-acl", "public-read")];
+        let r = put(&h, "users/alice/p.png", b"p", &public).await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{code:?}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"], "acl_not_supported", "{code:?}");
+        assert!(e["message"].as_str().unwrap().contains("R2"), "{e}");
+        assert!(!h.s3.exists(BUCKET, "users/alice/p.png"));
+    }
+}
+
 fn form(boundary: &str, filename: &str, content_type: &str, data: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(
