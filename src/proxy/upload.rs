@@ -24,8 +24,9 @@ use crate::policy::{Delete, Permit, Write, upload_type};
 use crate::s3::{PutOptions, S3Error, UploadedPart};
 use crate::server::{Body, BoxError, ByteStream};
 
-/// S3's largest single PutObject; larger (or unknown-length) bodies go up in parts.
-const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
+/// The largest single PutObject every common store takes (AWS 5 GiB, R2 5 MiB less, Spaces
+/// and Wasabi 5 GB); larger (or unknown-length) bodies go up in parts.
+const SINGLE_PUT_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How long an upload waits for room in `upload.buffer_memory` before it gets 503.
 const MEMORY_WAIT: Duration = Duration::from_secs(5);
