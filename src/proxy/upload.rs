@@ -28,6 +28,10 @@ use crate::server::{Body, BoxError, ByteStream};
 /// and Wasabi 5 GB); larger (or unknown-length) bodies go up in parts.
 const SINGLE_PUT_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
+/// Bodies of known length up to this size are held whole, when `upload.buffer_memory` has room
+/// for them at once, so that their PutObject can be retried; larger ones stream through.
+const HELD_PUT_MAX: usize = 1024 * 1024;
+
 /// How long an upload waits for room in `upload.buffer_memory` before it gets 503.
 const MEMORY_WAIT: Duration = Duration::from_secs(5);
 
@@ -60,6 +64,24 @@ impl UploadMemory {
     /// Room for `n` more bytes for `who`: none at once past their share, else waiting up to
     /// [`MEMORY_WAIT`] for it.
     async fn take(&self, who: &Arc<str>, n: usize) -> Option<Room> {
+        let (mut room, n32) = self.share_of(who, n)?;
+        let permit = tokio::time::timeout(MEMORY_WAIT, self.total.clone().acquire_many_owned(n32))
+            .await
+            .ok()?
+            .ok()?;
+        room.permit = Some(permit);
+        Some(room)
+    }
+
+    /// Room for `n` more bytes for `who` if there is some now, without waiting.
+    fn try_take(&self, who: &Arc<str>, n: usize) -> Option<Room> {
+        let (mut room, n32) = self.share_of(who, n)?;
+        room.permit = Some(self.total.clone().try_acquire_many_owned(n32).ok()?);
+        Some(room)
+    }
+
+    /// `n` bytes of `who`'s share, not yet of the total (`None` past the share).
+    fn share_of(&self, who: &Arc<str>, n: usize) -> Option<(Room, u32)> {
         let n32 = u32::try_from(n).ok()?;
         {
             let mut held = self.held.lock().expect("lock");
@@ -69,19 +91,14 @@ impl UploadMemory {
             }
             *mine += n;
         }
-        // From here on, dropping `room` gives the share back.
-        let mut room = Room {
+        // From here on, dropping the room gives the share back.
+        let room = Room {
             permit: None,
             who: who.clone(),
             bytes: n,
             held: self.held.clone(),
         };
-        let permit = tokio::time::timeout(MEMORY_WAIT, self.total.clone().acquire_many_owned(n32))
-            .await
-            .ok()?
-            .ok()?;
-        room.permit = Some(permit);
-        Some(room)
+        Some((room, n32))
     }
 }
 
@@ -451,13 +468,47 @@ impl Exchange<'_> {
             return Err(ProxyError::PayloadTooLarge);
         }
         let s3 = &self.live.s3;
-        let result = match length {
-            Some(length) if length <= SINGLE_PUT_MAX => s3.put(permit, body, length, options).await,
+        let memory = &self.shared.upload_memory;
+        let held = (length.and_then(|l| usize::try_from(l).ok()))
+            .filter(|&l| l <= HELD_PUT_MAX)
+            .and_then(|l| Some((l, memory.try_take(&state.uploader, l)?)));
+        let result = match (length, held) {
+            (_, Some((length, room))) => self.put_held(permit, body, length, room, options).await,
+            (Some(length), None) if length <= SINGLE_PUT_MAX => {
+                s3.put(permit, body, length, options).await
+            }
             _ => self.upload_in_parts(permit, body, options, state).await,
         };
         let etag = result.map_err(|e| upload_error(e, state, options.acl))?;
         self.shared.cache.invalidate(permit.object()).await;
         Ok(etag)
+    }
+
+    /// Reads a small body of known `length`, for which `room` was taken, and sends it in one
+    /// PutObject that is retried as S3 asks.
+    async fn put_held(
+        &self,
+        permit: &Permit<Write>,
+        mut body: ByteStream,
+        length: usize,
+        room: Room,
+        options: &PutOptions,
+    ) -> Result<Option<HeaderValue>, S3Error> {
+        let mut bytes = BytesMut::with_capacity(length);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(body_error)?;
+            if bytes.len() + chunk.len() > length {
+                return Err(body_error("longer than its Content-Length".into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let result = self
+            .live
+            .s3
+            .put_bytes(permit, bytes.freeze(), options)
+            .await;
+        drop(room);
+        result
     }
 
     /// Uploads a body of unknown length in parts, holding at most two part buffers (the one
@@ -610,11 +661,16 @@ where
                     return Err(S3Error::Unreachable("no room for the upload buffer".into()));
                 }
             }
-            Some(Err(e)) => return Err(S3Error::Unreachable(format!("request body: {e}"))),
+            Some(Err(e)) => return Err(body_error(e)),
             None => break,
         }
     }
     Ok(buffer)
+}
+
+/// A request body that failed while being read.
+fn body_error(e: BoxError) -> S3Error {
+    S3Error::Unreachable(format!("request body: {e}"))
 }
 
 impl BodyState {

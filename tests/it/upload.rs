@@ -416,30 +416,35 @@ async fn oversize_during_a_multipart_upload_aborts_it() {
 #[tokio::test]
 async fn a_truncated_body_leaves_nothing() {
     let h = Setup::default().start().await;
-    let request = format!(
-        "PUT /files/users/alice/cut.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Length: 100000\r\n\r\n",
-        token("alice")
-    );
-    let mut stream = TcpStream::connect(h.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(&[b'c'; 30_000]).await.unwrap();
-    stream.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stream.shutdown().await.unwrap(); // the client vanishes mid-body
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
-    assert!(
-        eventually(Duration::from_secs(5), || h.s3_log().requests(
-            "PUT",
-            BUCKET,
-            "users/alice/cut.bin"
-        ) == 1)
-        .await,
-        "the upload reached S3 and was cut off there"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!h.s3.exists(BUCKET, "users/alice/cut.bin"));
+    // A small body is held until it is whole and never reaches S3; a larger one streams to S3
+    // and is cut off there.
+    for (key, length, puts) in [("held.bin", 100_000, 0), ("cut.bin", 2_000_000, 1)] {
+        let request = format!(
+            "PUT /files/users/alice/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: {length}\r\n\r\n",
+            token("alice")
+        );
+        let mut stream = TcpStream::connect(h.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(&[b'c'; 30_000]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.shutdown().await.unwrap(); // the client vanishes mid-body
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        let key = format!("users/alice/{key}");
+        assert!(
+            eventually(Duration::from_secs(5), || h
+                .s3_log()
+                .requests("PUT", BUCKET, &key)
+                == puts)
+            .await,
+            "{key}: {puts} PutObject expected"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(h.s3_log().requests("PUT", BUCKET, &key), puts);
+        assert!(!h.s3.exists(BUCKET, &key));
+    }
     assert!(stored(&h, "users/").is_empty());
 }
 
@@ -711,10 +716,24 @@ async fn writes_held_in_memory_are_retried_when_s3_asks() {
     assert!(!h.s3.exists(BUCKET, "users/alice/small.txt"));
     assert_eq!(proxy.failed(), 6);
 
-    // A body with a Content-Length streams to S3 as it arrives and cannot be sent twice: the
-    // client gets S3's refusal and nothing is stored.
-    let r = put(&h, "users/alice/streamed.txt", b"streamed", &[]).await;
-    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
-    assert!(!h.s3.exists(BUCKET, "users/alice/streamed.txt"));
+    // A small body with a Content-Length is held whole too.
+    let r = put(&h, "users/alice/known.txt", b"known", &[]).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        h.s3.read(BUCKET, "users/alice/known.txt").unwrap(),
+        b"known"
+    );
     assert_eq!(proxy.failed(), 7);
+
+    // A larger one streams to S3 as it arrives and cannot be sent twice: the client gets S3's
+    // refusal and nothing is stored.
+    let r = (h.http.put(h.object_url("users/alice/streamed.bin")))
+        .bearer_auth(token("alice"))
+        .body(vec![b's'; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(!h.s3.exists(BUCKET, "users/alice/streamed.bin"));
+    assert_eq!(proxy.failed(), 8);
 }
