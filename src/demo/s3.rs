@@ -129,9 +129,19 @@ struct Store {
     /// object's bytes and its ETag in separate files, so a read racing a write could pair one
     /// version's bytes with the other's ETag, which S3 never does.
     objects: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Multipart uploads completed: asked again, they are `NoSuchUpload`, as MinIO and Ceph
+    /// answer (s3s-fs would say `AccessDenied`).
+    completed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Store {
+    fn check_not_completed(&self, upload_id: &str) -> S3Result<()> {
+        if self.completed.lock().expect("lock").contains(upload_id) {
+            return Err(S3Error::new(S3ErrorCode::NoSuchUpload));
+        }
+        Ok(())
+    }
+
     fn lock_of(&self, bucket: &str, key: &str) -> Arc<tokio::sync::RwLock<()>> {
         let mut objects = self.objects.lock().expect("lock");
         objects
@@ -278,7 +288,11 @@ impl S3 for Store {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let lock = self.lock_of(&req.input.bucket, &req.input.key);
         let _writing = lock.write().await;
-        self.fs.complete_multipart_upload(req).await
+        let id = req.input.upload_id.clone();
+        self.check_not_completed(&id)?;
+        let output = self.fs.complete_multipart_upload(req).await?;
+        self.completed.lock().expect("lock").insert(id);
+        Ok(output)
     }
 
     async fn abort_multipart_upload(
@@ -286,6 +300,7 @@ impl S3 for Store {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.log.count("ABORT", &req.input.bucket, &req.input.key);
+        self.check_not_completed(&req.input.upload_id)?;
         self.fs.abort_multipart_upload(req).await
     }
 
@@ -377,6 +392,7 @@ impl EmbeddedS3 {
             fs,
             log: log.clone(),
             objects: Mutex::default(),
+            completed: Mutex::default(),
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some(auth) = auth {

@@ -44,6 +44,8 @@ const FIRST_BUFFER: usize = 64 * 1024;
 /// parts), so a few slow uploads cannot keep everyone else out.
 pub(super) struct UploadMemory {
     total: Arc<Semaphore>,
+    /// What [`UploadMemory::try_take`] leaves free: half of the total.
+    kept: usize,
     share: usize,
     held: Arc<Mutex<HashMap<Arc<str>, usize>>>,
 }
@@ -56,6 +58,7 @@ impl UploadMemory {
         let two_parts = usize::try_from(2 * upload.part_size()).unwrap_or(usize::MAX);
         UploadMemory {
             total: Arc::new(Semaphore::new(bytes)),
+            kept: bytes / 2,
             share: (bytes / 4).max(two_parts).min(bytes),
             held: Arc::default(),
         }
@@ -73,8 +76,13 @@ impl UploadMemory {
         Some(room)
     }
 
-    /// Room for `n` more bytes for `who` if there is some now, without waiting.
+    /// Room for `n` more bytes for `who` if there is some now, without waiting, and half of the
+    /// total stays free after it: uploads that can do without (small ones of known length) never
+    /// crowd out those that cannot.
     fn try_take(&self, who: &Arc<str>, n: usize) -> Option<Room> {
+        if self.total.available_permits() < n.saturating_add(self.kept) {
+            return None;
+        }
         let (mut room, n32) = self.share_of(who, n)?;
         room.permit = Some(self.total.clone().try_acquire_many_owned(n32).ok()?);
         Some(room)
@@ -473,7 +481,10 @@ impl Exchange<'_> {
             .filter(|&l| l <= HELD_PUT_MAX)
             .and_then(|l| Some((l, memory.try_take(&state.uploader, l)?)));
         let result = match (length, held) {
-            (_, Some((length, room))) => self.put_held(permit, body, length, room, options).await,
+            (_, Some((length, room))) => {
+                self.put_held(permit, body, length, room, options, state)
+                    .await
+            }
             (Some(length), None) if length <= SINGLE_PUT_MAX => {
                 s3.put(permit, body, length, options).await
             }
@@ -493,14 +504,19 @@ impl Exchange<'_> {
         length: usize,
         room: Room,
         options: &PutOptions,
+        state: &BodyState,
     ) -> Result<Option<HeaderValue>, S3Error> {
         let mut bytes = BytesMut::with_capacity(length);
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(body_error)?;
-            if bytes.len() + chunk.len() > length {
-                return Err(body_error("longer than its Content-Length".into()));
+            bytes.extend_from_slice(&chunk.map_err(body_error)?);
+            if bytes.len() > length {
+                break;
             }
-            bytes.extend_from_slice(&chunk);
+        }
+        // The server checks the length too; a body that does not match is never stored.
+        if bytes.len() != length {
+            state.broken.store(true, Ordering::SeqCst);
+            return Err(body_error("not as long as its Content-Length".into()));
         }
         let result = self
             .live

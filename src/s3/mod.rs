@@ -147,8 +147,14 @@ impl S3Error {
     fn retryable(&self) -> bool {
         match self {
             S3Error::Unreachable(_) => true,
+            // 501 is a refusal for good (R2 answers an ACL it does not take so).
             S3Error::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+                (status.is_server_error()
+                    && !matches!(
+                        *status,
+                        StatusCode::NOT_IMPLEMENTED | StatusCode::HTTP_VERSION_NOT_SUPPORTED
+                    ))
+                    || *status == StatusCode::TOO_MANY_REQUESTS
             }
             S3Error::Timeout
             | S3Error::Malformed(_)
@@ -156,6 +162,14 @@ impl S3Error {
             | S3Error::Sign(_)
             | S3Error::ClockSkew { .. }
             | S3Error::NoCredentials(_) => false,
+        }
+    }
+
+    /// S3's error code, when an answer named one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            S3Error::Status { code, .. } => code.as_deref(),
+            _ => None,
         }
     }
 
@@ -273,7 +287,7 @@ impl Addresser {
     }
 
     /// The bucket's URL and how it was addressed. Virtual-hosted only where that works, and
-    /// with `auto` only on AWS, as botocore does: other stores answer path-style everywhere,
+    /// with `auto` only on AWS: other stores answer path-style everywhere,
     /// while `{bucket}.{host}` needs their wildcard DNS and a setting of their own (MinIO's
     /// `MINIO_DOMAIN`, Garage's `root_domain`, Ceph's `rgw_dns_name`). A host name that cannot
     /// be built falls back to path-style rather than failing.

@@ -4,6 +4,7 @@
 //! as it is sent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -44,6 +45,8 @@ pub struct UploadedPart {
     pub number: u32,
     /// The part's ETag, as S3 returned it.
     pub etag: String,
+    /// The part's length in bytes.
+    pub size: u64,
 }
 
 impl S3Client {
@@ -131,10 +134,13 @@ impl S3Client {
         Ok(UploadedPart {
             number,
             etag: etag.to_owned(),
+            size: bytes.len() as u64,
         })
     }
 
-    /// CompleteMultipartUpload.
+    /// CompleteMultipartUpload. When an attempt was sent again and the store no longer knows
+    /// the upload, an earlier one may have completed it with its answer lost: the object then
+    /// stands, made of these parts, and is taken for the answer.
     pub async fn complete_multipart(
         &self,
         permit: &Permit<Write>,
@@ -145,26 +151,42 @@ impl S3Client {
         let url = up.multipart_url(permit, &[("uploadId", upload_id)]);
         let xml = super::xml::complete_multipart(parts.iter().map(|p| (p.number, p.etag.as_str())));
         let body = Bytes::from(xml);
+        let sent = AtomicU32::new(0);
         let mut attempt = 0;
         loop {
-            let response = (up.send_write(
-                Method::POST,
-                url.clone(),
-                HeaderMap::new(),
-                Held::Hashed(&body),
-            ))
-            .await?;
+            let result = up
+                .send_retrying(
+                    Method::POST,
+                    url.clone(),
+                    HeaderMap::new(),
+                    Held::Hashed(&body),
+                    None,
+                    |_, _| {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    },
+                )
+                .await;
+            let response = match result {
+                Err(e) if sent.load(Ordering::Relaxed) > 1 && e.code() == Some("NoSuchUpload") => {
+                    return up.completed_object(permit, parts).await.map(Some).ok_or(e);
+                }
+                other => other?,
+            };
             // S3 may answer 200 and still report an error in the body (`InternalError`,
             // `SlowDown`), which is to be retried like a 5xx.
             let answer = super::xml::answer(&up.read_small(response).await?);
             let Some(code) = answer.code else {
                 return Ok(answer.etag.and_then(|e| HeaderValue::from_str(&e).ok()));
             };
+            let retryable = matches!(
+                code.as_str(),
+                "InternalError" | "SlowDown" | "ServiceUnavailable"
+            );
             let error = S3Error::Status {
                 status: http::StatusCode::INTERNAL_SERVER_ERROR,
                 code: Some(code),
             };
-            if attempt >= up.retries {
+            if !retryable || attempt >= up.retries {
                 return Err(error);
             }
             attempt += 1;
@@ -186,6 +208,35 @@ impl S3Client {
 }
 
 impl Upstream {
+    /// The ETag of the object at `permit`'s key if it is one made of `parts`: as long as they
+    /// are together, with a multipart ETag (`"…-N"`) for as many parts.
+    async fn completed_object(
+        &self,
+        permit: &Permit<Write>,
+        parts: &[UploadedPart],
+    ) -> Option<HeaderValue> {
+        let url = self.object_url(permit.object());
+        let response = (self.send_idempotent(Method::HEAD, url, HeaderMap::new()))
+            .await
+            .ok()?;
+        let headers = response.headers();
+        let etag = headers.get(header::ETAG)?;
+        let length: u64 = headers
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        let suffix = format!("-{}", parts.len());
+        let ours = etag.to_str().ok()?.trim_matches('"').ends_with(&suffix)
+            && length == parts.iter().map(|p| p.size).sum::<u64>();
+        tracing::info!(
+            found = ours,
+            "CompleteMultipartUpload was sent again and the store no longer knew the upload"
+        );
+        ours.then(|| etag.clone())
+    }
+
     async fn send_delete(&self, url: Url) -> Result<(), S3Error> {
         (self.send_write(Method::DELETE, url, HeaderMap::new(), Held::Empty))
             .await

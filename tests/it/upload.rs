@@ -216,6 +216,9 @@ async fn stores_without_acls_refuse_public_uploads_by_their_own_codes_and_take_p
         assert_eq!(e["error"], "acl_not_supported", "{code:?}");
         assert!(e["message"].as_str().unwrap().contains("R2"), "{e}");
         assert!(!h.s3.exists(BUCKET, "users/alice/p.png"));
+        // A refusal for good (501 included) is not sent again.
+        let puts = h.s3_log().requests("PUT", BUCKET, "users/alice/p.png");
+        assert_eq!(puts, 1, "{code:?}");
     }
 }
 
@@ -669,33 +672,56 @@ async fn a_key_too_long_for_s3_with_the_bucket_prefix_is_refused_before_s3() {
 }
 
 #[tokio::test]
-async fn writes_held_in_memory_are_retried_when_s3_asks() {
+async fn an_upload_completed_with_its_answer_lost_is_found_stored() {
+    // Every write reaches S3 and its answer is lost once. Sent again, CompleteMultipartUpload
+    // finds the upload gone (`NoSuchUpload`, as MinIO answers), and the object it left stands.
+    let (proxy, h) = flaky_writes(true).await;
+    let v = put_two_parts(&h, &proxy, "users/alice/lost.bin").await;
+    assert!(v["etag"].as_str().unwrap().ends_with("-2\""), "{v}");
+}
+
+/// s3warden behind a store whose every write fails once (with its answer lost when `lose`).
+async fn flaky_writes(lose: bool) -> (crate::common::faults::FlakyWrites, Harness) {
     let proxy = crate::common::faults::FlakyWrites::start().await;
+    if lose {
+        proxy.lose_answers();
+    }
     let h = Setup::default()
         .endpoint(&proxy.endpoint())
         .set("s3.retries", "2")
         .start()
         .await;
     proxy.forward_to(&h.s3.endpoint());
-    // Every write fails once: the CreateMultipartUpload, both parts and the
-    // CompleteMultipartUpload (200 with an InternalError inside) of an upload of unknown length.
+    (proxy, h)
+}
+
+/// Uploads 9 MiB of unknown length (two parts) through failing writes: the
+/// CreateMultipartUpload, both parts and the CompleteMultipartUpload fail once each, and the
+/// upload is stored whole, not aborted. The answer's JSON.
+async fn put_two_parts(
+    h: &Harness,
+    proxy: &crate::common::faults::FlakyWrites,
+    key: &str,
+) -> Value {
     let chunks: Vec<Vec<u8>> = (0..9).map(|i| vec![b'a' + i; 1024 * 1024]).collect();
-    let r = put_chunked(&h, "users/alice/parts.bin", chunks).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    let stored_bytes = h.s3.read(BUCKET, "users/alice/parts.bin").unwrap();
+    let r = put_chunked(h, key, chunks).await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let stored_bytes = h.s3.read(BUCKET, key).unwrap();
     assert_eq!(stored_bytes.len(), 9 * 1024 * 1024);
     assert!(stored_bytes[8 * 1024 * 1024..].iter().all(|&b| b == b'i'));
     assert_eq!(proxy.failed(), 4);
-    assert_eq!(
-        h.s3_log()
-            .requests("ABORT", BUCKET, "users/alice/parts.bin"),
-        0
-    );
+    assert_eq!(h.s3_log().requests("ABORT", BUCKET, key), 0);
+    v
+}
+
+#[tokio::test]
+async fn writes_held_in_memory_are_retried_when_s3_asks() {
+    // Every write fails once: the CreateMultipartUpload, both parts and the
+    // CompleteMultipartUpload (200 with an InternalError inside) of an upload of unknown length.
+    let (proxy, h) = flaky_writes(false).await;
+    put_two_parts(&h, &proxy, "users/alice/parts.bin").await;
 
     // A small body of unknown length is held whole and sent in one PutObject: retried too.
     let r = put_chunked(&h, "users/alice/small.txt", vec![b"small".to_vec()]).await;

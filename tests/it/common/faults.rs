@@ -179,6 +179,8 @@ struct Flaky {
     target: std::sync::OnceLock<String>,
     /// The writes seen, by method and target.
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Fail writes after S3 took them (their answers lost), not before.
+    lose_answers: std::sync::atomic::AtomicBool,
     http: reqwest::Client,
 }
 
@@ -215,6 +217,11 @@ impl FlakyWrites {
             .expect("set once");
     }
 
+    /// From now on a failed write first reaches S3, and only its answer is lost (503).
+    pub fn lose_answers(&self) {
+        self.state.lose_answers.store(true, Ordering::SeqCst);
+    }
+
     /// Writes failed so far.
     pub fn failed(&self) -> u64 {
         self.state.failed.load(Ordering::SeqCst)
@@ -237,19 +244,23 @@ async fn flaky(
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let write = parts.method != http::Method::GET && parts.method != http::Method::HEAD;
     let first = (state.seen.lock().unwrap()).insert(format!("{} {target}", parts.method));
-    if write && first {
+    let fail = write && first;
+    let lose = state.lose_answers.load(Ordering::SeqCst);
+    let failure = |status, code| {
         state.failed.fetch_add(1, Ordering::SeqCst);
-        let completing = parts.method == http::Method::POST && target.contains("uploadId=");
-        let (status, code) = if completing {
-            (200, "InternalError")
-        } else {
-            (503, "SlowDown")
-        };
         let xml = format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code></Error>");
-        return Ok(hyper::Response::builder()
+        hyper::Response::builder()
             .status(status)
             .header("content-type", "application/xml")
-            .body(Full::new(bytes::Bytes::from(xml)))?);
+            .body(Full::new(bytes::Bytes::from(xml)))
+    };
+    if fail && !lose {
+        let completing = parts.method == http::Method::POST && target.contains("uploadId=");
+        return Ok(if completing {
+            failure(200, "InternalError")?
+        } else {
+            failure(503, "SlowDown")?
+        });
     }
     let url = format!("{}{target}", state.target.get().expect("forward_to"));
     let mut forwarded = state.http.request(parts.method.clone(), url).body(body);
@@ -264,5 +275,8 @@ async fn flaky(
         }
     }
     let bytes = answer.bytes().await?;
+    if fail {
+        return Ok(failure(503, "SlowDown")?);
+    }
     Ok(out.body(Full::new(bytes))?)
 }
