@@ -595,7 +595,9 @@ impl S3Client {
             Ok(_) => Ok(()),
             // The key is absent, and S3 says so (NoSuchKey), or refuses to say to credentials
             // that may not list the bucket (AWS's AccessDenied): it took the request, so the
-            // keys, region, clock and bucket are right. An empty object cannot be ranged.
+            // keys, region and clock are right. AccessDenied is also what credentials that may
+            // not read the prefix get, and a bucket of another account: reads show those.
+            // An empty object cannot be ranged.
             Err(S3Error::Status {
                 status,
                 code: Some(code),
