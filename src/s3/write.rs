@@ -221,12 +221,7 @@ impl Upstream {
             .ok()?;
         let headers = response.headers();
         let etag = headers.get(header::ETAG)?;
-        let length: u64 = headers
-            .get(header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()?;
+        let length = super::content_length(headers)?;
         let suffix = format!("-{}", parts.len());
         let ours = etag.to_str().ok()?.trim_matches('"').ends_with(&suffix)
             && length == parts.iter().map(|p| p.size).sum::<u64>();

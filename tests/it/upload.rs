@@ -680,6 +680,17 @@ async fn an_upload_completed_with_its_answer_lost_is_found_stored() {
     assert!(v["etag"].as_str().unwrap().ends_with("-2\""), "{v}");
 }
 
+/// Checks that an upload was answered 201 and stored `key` as `bytes`.
+async fn assert_created(h: &Harness, r: reqwest::Response, key: &str, bytes: &[u8]) {
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(h.s3.read(BUCKET, key).unwrap(), bytes);
+}
+
 /// s3warden behind a store whose every write fails once (with its answer lost when `lose`).
 async fn flaky_writes(lose: bool) -> (crate::common::faults::FlakyWrites, Harness) {
     let proxy = crate::common::faults::FlakyWrites::start().await;
@@ -725,11 +736,7 @@ async fn writes_held_in_memory_are_retried_when_s3_asks() {
 
     // A small body of unknown length is held whole and sent in one PutObject: retried too.
     let r = put_chunked(&h, "users/alice/small.txt", vec![b"small".to_vec()]).await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        h.s3.read(BUCKET, "users/alice/small.txt").unwrap(),
-        b"small"
-    );
+    assert_created(&h, r, "users/alice/small.txt", b"small").await;
     assert_eq!(proxy.failed(), 5);
 
     // And a delete.
@@ -744,11 +751,7 @@ async fn writes_held_in_memory_are_retried_when_s3_asks() {
 
     // A small body with a Content-Length is held whole too.
     let r = put(&h, "users/alice/known.txt", b"known", &[]).await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        h.s3.read(BUCKET, "users/alice/known.txt").unwrap(),
-        b"known"
-    );
+    assert_created(&h, r, "users/alice/known.txt", b"known").await;
     assert_eq!(proxy.failed(), 7);
 
     // A larger one streams to S3 as it arrives and cannot be sent twice: the client gets S3's
