@@ -136,7 +136,14 @@ pub struct ObjectCache {
     metrics: Arc<Metrics>,
     capacity: u64,
     asked: Doorkeeper,
+    /// Whether objects streamed past the cache were served inline, by ETag. S3's 304 for such an
+    /// object names no type, and s3warden's 304 must say what its 200 said: a browser merges a
+    /// 304's `Content-Disposition` and `Content-Security-Policy` into the copy it keeps.
+    judged: moka::sync::Cache<S3Object, (http::HeaderValue, bool)>,
 }
+
+/// Objects whose judged type is remembered for S3's 304s.
+const JUDGED: u64 = 16_384;
 
 /// Which keys were asked for lately, once or more than once. When the cache is full, an object
 /// is stored only on its second request (or when others wait for the same fill): objects asked
@@ -214,7 +221,22 @@ impl ObjectCache {
             metrics,
             capacity,
             asked: Doorkeeper::new(),
+            judged: moka::sync::Cache::new(JUDGED),
         }
+    }
+
+    /// Remembers how an object streamed past the cache was served.
+    pub fn remember_judgment(&self, object: &S3Object, meta: &ObjectMeta) {
+        if let Some(etag) = &meta.etag {
+            self.judged
+                .insert(object.clone(), (etag.clone(), meta.passive));
+        }
+    }
+
+    /// Whether the object was served inline when it had this ETag, if that is remembered.
+    pub fn judgment(&self, object: &S3Object, etag: Option<&http::HeaderValue>) -> Option<bool> {
+        let (known, passive) = self.judged.get(object)?;
+        (Some(&known) == etag).then_some(passive)
     }
 
     /// Applies new settings (on reload); cached entries stay.

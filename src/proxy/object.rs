@@ -121,7 +121,15 @@ impl Exchange<'_> {
         wanted: &ReadPlan<'_>,
     ) -> Response<Body> {
         let settings = &self.live.responses;
-        let meta = &fetched.meta;
+        let cache = &self.shared.cache;
+        let mut meta = fetched.meta;
+        if fetched.answer == Answer::NotModified {
+            // S3's 304 names no type; the 200 this copy came from had one.
+            let judged = cache.judgment(permit.object(), meta.etag.as_ref());
+            meta.passive = judged.unwrap_or(meta.passive);
+        } else {
+            cache.remember_judgment(permit.object(), &meta);
+        }
         if fetched.answer == Answer::NotModified
             || wanted
                 .read
@@ -131,7 +139,7 @@ impl Exchange<'_> {
             return response::object(
                 settings,
                 permit,
-                meta,
+                &meta,
                 Portion::NotModified,
                 CacheStatus::Bypass,
                 Body::Empty,
@@ -146,7 +154,7 @@ impl Exchange<'_> {
         } else {
             Body::stream(fetched.body, fetched.body_len)
         };
-        response::object(settings, permit, meta, part, CacheStatus::Bypass, body)
+        response::object(settings, permit, &meta, part, CacheStatus::Bypass, body)
     }
 
     /// Not cached and not to be cached: HEAD, ranged misses and large objects go straight to S3,
@@ -163,6 +171,7 @@ impl Exchange<'_> {
             .cache(crate::metrics::CacheEvent::Bypass);
         if wanted.read.head {
             let meta = s3.head(permit).await.map_err(upstream)?;
+            self.shared.cache.remember_judgment(permit.object(), &meta);
             let part = if wanted
                 .read
                 .conditionals

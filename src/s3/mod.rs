@@ -519,15 +519,10 @@ impl S3Client {
             .send_idempotent(Method::GET, up.object_url(object), headers)
             .await?;
         let status = response.status();
-        let mut meta = meta_from(response.headers(), &object.key);
+        let meta = meta_from(response.headers(), &object.key);
         let answer = match status {
-            StatusCode::NOT_MODIFIED => {
-                // S3's 304 names no type: without one, the answer is treated as not passive.
-                if !response.headers().contains_key(header::CONTENT_TYPE) {
-                    meta.passive = false;
-                }
-                Answer::NotModified
-            }
+            // S3's 304 names no type: `meta` then has the one the key suggests.
+            StatusCode::NOT_MODIFIED => Answer::NotModified,
             StatusCode::PARTIAL_CONTENT => {
                 let (first, last, total) = response
                     .headers()
