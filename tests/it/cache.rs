@@ -183,6 +183,42 @@ async fn a_requester_that_leaves_mid_transfer_does_not_poison_the_entry() {
     assert_eq!(third.bytes().await.unwrap(), bytes);
 }
 
+/// A fill in progress is discarded only when its own key is invalidated: a user who may delete
+/// some key, deleting it (or a key that does not exist) in a loop, cannot keep the cache from
+/// storing anything else.
+#[tokio::test]
+async fn invalidating_one_key_does_not_discard_the_fill_of_another() {
+    let total = 300_000;
+    let up = FaultyUpstream::start(Fault::StallMidBody {
+        total,
+        first: 100_000,
+    })
+    .await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    let t = token("alice");
+    let first = {
+        let req = h.http.get(h.object_url("photos/slow.bin")).bearer_auth(&t);
+        tokio::spawn(async move { req.send().await.unwrap().bytes().await.unwrap() })
+    };
+    assert!(eventually(Duration::from_secs(5), || up.requests() == 1).await);
+    let object = |key: &str| s3warden::s3::S3Object {
+        store: "s3".into(),
+        bucket: BUCKET.into(),
+        key: key.into(),
+    };
+    for _ in 0..100 {
+        h.app
+            .cache()
+            .invalidate(&object("users/alice/missing"))
+            .await;
+    }
+    up.release();
+    assert_eq!(first.await.unwrap().len(), total);
+    let again = h.get("photos/slow.bin", Some(&t)).await;
+    assert_eq!(x_cache(&again), "HIT");
+    assert_eq!(up.requests(), 1);
+}
+
 #[tokio::test]
 async fn objects_over_max_object_size_stream_and_are_never_cached() {
     let h = Setup::default()
