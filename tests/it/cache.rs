@@ -154,18 +154,7 @@ async fn a_requester_that_leaves_mid_transfer_does_not_poison_the_entry() {
     assert_eq!(again.bytes().await.unwrap(), body);
 
     // Faulty upstream: the first client gives up while S3 is still sending.
-    let total = 300_000;
-    let up = FaultyUpstream::start(Fault::StallMidBody {
-        total,
-        first: 100_000,
-    })
-    .await;
-    let h = Setup::default().endpoint(&up.endpoint()).start().await;
-    let first = {
-        let req = h.http.get(h.object_url("photos/slow.bin")).bearer_auth(&t);
-        tokio::spawn(async move { req.send().await })
-    };
-    assert!(eventually(Duration::from_secs(5), || up.requests() == 1).await);
+    let (up, h, first) = stalled_fill().await;
     let second = {
         let req = h.http.get(h.object_url("photos/slow.bin")).bearer_auth(&t);
         tokio::spawn(async move { req.send().await.unwrap().bytes().await.unwrap() })
@@ -174,7 +163,7 @@ async fn a_requester_that_leaves_mid_transfer_does_not_poison_the_entry() {
     first.abort();
     up.release();
     let bytes = second.await.unwrap();
-    assert_eq!(bytes.len(), total);
+    assert_eq!(bytes.len(), STALLED_TOTAL);
     assert!(
         bytes[..100_000].iter().all(|&b| b == b'x') && bytes[100_000..].iter().all(|&b| b == b'y')
     );
@@ -183,24 +172,37 @@ async fn a_requester_that_leaves_mid_transfer_does_not_poison_the_entry() {
     assert_eq!(third.bytes().await.unwrap(), bytes);
 }
 
+/// Length of the object `stalled_fill` asks for.
+const STALLED_TOTAL: usize = 300_000;
+
+/// A daemon whose S3 sends the first 100,000 of 300,000 bytes and waits for `release`, and a
+/// GET of `photos/slow.bin` it is sending.
+async fn stalled_fill() -> (
+    FaultyUpstream,
+    Harness,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let up = FaultyUpstream::start(Fault::StallMidBody {
+        total: STALLED_TOTAL,
+        first: 100_000,
+    })
+    .await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    let first = {
+        let req = h.http.get(h.object_url("photos/slow.bin"));
+        let req = req.bearer_auth(token("alice"));
+        tokio::spawn(async move { req.send().await })
+    };
+    assert!(eventually(Duration::from_secs(5), || up.requests() == 1).await);
+    (up, h, first)
+}
+
 /// A fill in progress is discarded only when its own key is invalidated: a user who may delete
 /// some key, deleting it (or a key that does not exist) in a loop, cannot keep the cache from
 /// storing anything else.
 #[tokio::test]
 async fn invalidating_one_key_does_not_discard_the_fill_of_another() {
-    let total = 300_000;
-    let up = FaultyUpstream::start(Fault::StallMidBody {
-        total,
-        first: 100_000,
-    })
-    .await;
-    let h = Setup::default().endpoint(&up.endpoint()).start().await;
-    let t = token("alice");
-    let first = {
-        let req = h.http.get(h.object_url("photos/slow.bin")).bearer_auth(&t);
-        tokio::spawn(async move { req.send().await.unwrap().bytes().await.unwrap() })
-    };
-    assert!(eventually(Duration::from_secs(5), || up.requests() == 1).await);
+    let (up, h, first) = stalled_fill().await;
     let object = |key: &str| s3warden::s3::S3Object {
         store: "s3".into(),
         bucket: BUCKET.into(),
@@ -213,8 +215,9 @@ async fn invalidating_one_key_does_not_discard_the_fill_of_another() {
             .await;
     }
     up.release();
-    assert_eq!(first.await.unwrap().len(), total);
-    let again = h.get("photos/slow.bin", Some(&t)).await;
+    let bytes = first.await.unwrap().unwrap().bytes().await.unwrap();
+    assert_eq!(bytes.len(), STALLED_TOTAL);
+    let again = h.get("photos/slow.bin", Some(&token("alice"))).await;
     assert_eq!(x_cache(&again), "HIT");
     assert_eq!(up.requests(), 1);
 }
