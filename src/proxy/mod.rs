@@ -191,7 +191,7 @@ async fn probe_buckets(shared: std::sync::Weak<Shared>) {
 /// One request's view: the shared parts and the config generation it started with (a reload
 /// in the middle of a request does not change the rules under it).
 struct Exchange<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     live: Arc<Generation>,
     connection: Option<&'a ConnectionMemo>,
 }

@@ -17,11 +17,11 @@ use mediatype::MediaType;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Exchange;
+use super::{Exchange, Generation, Shared};
 use crate::config::{Acl, UploadConfig};
 use crate::error::ProxyError;
 use crate::policy::{Delete, Permit, Write, upload_type};
-use crate::s3::{PutOptions, S3Error, UploadedPart};
+use crate::s3::{PutOptions, S3Error, S3Object, UploadedPart};
 use crate::server::{Body, BoxError, ByteStream};
 
 /// The largest single PutObject every common store takes (AWS 5 GiB, R2 5 MiB less, Spaces
@@ -360,8 +360,9 @@ impl Exchange<'_> {
         &self,
         permit: &Permit<Delete>,
     ) -> Result<Response<Body>, ProxyError> {
+        let unfinished = self.unfinished(permit.object());
         let result = self.live.s3.delete(permit).await;
-        self.shared.cache.invalidate(permit.object()).await;
+        unfinished.finish().await;
         match result {
             Ok(()) => {
                 let mut response = Response::new(Body::Empty);
@@ -476,6 +477,7 @@ impl Exchange<'_> {
             return Err(ProxyError::PayloadTooLarge);
         }
         let s3 = &self.live.s3;
+        let mut unfinished = self.unfinished(permit.object());
         let memory = &self.shared.upload_memory;
         let held = (length.and_then(|l| usize::try_from(l).ok()))
             .filter(|&l| l <= HELD_PUT_MAX)
@@ -488,11 +490,25 @@ impl Exchange<'_> {
             (Some(length), None) if length <= SINGLE_PUT_MAX => {
                 s3.put(permit, body, length, options).await
             }
-            _ => self.upload_in_parts(permit, body, options, state).await,
+            _ => {
+                self.upload_in_parts(permit, body, options, state, &mut unfinished)
+                    .await
+            }
         };
         let etag = result.map_err(|e| upload_error(e, state, options.acl))?;
-        self.shared.cache.invalidate(permit.object()).await;
+        unfinished.finish().await;
         Ok(etag)
+    }
+
+    /// A guard for a write to `object` that this request has not finished yet.
+    fn unfinished(&self, object: &S3Object) -> Unfinished {
+        Unfinished {
+            shared: self.shared.clone(),
+            live: self.live.clone(),
+            object: object.clone(),
+            upload: None,
+            armed: true,
+        }
     }
 
     /// Reads a small body of known `length`, for which `room` was taken, and sends it in one
@@ -535,6 +551,7 @@ impl Exchange<'_> {
         body: ByteStream,
         options: &PutOptions,
         state: &BodyState,
+        unfinished: &mut Unfinished,
     ) -> Result<Option<HeaderValue>, S3Error> {
         let mut body = body.fuse();
         let s3 = &self.live.s3;
@@ -546,6 +563,7 @@ impl Exchange<'_> {
             return s3.put_bytes(permit, bytes, options).await;
         }
         let upload_id = s3.create_multipart(permit, options).await?;
+        unfinished.upload = Some((permit.clone(), upload_id.clone()));
         let mut parts: Vec<UploadedPart> = Vec::new();
         let mut next = Some(first);
         let result = async {
@@ -570,6 +588,7 @@ impl Exchange<'_> {
         {
             tracing::warn!(error = %e, "could not abort a failed multipart upload");
         }
+        unfinished.upload = None;
         result
     }
 
@@ -616,6 +635,50 @@ impl Exchange<'_> {
         headers.insert(header::LOCATION, location);
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
+    }
+}
+
+/// What a write leaves to do when its request is dropped part-way, as HTTP/2 drops a request
+/// whose client resets the stream (at its next await, S3 calls included): the object's cache
+/// entry is invalidated, since S3 may have taken the write, and a multipart upload begun and
+/// neither completed nor aborted is aborted, so that its parts are not kept (and billed). Both
+/// run in a task of their own.
+struct Unfinished {
+    shared: Arc<Shared>,
+    live: Arc<Generation>,
+    object: S3Object,
+    /// A multipart upload begun and neither completed nor aborted.
+    upload: Option<(Permit<Write>, String)>,
+    armed: bool,
+}
+
+impl Unfinished {
+    /// The write is over: the object's cache entry goes now.
+    async fn finish(mut self) {
+        self.shared.cache.invalidate(&self.object).await;
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.armed {
+            return;
+        }
+        let (shared, live) = (self.shared.clone(), self.live.clone());
+        let (object, upload) = (self.object.clone(), self.upload.take());
+        runtime.spawn(async move {
+            if let Some((permit, upload_id)) = upload {
+                tracing::info!(key = %object.key, "aborting the multipart upload of a request that was dropped");
+                if let Err(e) = live.s3.abort_multipart(&permit, &upload_id).await {
+                    tracing::warn!(error = %e, "could not abort a dropped multipart upload");
+                }
+            }
+            shared.cache.invalidate(&object).await;
+        });
     }
 }
 

@@ -273,6 +273,39 @@ async fn a_large_form_sent_fast_over_http2_is_stored_whole() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), data);
 }
 
+/// A client that resets its HTTP/2 stream mid-upload has the request dropped where it stands,
+/// S3 calls included: the multipart upload begun for it is aborted all the same, so its parts
+/// are not kept (and billed) in the bucket.
+#[tokio::test]
+async fn an_upload_whose_http2_stream_is_reset_is_aborted() {
+    let h = Setup::default().start().await;
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let key = "users/alice/cancelled.bin";
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let body = reqwest::Body::wrap_stream(chunks);
+    let request = http2
+        .put(h.object_url(key))
+        .bearer_auth(token("alice"))
+        .body(body)
+        .send();
+    let request = tokio::spawn(request);
+    for _ in 0..9 {
+        tx.send(Ok(vec![b'c'; 1024 * 1024])).await.unwrap();
+    }
+    let begun = || h.s3_log().requests("MULTIPART", BUCKET, key) == 1;
+    assert!(eventually(Duration::from_secs(10), begun).await);
+    request.abort();
+    let _ = request.await;
+    drop(tx);
+    let aborted = || h.s3_log().requests("ABORT", BUCKET, key) == 1;
+    assert!(eventually(Duration::from_secs(10), aborted).await);
+    assert!(stored(&h, "users/").is_empty());
+}
+
 #[tokio::test]
 async fn form_uploads_get_a_generated_key() {
     let h = Setup::default().start().await;
