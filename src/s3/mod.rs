@@ -872,19 +872,57 @@ fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
     ]
     .into_iter()
     .filter_map(|name| {
-        let value = headers.get(&name)?.clone();
+        let value = headers.get(&name)?;
+        let value = if name == header::CONTENT_ENCODING {
+            content_codings(value)?
+        } else {
+            value.clone()
+        };
         Some((name, value))
     })
     .collect();
     ObjectMeta {
         size,
-        etag: headers.get(header::ETAG).cloned(),
+        etag: entity_tag(headers),
         last_modified,
         last_modified_header,
         content_type,
         passive,
         passthrough,
     }
+}
+
+/// The response's `ETag`, quoted as HTTP has it: a few stores send the bare hex, which no
+/// client's `If-None-Match` or `If-Range` would then match.
+pub(crate) fn entity_tag(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(header::ETAG)?;
+    let text = value.to_str().ok()?.trim();
+    if text.starts_with('"') || text.starts_with("W/\"") {
+        return Some(value.clone());
+    }
+    if text.is_empty() || text.contains('"') {
+        return None;
+    }
+    HeaderValue::from_str(&format!("\"{text}\"")).ok()
+}
+
+/// A stored `Content-Encoding` without what describes how the object was uploaded rather than
+/// how it is stored: `aws-chunked` (the SDKs' streaming uploads; several stores keep it, and
+/// S3 keeps an empty value where it was the only coding), `identity` and empty entries. `None`
+/// when nothing is left: a client given `aws-chunked` fails to decode the object.
+fn content_codings(value: &HeaderValue) -> Option<HeaderValue> {
+    let codings: Vec<&str> = (value.to_str().ok()?.split(','))
+        .map(str::trim)
+        .filter(|c| {
+            !(c.is_empty()
+                || c.eq_ignore_ascii_case("aws-chunked")
+                || c.eq_ignore_ascii_case("identity"))
+        })
+        .collect();
+    if codings.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
 /// `bytes first-last/total` → (first, last, total).
@@ -918,6 +956,36 @@ mod tests {
             Config::from_toml(&text, std::path::Path::new("."), &env, &crate::check_config)
                 .unwrap();
         Addresser::new(&config.s3)
+    }
+
+    #[test]
+    fn entity_tags_are_quoted_as_http_has_them() {
+        let tag = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ETAG, HeaderValue::from_static(value));
+            entity_tag(&headers).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(tag("\"abc\"").as_deref(), Some("\"abc\""));
+        assert_eq!(tag("W/\"abc\"").as_deref(), Some("W/\"abc\""));
+        assert_eq!(tag("abc-2").as_deref(), Some("\"abc-2\""));
+        assert_eq!(tag(" abc ").as_deref(), Some("\"abc\""));
+        assert_eq!(tag(""), None);
+        assert_eq!(tag("ab\"c"), None);
+    }
+
+    #[test]
+    fn upload_codings_are_not_passed_on() {
+        let codings = |value: &'static str| {
+            content_codings(&HeaderValue::from_static(value))
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(codings("gzip").as_deref(), Some("gzip"));
+        assert_eq!(codings("aws-chunked"), None);
+        assert_eq!(codings("AWS-Chunked, gzip").as_deref(), Some("gzip"));
+        assert_eq!(codings("gzip,aws-chunked").as_deref(), Some("gzip"));
+        assert_eq!(codings(""), None);
+        assert_eq!(codings(" , identity").as_deref(), None);
+        assert_eq!(codings("br, gzip").as_deref(), Some("br, gzip"));
     }
 
     #[test]

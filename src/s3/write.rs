@@ -64,7 +64,7 @@ impl S3Client {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         let url = up.object_url(permit.object());
         let response = up.send_streaming(Method::PUT, url, headers, body).await?;
-        Ok(response.headers().get(header::ETAG).cloned())
+        Ok(super::entity_tag(response.headers()))
     }
 
     /// PutObject of a body held in memory.
@@ -79,7 +79,7 @@ impl S3Client {
         let response = up
             .send_write(Method::PUT, url, options.headers(), Held::Hashed(&bytes))
             .await?;
-        Ok(response.headers().get(header::ETAG).cloned())
+        Ok(super::entity_tag(response.headers()))
     }
 
     /// DeleteObject.
@@ -220,7 +220,7 @@ impl Upstream {
             .await
             .ok()?;
         let headers = response.headers();
-        let etag = headers.get(header::ETAG)?;
+        let etag = super::entity_tag(headers)?;
         let length = super::content_length(headers)?;
         let suffix = format!("-{}", parts.len());
         let ours = etag.to_str().ok()?.trim_matches('"').ends_with(&suffix)
@@ -229,7 +229,7 @@ impl Upstream {
             found = ours,
             "CompleteMultipartUpload was sent again and the store no longer knew the upload"
         );
-        ours.then(|| etag.clone())
+        ours.then_some(etag)
     }
 
     async fn send_delete(&self, url: Url) -> Result<(), S3Error> {

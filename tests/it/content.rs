@@ -202,6 +202,44 @@ async fn hostile_types_stored_in_s3_are_sandboxed_attachments_on_every_path() {
     }
 }
 
+/// Several stores keep the `aws-chunked` coding of an SDK's streaming upload with the object
+/// (S3 keeps an empty one): it says how the upload was sent, not how the bytes are stored, and
+/// a client told it fails to decode them. A real coding stays.
+#[tokio::test]
+async fn upload_codings_stored_with_an_object_are_not_passed_on() {
+    let h = harness().await;
+    let big = vec![b'z'; 8 * 1024];
+    let cases: [(&str, &[u8], Option<&str>); 3] = [
+        ("chunked", b"aws-chunked", None),
+        ("both", b"aws-chunked,gzip", Some("gzip")),
+        ("empty", b"", None),
+    ];
+    for (name, coding, expected) in cases {
+        for (key, bytes) in [
+            (format!("photos/{name}.bin"), &b"small"[..]),
+            (format!("photos/{name}-big.bin"), &big[..]),
+        ] {
+            put_to_s3(&h.s3, &key, bytes, &[("content-encoding", coding)]).await;
+            for head in [false, true, false] {
+                let url = h.object_url(&key);
+                let req = if head {
+                    h.http.head(url)
+                } else {
+                    h.http.get(url)
+                };
+                let r = req.bearer_auth(token("alice")).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK, "{key}");
+                let sent = r.headers().get("content-encoding");
+                let what = format!("{key} {:?}", r.headers().get("x-cache"));
+                assert_eq!(sent.map(|v| v.to_str().unwrap()), expected, "{what}");
+                if !head {
+                    assert_eq!(r.bytes().await.unwrap(), bytes, "{what}");
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn passive_types_stay_inline() {
     let h = harness().await;
