@@ -190,24 +190,40 @@ impl Exchange<'_> {
                 Body::Empty,
             ));
         }
-        // A Range with If-Range cannot be checked before the object's validators are known;
-        // asking for the whole object is always a correct answer (RFC 9110 §13.1.5).
+        let conditionals = &wanted.read.conditionals;
         let options = GetOptions {
-            range: wanted
-                .read
-                .range
-                .filter(|_| wanted.read.conditionals.if_range.is_none()),
-            if_none_match: forwardable_if_none_match(&wanted.read.conditionals),
+            range: wanted.read.range,
+            if_none_match: forwardable_if_none_match(conditionals),
         };
-        match s3.get(permit, &options).await {
-            Ok(fetched) => Ok(self.serve_fetched(permit, fetched, wanted)),
+        // A Range with If-Range is asked for as it is, and the If-Range checked against the
+        // validators S3 answers with: a download resumed after the object changed gets it whole
+        // (RFC 9110 §13.1.5), from a second request.
+        let whole = GetOptions {
+            range: None,
+            ..options.clone()
+        };
+        let applies = |meta: &crate::s3::ObjectMeta| {
+            conditionals.range_applies(meta.etag_str(), meta.last_modified)
+        };
+        let fetched = match s3.get(permit, &options).await {
+            Ok(fetched)
+                if matches!(fetched.answer, Answer::Partial { .. }) && !applies(&fetched.meta) =>
+            {
+                drop(fetched);
+                s3.get(permit, &whole).await.map_err(upstream)?
+            }
+            Ok(fetched) => fetched,
             Err(S3Error::Status { status, .. }) if status == StatusCode::RANGE_NOT_SATISFIABLE => {
                 // Tell the client how long the object is, as RFC 9110 §15.5.17 asks.
-                let size = s3.head(permit).await.ok().and_then(|meta| meta.size);
-                Err(ProxyError::RangeNotSatisfiable(size))
+                let meta = s3.head(permit).await.ok();
+                if conditionals.if_range.is_none() || meta.as_ref().is_some_and(applies) {
+                    return Err(ProxyError::RangeNotSatisfiable(meta.and_then(|m| m.size)));
+                }
+                s3.get(permit, &whole).await.map_err(upstream)?
             }
-            Err(e) => Err(upstream(e)),
-        }
+            Err(e) => return Err(upstream(e)),
+        };
+        Ok(self.serve_fetched(permit, fetched, wanted))
     }
 }
 

@@ -241,6 +241,46 @@ async fn objects_over_max_object_size_stream_and_are_never_cached() {
     assert!(bytes < 4096, "only a small marker, not the body: {bytes}");
 }
 
+/// A download resumed with `Range` and `If-Range` on an object too large to cache (or not
+/// cached yet) gets the rest when the object is unchanged, and all of it when it changed.
+#[tokio::test]
+async fn if_range_on_a_streamed_object_resumes_what_is_unchanged() {
+    let h = Setup::default()
+        .set("cache.max_object_size", "\"64KiB\"")
+        .start()
+        .await;
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    h.put("photos/resume.bin", &body);
+    let t = token("alice");
+    let first = h.get("photos/resume.bin", Some(&t)).await;
+    assert_eq!(x_cache(&first), "BYPASS");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = first.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let resume = |range: &'static str, if_range: String| {
+        let req = h.http.get(h.object_url("photos/resume.bin"));
+        let req = req.bearer_auth(&t).header("range", range);
+        async move { req.header("if-range", if_range).send().await.unwrap() }
+    };
+    for validator in [etag.clone(), modified] {
+        let r = resume("bytes=150000-", validator.clone()).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{validator}");
+        assert_eq!(r.headers()["content-range"], "bytes 150000-199999/200000");
+        assert_eq!(r.bytes().await.unwrap(), body[150_000..]);
+    }
+    let r = resume("bytes=150000-", "\"changed\"".into()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), body);
+    let r = resume("bytes=300000-", "\"changed\"".into()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), body);
+    let r = resume("bytes=300000-", etag).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()["content-range"], "bytes */200000");
+}
+
 /// A daemon whose cache holds 1 MiB, of objects up to 256 KiB.
 async fn small_cache() -> Harness {
     Setup::default()
