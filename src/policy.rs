@@ -106,14 +106,13 @@ impl UploadTerms {
     ) -> Result<UploadTerms, BadTerms> {
         let content_type = match content_type {
             Some(text) => {
-                let text = text.trim();
-                upload_type(text).ok_or(BadTerms::ContentType)?;
+                let text = upload_type(text).ok_or(BadTerms::ContentType)?;
                 // URLs carry and sign the type as text: a quoted parameter with non-ASCII bytes
                 // would be signed as "" and stored without a type.
                 if !text.is_ascii() {
                     return Err(BadTerms::ContentType);
                 }
-                HeaderValue::from_str(text).map_err(|_| BadTerms::ContentType)?
+                HeaderValue::from_str(&text).map_err(|_| BadTerms::ContentType)?
             }
             None => {
                 let guess = mime_guess::from_path(key.as_str()).first_or_octet_stream();
@@ -142,15 +141,21 @@ impl UploadTerms {
     }
 }
 
-/// The media type an upload names, when it is one well-formed type with no control characters.
-/// A tab is whitespace to the media-type grammar, but SigV4 implementations fold it
-/// differently when they canonicalize a signed header, so S3 would refuse the signature.
-pub fn upload_type(text: &str) -> Option<mediatype::MediaType<'_>> {
+/// The media type an upload names, when it is one well-formed type with no control characters,
+/// as it is stored: with the commas some clients leave unquoted in a parameter quoted
+/// ([`crate::response::with_quoted_params`]). A tab is whitespace to the media-type grammar,
+/// but SigV4 implementations fold it differently when they canonicalize a signed header, so S3
+/// would refuse the signature.
+pub fn upload_type(text: &str) -> Option<Cow<'_, str>> {
     let text = text.trim();
     if text.bytes().any(|b| b.is_ascii_control()) {
         return None;
     }
-    mediatype::MediaType::parse(text).ok()
+    if let Some(quoted) = crate::response::with_quoted_params(text) {
+        return Some(Cow::Owned(quoted));
+    }
+    mediatype::MediaType::parse(text).ok()?;
+    Some(Cow::Borrowed(text))
 }
 
 /// Upload terms that cannot be signed.

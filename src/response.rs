@@ -238,6 +238,8 @@ pub fn resolve_type<'a>(
         Some(Ok(text)) => text.trim(),
         Some(Err(_)) => return malformed(),
     };
+    let quoted = with_quoted_params(text);
+    let text = quoted.as_deref().unwrap_or(text);
     let parsed = if text.is_empty() {
         None
     } else {
@@ -248,6 +250,10 @@ pub fn resolve_type<'a>(
         }
     };
     match (parsed, first) {
+        (Some(media), Some(_)) if quoted.is_some() => (
+            HeaderValue::from_str(text).expect("from a header value"),
+            is_passive(&media),
+        ),
         (Some(media), Some(value)) => (value.clone(), is_passive(&media)),
         _ => {
             let guess = mime_guess::from_path(key).first_or_octet_stream();
@@ -256,6 +262,40 @@ pub fn resolve_type<'a>(
             (value, passive)
         }
     }
+}
+
+/// A type that is no media type only because a parameter value holds commas unquoted, with
+/// them quoted: `video/webm;codecs=vp8,opus` (as browsers' `MediaRecorder` names what it
+/// records, and `fetch` uploads it) becomes `video/webm;codecs="vp8,opus"`, which browsers read
+/// as `video/webm` too. `None` for a type that parses as it is, and for anything else: `image/png,
+/// text/html` and `text/plain; charset=utf-8, text/html` stay two types.
+pub fn with_quoted_params(text: &str) -> Option<String> {
+    if MediaType::parse(text).is_ok() {
+        return None;
+    }
+    let (essence, params) = text.split_once(';')?;
+    let mut fixed = essence.trim().to_owned();
+    MediaType::parse(&fixed).ok()?;
+    for param in params.split(';') {
+        let (name, value) = param.split_once('=')?;
+        let value = value.trim();
+        // A value naming a type (`charset=utf-8, text/html`) is a second type, not a list.
+        if value.is_empty() || value.contains(['"', '\\', '/']) {
+            return None;
+        }
+        fixed.push(';');
+        fixed.push_str(name.trim());
+        fixed.push('=');
+        if value.contains(',') {
+            fixed.push('"');
+            fixed.push_str(value);
+            fixed.push('"');
+        } else {
+            fixed.push_str(value);
+        }
+    }
+    MediaType::parse(&fixed).ok()?;
+    Some(fixed)
 }
 
 fn malformed() -> (HeaderValue, bool) {
@@ -371,6 +411,45 @@ mod tests {
         assert_eq!(resolve(&["text/plain", "text/html"], "a.txt"), octet);
         let obs = HeaderValue::from_bytes(b"text/plain\xff").unwrap();
         assert!(!resolve_type(std::iter::once(&obs), "a.txt").1);
+    }
+
+    #[test]
+    fn commas_left_unquoted_in_a_parameter_are_quoted() {
+        for (stored, served, passive) in [
+            (
+                "video/webm;codecs=vp8,opus",
+                "video/webm;codecs=\"vp8,opus\"",
+                true,
+            ),
+            (
+                "video/x-matroska; codecs=avc1,opus",
+                "video/x-matroska;codecs=\"avc1,opus\"",
+                true,
+            ),
+            (
+                "audio/webm;rate=48000;codecs=opus,vorbis",
+                "audio/webm;rate=48000;codecs=\"opus,vorbis\"",
+                true,
+            ),
+            ("text/html;x=a,b", "text/html;x=\"a,b\"", false),
+        ] {
+            assert_eq!(
+                resolve(&[stored], "a.bin"),
+                (served.to_owned(), passive),
+                "{stored}"
+            );
+            assert_eq!(with_quoted_params(stored).as_deref(), Some(served));
+        }
+        for t in [
+            "video/webm;codecs=\"vp8,opus\"",
+            "video/webm, text/html",
+            "image/png;x=a,text/html",
+            "video/webm;codecs=vp8,\"opus\"",
+            "video/webm;codecs",
+            "video/webm;codecs=",
+        ] {
+            assert_eq!(with_quoted_params(t), None, "{t}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyStream;
-use mediatype::MediaType;
+use mediatype::MediaTypeBuf;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -421,23 +421,16 @@ impl Exchange<'_> {
     ) -> Result<PutOptions, ProxyError> {
         let named_type = content_type
             .map(|value| {
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(upload_type)
-                    .ok_or_else(|| ProxyError::BadRequest("invalid Content-Type".into()))
-                    .map(|media| (value, media))
+                let text = value.to_str().ok().and_then(upload_type);
+                let bad = || ProxyError::BadRequest("invalid Content-Type".into());
+                HeaderValue::from_str(&text.ok_or_else(bad)?).map_err(|_| bad())
             })
             .transpose()?;
         let named_acl = named_acl(headers)?;
         if let Some(terms) = permit.upload_terms() {
-            let same_type = named_type.as_ref().is_none_or(|(_, media)| {
-                terms
-                    .content_type
-                    .to_str()
-                    .ok()
-                    .and_then(|signed| MediaType::parse(signed).ok())
-                    .is_some_and(|signed| signed == *media)
+            let media = |value: &HeaderValue| value.to_str().ok()?.parse::<MediaTypeBuf>().ok();
+            let same_type = named_type.as_ref().is_none_or(|named| {
+                media(named).is_some_and(|named| Some(named) == media(&terms.content_type))
             });
             if !same_type || named_acl.is_some_and(|acl| acl != terms.acl) {
                 return Err(ProxyError::TermsMismatch);
@@ -448,7 +441,7 @@ impl Exchange<'_> {
             });
         }
         let content_type = match named_type {
-            Some((value, _)) => value.clone(),
+            Some(value) => value,
             None => {
                 let guess = mime_guess::from_path(permit.key().as_str()).first_or_octet_stream();
                 HeaderValue::from_str(guess.essence_str()).expect("mime types are ASCII")

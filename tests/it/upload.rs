@@ -155,6 +155,51 @@ async fn public_upload_records_the_acl_and_returns_the_public_url() {
     assert!(!h.s3.exists(BUCKET, "users/alice/x"));
 }
 
+/// Browsers' `MediaRecorder` names its recordings `video/webm;codecs=vp8,opus`, commas left
+/// unquoted, and `fetch` uploads them so: taken, stored with the list quoted, and played
+/// inline. Two types in one value stay refused.
+#[tokio::test]
+async fn recordings_typed_by_browsers_are_taken_and_played_inline() {
+    let h = Setup::default().start().await;
+    for (i, t) in [
+        "video/webm;codecs=vp8,opus",
+        "video/x-matroska;codecs=avc1,opus",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("users/alice/recording{i}");
+        let r = put(&h, &key, b"webm", &[("content-type", t)]).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{t}");
+        let (essence, codecs) = t.split_once(";codecs=").unwrap();
+        let stored = format!("{essence};codecs=\"{codecs}\"");
+        for _ in 0..2 {
+            let r = h.get(&key, Some(&token("alice"))).await;
+            assert_eq!(r.headers()["content-type"], stored.as_str());
+            assert!(r.headers().get("content-disposition").is_none(), "{t}");
+        }
+    }
+    // Stored by another road as the recorder named it: served with the list quoted.
+    put_to_s3(
+        &h.s3,
+        "users/alice/direct.webm",
+        b"webm",
+        &[("content-type", b"video/webm;codecs=vp9,opus")],
+    )
+    .await;
+    let r = h
+        .get("users/alice/direct.webm", Some(&token("alice")))
+        .await;
+    assert_eq!(
+        r.headers()["content-type"],
+        "video/webm;codecs=\"vp9,opus\""
+    );
+    assert!(r.headers().get("content-disposition").is_none());
+    let two = [("content-type", "video/webm, text/html")];
+    let r = put(&h, "users/alice/two", b"x", &two).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test]
 async fn buckets_without_acls_take_private_uploads_and_refuse_public_ones() {
     // AWS's default for new buckets: ACLs disabled, and any ACL refused, `private` included.
