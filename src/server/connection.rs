@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -98,13 +98,16 @@ impl<H: Handler> Connection<H> {
         // read (and the timer starts over), not dropped unanswered with the connection.
         tokio::select! {
             biased;
-            result = WithStreams::new(Box::pin(self.watcher.watch(connection)), cork) => {
+            result = WithStreams::new(Box::pin(self.watcher.watch(connection)), cork, activity.streams()) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
             _ = activity.idle_for(idle_timeout) => {
                 tracing::debug!("closing idle connection");
+            }
+            _ = activity.send_stalled_for(idle_timeout) => {
+                tracing::debug!("closing an HTTP/2 connection whose answers have not moved");
             }
             _ = activity.head_overdue(&framing, head_timeout) => {
                 tracing::debug!("closing a connection whose request head is overdue");
@@ -153,8 +156,12 @@ struct Counters {
     moved: AtomicU64,
     /// Writes that made progress.
     sent: AtomicU64,
+    /// Writes that carried body data (on HTTP/2: DATA frames).
+    data_sent: AtomicU64,
     /// Handlers running.
     busy: AtomicU64,
+    /// HTTP/2 streams alive: a handler running, or an answer going out.
+    streams: Arc<AtomicUsize>,
 }
 
 /// Marks a connection busy while a handler runs.
@@ -181,6 +188,15 @@ impl Activity {
         self.touch();
     }
 
+    fn sent_data(&self) {
+        self.0.data_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where the connection's HTTP/2 driver counts its streams.
+    fn streams(&self) -> Arc<AtomicUsize> {
+        self.0.streams.clone()
+    }
+
     fn busy(&self) -> Busy {
         self.0.busy.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
@@ -194,6 +210,21 @@ impl Activity {
     async fn idle_for(&self, timeout: Duration) {
         unchanged_for(timeout, || {
             (!self.answering()).then(|| self.0.moved.load(Ordering::Relaxed))
+        })
+        .await
+    }
+
+    /// Resolves once an HTTP/2 connection has had answers waiting to go out (more streams than
+    /// handlers running) and sent no body data for `timeout`, as nginx's `send_timeout` closes
+    /// one: a client that gives its streams no window, and asks for something new now and then
+    /// so that the connection is never idle, would otherwise keep every answer, and what it
+    /// holds (a cached object evicted since), for as long as it likes. (An HTTP/1 reader that
+    /// stalls already leaves its connection idle.)
+    async fn send_stalled_for(&self, timeout: Duration) {
+        unchanged_for(timeout, || {
+            let streams = self.0.streams.load(Ordering::Relaxed) as u64;
+            (streams > self.0.busy.load(Ordering::Relaxed))
+                .then(|| self.0.data_sent.load(Ordering::Relaxed))
         })
         .await
     }
@@ -352,17 +383,21 @@ impl IdleIo {
             }
             return;
         };
-        let mut progress = false;
+        let (mut progress, mut data) = (false, false);
         for buf in bufs {
             if n == 0 {
                 break;
             }
             let take = n.min(buf.len());
-            progress |= scan.scan(&buf[..take]).progress;
+            let seen = scan.scan(&buf[..take]);
+            (progress, data) = (progress || seen.progress, data || seen.data);
             n -= take;
         }
         if progress {
             self.activity.sent();
+        }
+        if data {
+            self.activity.sent_data();
         }
     }
 }

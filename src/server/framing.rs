@@ -74,6 +74,8 @@ pub struct FrameScan {
 pub struct Seen {
     /// Heads or data moved.
     pub progress: bool,
+    /// Body data moved.
+    pub data: bool,
     /// Header blocks completed.
     pub heads: u64,
 }
@@ -108,6 +110,7 @@ impl FrameScan {
                 let n = self.payload_left.min(bytes.len());
                 self.payload_left -= n;
                 seen.progress |= self.data;
+                seen.data |= self.data;
                 bytes = &bytes[n..];
                 continue;
             }
@@ -641,6 +644,7 @@ mod tests {
         let (x, y) = (scan.scan(a), scan.scan(b));
         let seen = Seen {
             progress: x.progress || y.progress,
+            data: x.data || y.data,
             heads: x.heads + y.heads,
         };
         (seen, scan.in_header_block())

@@ -15,7 +15,8 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -63,14 +64,17 @@ pub struct WithStreams<C> {
     streams: FuturesUnordered<BoxFuture<'static, ()>>,
     /// Holds the connection's writes while its streams answer.
     cork: Cork,
+    /// How many streams are alive, for the connection's send timeout.
+    alive: Arc<AtomicUsize>,
 }
 
 impl<C> WithStreams<C> {
-    pub fn new(connection: C, cork: Cork) -> WithStreams<C> {
+    pub fn new(connection: C, cork: Cork, alive: Arc<AtomicUsize>) -> WithStreams<C> {
         WithStreams {
             connection,
             streams: FuturesUnordered::new(),
             cork,
+            alive,
         }
     }
 }
@@ -93,36 +97,44 @@ impl<C: Future + Unpin> Future for WithStreams<C> {
     type Output = C::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = &mut *self;
+        let polled = self.drive(cx);
+        self.alive.store(self.streams.len(), Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<C: Future + Unpin> WithStreams<C> {
+    /// Reads, runs the streams, writes: one poll's work.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<C::Output> {
         // Reads requests, starting streams, and writes what is due, as hyper alone would. On
         // HTTP/1 (no streams) that is all.
-        let (result, mut started) = this.poll_connection(cx);
+        let (result, mut started) = self.poll_connection(cx);
         if let Poll::Ready(output) = result {
-            return Poll::Ready(this.finish(output));
+            return Poll::Ready(self.finish(output));
         }
-        if this.streams.is_empty() {
+        if self.streams.is_empty() {
             return Poll::Pending;
         }
         // Runs the streams (new ones, and ones woken by something else: an S3 fetch, flow
         // control), holding what they write; reads what else has arrived and runs that too.
-        this.cork.store(true, Ordering::Relaxed);
+        self.cork.store(true, Ordering::Relaxed);
         for _ in 0..ROUNDS {
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(())) = self.streams.poll_next_unpin(cx) {}
             if !started {
                 break;
             }
             let result;
-            (result, started) = this.poll_connection(cx);
+            (result, started) = self.poll_connection(cx);
             if let Poll::Ready(output) = result {
-                this.cork.store(false, Ordering::Relaxed);
-                return Poll::Ready(this.finish(output));
+                self.cork.store(false, Ordering::Relaxed);
+                return Poll::Ready(self.finish(output));
             }
         }
         // Writes it all. Streams this poll starts run on the next one.
-        this.cork.store(false, Ordering::Relaxed);
-        let (result, started) = this.poll_connection(cx);
+        self.cork.store(false, Ordering::Relaxed);
+        let (result, started) = self.poll_connection(cx);
         if let Poll::Ready(output) = result {
-            return Poll::Ready(this.finish(output));
+            return Poll::Ready(self.finish(output));
         }
         if started {
             cx.waker().wake_by_ref();
@@ -194,6 +206,7 @@ mod tests {
                 written: Vec::new(),
             },
             cork.clone(),
+            Arc::default(),
         );
         let polled = futures_util::poll!(&mut driven);
         assert!(polled.is_pending());

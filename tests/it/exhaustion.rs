@@ -139,6 +139,46 @@ async fn http2_streams_without_window_hold_no_memory_and_close_when_idle() {
     );
 }
 
+/// A client that gives its streams no window and asks for something new now and then is never
+/// idle, and would keep every answer (and the object each one holds, evicted from the cache or
+/// not) for as long as it liked. A connection whose answers wait and that sends no body data for
+/// `idle_timeout` is closed, as nginx's `send_timeout` closes it.
+#[tokio::test]
+async fn http2_answers_that_get_no_window_close_the_connection_however_often_the_client_asks() {
+    let daemon = tls_daemon(
+        Setup::default().set("server.idle_timeout", "\"2s\""),
+        64 * 1024,
+    )
+    .await;
+    let (send, _ping, mut handle) = stingy_h2(&daemon).await;
+    let url = https_url(&daemon, "photos/big.bin");
+    let asker = async {
+        let mut answers = Vec::new();
+        loop {
+            let request = http::Request::get(&url)
+                .header("authorization", format!("Bearer {}", token("alice")))
+                .body(())
+                .unwrap();
+            let sent = match send.clone().ready().await {
+                Ok(mut ready) => ready.send_request(request, true).ok(),
+                Err(_) => None,
+            };
+            match sent {
+                // Kept: a dropped answer would cancel its stream.
+                Some((answer, _)) => answers.push(answer),
+                None => std::future::pending::<()>().await,
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    };
+    let took = tokio::select! {
+        took = closed_within(&mut handle, Duration::from_secs(8)) => took,
+        _ = asker => unreachable!(),
+    };
+    let took = took.expect("still open after 8 s");
+    assert!(took < Duration::from_millis(4000), "{took:?}");
+}
+
 #[tokio::test]
 async fn idle_http2_connections_close_however_often_they_ping() {
     let daemon = tls_daemon(
