@@ -182,10 +182,21 @@ impl ProxyError {
     /// The response for this error. Logged here, at a level that says whose fault it is.
     pub fn into_response(self) -> Response<Body> {
         let (status, code, message) = self.parts();
+        // As text, which the log writes quoted and escaped: a message may quote the client (a
+        // form's or a JSON body's words), and a line break in it must not start a forged line.
+        let status_code = status.as_u16();
         if status.is_server_error() {
-            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+            tracing::warn!(
+                error = self.to_string().as_str(),
+                status = status_code,
+                "request failed"
+            );
         } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+            tracing::debug!(
+                error = self.to_string().as_str(),
+                status = status_code,
+                "request refused"
+            );
         }
         let body = serde_json::json!({ "error": code, "message": message }).to_string();
         let mut response = Response::builder()

@@ -521,6 +521,34 @@ async fn a_second_signal_stops_without_waiting_for_the_drain() {
     assert!(daemon.wait(Duration::from_secs(5)).success());
 }
 
+/// A refusal's message may quote what the client sent (a JSON body's words, a form's): a line
+/// break in it is written escaped, so a client cannot start a forged line in the text log.
+#[tokio::test]
+async fn words_a_client_sent_cannot_start_a_log_line() {
+    let setup = Setup::default().set("log.level", "\"debug\"");
+    let daemon = Launch::new(setup).start().await;
+    let forged = "FORGED access line";
+    let body = serde_json::json!({
+        "bucket": "files",
+        "keys": ["photos/a.png"],
+        "kind": format!("proxy\n{forged}\r\n{forged}"),
+    });
+    let r = client()
+        .post(format!("{}/_sign", daemon.url))
+        .bearer_auth(token("alice"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = daemon.logs();
+    assert!(logs.contains(forged), "the refusal is logged:\n{logs}");
+    for line in logs.lines() {
+        assert!(!line.trim_start().starts_with(forged), "{line}");
+    }
+}
+
 #[tokio::test]
 async fn logs_never_hold_tokens_signatures_or_secrets() {
     let setup = Setup::default()
