@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -88,6 +88,7 @@ impl<H: Handler> Connection<H> {
                         return Ok(smuggling_refused());
                     }
                     let response = handler.call(request, local).await;
+                    super::streams::answered();
                     drop(busy);
                     Ok::<_, Infallible>(response)
                 }
@@ -98,16 +99,13 @@ impl<H: Handler> Connection<H> {
         // read (and the timer starts over), not dropped unanswered with the connection.
         tokio::select! {
             biased;
-            result = WithStreams::new(Box::pin(self.watcher.watch(connection)), cork, activity.streams()) => {
+            result = WithStreams::new(Box::pin(self.watcher.watch(connection)), cork, idle_timeout) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
             _ = activity.idle_for(idle_timeout) => {
                 tracing::debug!("closing idle connection");
-            }
-            _ = activity.send_stalled_for(idle_timeout) => {
-                tracing::debug!("closing an HTTP/2 connection whose answers have not moved");
             }
             _ = activity.head_overdue(&framing, head_timeout) => {
                 tracing::debug!("closing a connection whose request head is overdue");
@@ -156,12 +154,8 @@ struct Counters {
     moved: AtomicU64,
     /// Writes that made progress.
     sent: AtomicU64,
-    /// Writes that carried body data (on HTTP/2: DATA frames).
-    data_sent: AtomicU64,
     /// Handlers running.
     busy: AtomicU64,
-    /// HTTP/2 streams alive: a handler running, or an answer going out.
-    streams: Arc<AtomicUsize>,
 }
 
 /// Marks a connection busy while a handler runs.
@@ -188,15 +182,6 @@ impl Activity {
         self.touch();
     }
 
-    fn sent_data(&self) {
-        self.0.data_sent.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Where the connection's HTTP/2 driver counts its streams.
-    fn streams(&self) -> Arc<AtomicUsize> {
-        self.0.streams.clone()
-    }
-
     fn busy(&self) -> Busy {
         self.0.busy.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
@@ -210,21 +195,6 @@ impl Activity {
     async fn idle_for(&self, timeout: Duration) {
         unchanged_for(timeout, || {
             (!self.answering()).then(|| self.0.moved.load(Ordering::Relaxed))
-        })
-        .await
-    }
-
-    /// Resolves once an HTTP/2 connection has had answers waiting to go out (more streams than
-    /// handlers running) and sent no body data for `timeout`, as nginx's `send_timeout` closes
-    /// one: a client that gives its streams no window, and asks for something new now and then
-    /// so that the connection is never idle, would otherwise keep every answer, and what it
-    /// holds (a cached object evicted since), for as long as it likes. (An HTTP/1 reader that
-    /// stalls already leaves its connection idle.)
-    async fn send_stalled_for(&self, timeout: Duration) {
-        unchanged_for(timeout, || {
-            let streams = self.0.streams.load(Ordering::Relaxed) as u64;
-            (streams > self.0.busy.load(Ordering::Relaxed))
-                .then(|| self.0.data_sent.load(Ordering::Relaxed))
         })
         .await
     }
@@ -383,21 +353,17 @@ impl IdleIo {
             }
             return;
         };
-        let (mut progress, mut data) = (false, false);
+        let mut progress = false;
         for buf in bufs {
             if n == 0 {
                 break;
             }
             let take = n.min(buf.len());
-            let seen = scan.scan(&buf[..take]);
-            (progress, data) = (progress || seen.progress, data || seen.data);
+            progress |= scan.scan(&buf[..take]).progress;
             n -= take;
         }
         if progress {
             self.activity.sent();
-        }
-        if data {
-            self.activity.sent_data();
         }
     }
 }

@@ -74,8 +74,6 @@ pub struct FrameScan {
 pub struct Seen {
     /// Heads or data moved.
     pub progress: bool,
-    /// Body data moved.
-    pub data: bool,
     /// Header blocks completed.
     pub heads: u64,
 }
@@ -110,7 +108,6 @@ impl FrameScan {
                 let n = self.payload_left.min(bytes.len());
                 self.payload_left -= n;
                 seen.progress |= self.data;
-                seen.data |= self.data;
                 bytes = &bytes[n..];
                 continue;
             }
@@ -644,7 +641,6 @@ mod tests {
         let (x, y) = (scan.scan(a), scan.scan(b));
         let seen = Seen {
             progress: x.progress || y.progress,
-            data: x.data || y.data,
             heads: x.heads + y.heads,
         };
         (seen, scan.in_header_block())

@@ -11,13 +11,13 @@
 //! stream still waits on its own (an S3 fetch, flow control) without holding the others up;
 //! what it gives up is running on another core than its connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::{FutureExt, future::BoxFuture};
@@ -31,6 +31,14 @@ const ROUNDS: usize = 4;
 thread_local! {
     /// The streams hyper starts while a [`WithStreams`] polls its connection on this thread.
     static STARTED: RefCell<Option<Vec<BoxFuture<'static, ()>>>> = const { RefCell::new(None) };
+    /// Set when the handler of the stream being polled on this thread has answered.
+    static ANSWERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells the stream being polled, if any, that its handler has answered: what is left is
+/// sending the answer, which [`Watched`] times.
+pub fn answered() {
+    ANSWERED.set(true);
 }
 
 /// hyper's executor for the public listener: a stream started while its connection is polled
@@ -61,20 +69,20 @@ where
 /// A connection future together with the HTTP/2 streams it starts.
 pub struct WithStreams<C> {
     connection: C,
-    streams: FuturesUnordered<BoxFuture<'static, ()>>,
+    streams: FuturesUnordered<Watched>,
     /// Holds the connection's writes while its streams answer.
     cork: Cork,
-    /// How many streams are alive, for the connection's send timeout.
-    alive: Arc<AtomicUsize>,
+    /// How long an answer may go without progress ([`Watched`]).
+    send_timeout: Duration,
 }
 
 impl<C> WithStreams<C> {
-    pub fn new(connection: C, cork: Cork, alive: Arc<AtomicUsize>) -> WithStreams<C> {
+    pub fn new(connection: C, cork: Cork, send_timeout: Duration) -> WithStreams<C> {
         WithStreams {
             connection,
             streams: FuturesUnordered::new(),
             cork,
-            alive,
+            send_timeout,
         }
     }
 }
@@ -88,7 +96,12 @@ impl<C: Future + Unpin> WithStreams<C> {
             .with(|started| std::mem::replace(&mut *started.borrow_mut(), outer))
             .unwrap_or_default();
         let any = !started.is_empty();
-        self.streams.extend(started);
+        let timeout = self.send_timeout;
+        self.streams.extend(
+            started
+                .into_iter()
+                .map(|stream| Watched::new(stream, timeout)),
+        );
         (result, any)
     }
 }
@@ -97,47 +110,104 @@ impl<C: Future + Unpin> Future for WithStreams<C> {
     type Output = C::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let polled = self.drive(cx);
-        self.alive.store(self.streams.len(), Ordering::Relaxed);
-        polled
-    }
-}
-
-impl<C: Future + Unpin> WithStreams<C> {
-    /// Reads, runs the streams, writes: one poll's work.
-    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = &mut *self;
         // Reads requests, starting streams, and writes what is due, as hyper alone would. On
         // HTTP/1 (no streams) that is all.
-        let (result, mut started) = self.poll_connection(cx);
+        let (result, mut started) = this.poll_connection(cx);
         if let Poll::Ready(output) = result {
-            return Poll::Ready(self.finish(output));
+            return Poll::Ready(this.finish(output));
         }
-        if self.streams.is_empty() {
+        if this.streams.is_empty() {
             return Poll::Pending;
         }
         // Runs the streams (new ones, and ones woken by something else: an S3 fetch, flow
         // control), holding what they write; reads what else has arrived and runs that too.
-        self.cork.store(true, Ordering::Relaxed);
+        this.cork.store(true, Ordering::Relaxed);
         for _ in 0..ROUNDS {
-            while let Poll::Ready(Some(())) = self.streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
             if !started {
                 break;
             }
             let result;
-            (result, started) = self.poll_connection(cx);
+            (result, started) = this.poll_connection(cx);
             if let Poll::Ready(output) = result {
-                self.cork.store(false, Ordering::Relaxed);
-                return Poll::Ready(self.finish(output));
+                this.cork.store(false, Ordering::Relaxed);
+                return Poll::Ready(this.finish(output));
             }
         }
         // Writes it all. Streams this poll starts run on the next one.
-        self.cork.store(false, Ordering::Relaxed);
-        let (result, started) = self.poll_connection(cx);
+        this.cork.store(false, Ordering::Relaxed);
+        let (result, started) = this.poll_connection(cx);
         if let Poll::Ready(output) = result {
-            return Poll::Ready(self.finish(output));
+            return Poll::Ready(this.finish(output));
         }
         if started {
             cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+/// An HTTP/2 stream, reset when its answer makes no progress for between one and two
+/// `timeout`s, as nginx's `send_timeout` resets a stalled answer: a client that gives a stream
+/// no window would otherwise keep its answer, and the object the answer reads from, for as long
+/// as it liked, however busy it kept the connection with other streams. Progress is any wake-up
+/// of the stream once its handler has answered (more window, body data from S3); while the
+/// handler runs (an upload, a wait for S3) nothing is timed.
+pub struct Watched {
+    stream: BoxFuture<'static, ()>,
+    timeout: Duration,
+    answered: bool,
+    /// Armed once the answered stream waits.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Woken for another reason than the timer since it was armed.
+    moved: bool,
+}
+
+impl Watched {
+    fn new(stream: BoxFuture<'static, ()>, timeout: Duration) -> Watched {
+        Watched {
+            stream,
+            timeout,
+            answered: false,
+            timer: None,
+            moved: false,
+        }
+    }
+}
+
+impl Future for Watched {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let fired = (this.timer.as_mut()).is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        this.moved |= !fired;
+        ANSWERED.set(false);
+        if this.stream.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.answered |= ANSWERED.replace(false);
+        if !this.answered {
+            return Poll::Pending;
+        }
+        let deadline = tokio::time::Instant::now() + this.timeout;
+        match &mut this.timer {
+            None => {
+                let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+                let _ = timer.as_mut().poll(cx);
+                (this.timer, this.moved) = (Some(timer), false);
+            }
+            Some(_) if fired && !this.moved => {
+                tracing::debug!("resetting an HTTP/2 stream whose answer made no progress");
+                return Poll::Ready(());
+            }
+            Some(timer) if fired => {
+                timer.as_mut().reset(deadline);
+                let _ = timer.as_mut().poll(cx);
+                this.moved = false;
+            }
+            Some(_) => {}
         }
         Poll::Pending
     }
@@ -206,7 +276,7 @@ mod tests {
                 written: Vec::new(),
             },
             cork.clone(),
-            Arc::default(),
+            Duration::from_secs(60),
         );
         let polled = futures_util::poll!(&mut driven);
         assert!(polled.is_pending());

@@ -139,44 +139,70 @@ async fn http2_streams_without_window_hold_no_memory_and_close_when_idle() {
     );
 }
 
-/// A client that gives its streams no window and asks for something new now and then is never
-/// idle, and would keep every answer (and the object each one holds, evicted from the cache or
-/// not) for as long as it liked. A connection whose answers wait and that sends no body data for
-/// `idle_timeout` is closed, as nginx's `send_timeout` closes it.
+/// An answer that gets no window is reset after one to two `idle_timeout`s without progress, as
+/// nginx's `send_timeout` resets one: however busy its client keeps the connection with other
+/// streams, a stalled answer (and the object it reads from) is not kept. An upload beside it,
+/// whose handler is still running, is not cut off, and neither is the connection.
 #[tokio::test]
-async fn http2_answers_that_get_no_window_close_the_connection_however_often_the_client_asks() {
+async fn http2_answers_that_get_no_window_are_reset_and_uploads_beside_them_finish() {
     let daemon = tls_daemon(
         Setup::default().set("server.idle_timeout", "\"2s\""),
-        64 * 1024,
+        256 * 1024,
     )
     .await;
-    let (send, _ping, mut handle) = stingy_h2(&daemon).await;
-    let url = https_url(&daemon, "photos/big.bin");
-    let asker = async {
-        let mut answers = Vec::new();
-        loop {
-            let request = http::Request::get(&url)
-                .header("authorization", format!("Bearer {}", token("alice")))
-                .body(())
+    let io = tls(addr(&daemon), &[b"h2"]).await;
+    let (send, connection) = h2::client::handshake(io).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let bearer = format!("Bearer {}", token("alice"));
+    // A download whose body is never taken: its window (64 KiB) fills and stays full.
+    let request = http::Request::get(https_url(&daemon, "photos/big.bin"))
+        .header("authorization", &bearer)
+        .body(())
+        .unwrap();
+    let (answer, _) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    let mut stalled = answer.await.unwrap().into_body();
+    let started = Instant::now();
+    // An upload beside it that takes 5 s.
+    let upload = tokio::spawn(async move {
+        let request = http::Request::put(https_url(&daemon, "users/alice/slow.bin"))
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap();
+        let mut ready = send.ready().await.unwrap();
+        let (answer, mut body) = ready.send_request(request, false).unwrap();
+        for _ in 0..10 {
+            body.send_data(Bytes::from(vec![b'u'; 4096]), false)
                 .unwrap();
-            let sent = match send.clone().ready().await {
-                Ok(mut ready) => ready.send_request(request, true).ok(),
-                Err(_) => None,
-            };
-            match sent {
-                // Kept: a dropped answer would cancel its stream.
-                Some((answer, _)) => answers.push(answer),
-                None => std::future::pending::<()>().await,
-            }
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    };
-    let took = tokio::select! {
-        took = closed_within(&mut handle, Duration::from_secs(8)) => took,
-        _ = asker => unreachable!(),
-    };
-    let took = took.expect("still open after 8 s");
-    assert!(took < Duration::from_millis(4000), "{took:?}");
+        body.send_data(Bytes::new(), true).unwrap();
+        (answer.await.unwrap().status(), daemon)
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match stalled.data().await {
+                Some(Ok(_)) => {} // taken, but no window given back
+                other => return other.map(|r| r.map(drop)),
+            }
+        }
+    })
+    .await
+    .expect("still stalled after 8 s");
+    let took = started.elapsed();
+    let reset = ended
+        .expect("a reset, not the end of the body")
+        .unwrap_err();
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    assert!(took < Duration::from_millis(5500), "{took:?}");
+    let (status, _daemon) = upload.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!connection.is_finished());
 }
 
 #[tokio::test]
