@@ -136,14 +136,14 @@ pub struct ObjectCache {
     metrics: Arc<Metrics>,
     capacity: u64,
     asked: Doorkeeper,
-    /// Whether objects streamed past the cache were served inline, by ETag. S3's 304 for such an
-    /// object names no type, and s3warden's 304 must say what its 200 said: a browser merges a
-    /// 304's `Content-Disposition` and `Content-Security-Policy` into the copy it keeps.
-    judged: moka::sync::Cache<S3Object, (http::HeaderValue, bool)>,
+    /// Whether the types of objects streamed past the cache were passive, by ETag. S3's 304 for
+    /// such an object names no type, and s3warden's 304 must say what its 200 said: a browser
+    /// merges a 304's `Content-Disposition` and `Content-Security-Policy` into the copy it keeps.
+    passive: moka::sync::Cache<S3Object, (http::HeaderValue, bool)>,
 }
 
-/// Objects whose judged type is remembered for S3's 304s.
-const JUDGED: u64 = 16_384;
+/// Objects at most whose passive types are remembered for S3's 304s.
+const PASSIVE_REMEMBERED: u64 = 16_384;
 
 /// Invalidations counted for the whole cache (purges) and per slot of keys, so that invalidating
 /// one key (a user deleting a missing key in a loop, say) leaves the fills of other keys alone.
@@ -261,21 +261,25 @@ impl ObjectCache {
             metrics,
             capacity,
             asked: Doorkeeper::new(),
-            judged: moka::sync::Cache::new(JUDGED),
+            passive: moka::sync::Cache::new(PASSIVE_REMEMBERED),
         }
     }
 
-    /// Remembers how an object streamed past the cache was served.
-    pub fn remember_judgment(&self, object: &S3Object, meta: &ObjectMeta) {
+    /// Remembers whether the type of an object streamed past the cache is passive.
+    pub fn remember_passive(&self, object: &S3Object, meta: &ObjectMeta) {
         if let Some(etag) = &meta.etag {
-            self.judged
+            self.passive
                 .insert(object.clone(), (etag.clone(), meta.passive));
         }
     }
 
-    /// Whether the object was served inline when it had this ETag, if that is remembered.
-    pub fn judgment(&self, object: &S3Object, etag: Option<&http::HeaderValue>) -> Option<bool> {
-        let (known, passive) = self.judged.get(object)?;
+    /// Whether the object's type was passive when it had this ETag, if that is remembered.
+    pub fn passive_by_etag(
+        &self,
+        object: &S3Object,
+        etag: Option<&http::HeaderValue>,
+    ) -> Option<bool> {
+        let (known, passive) = self.passive.get(object)?;
         (Some(&known) == etag).then_some(passive)
     }
 

@@ -114,6 +114,7 @@ fn op_name(op: &str) -> &'static str {
         "PUT" => "PUT",
         "DELETE" => "DELETE",
         "MULTIPART" => "MULTIPART",
+        "PART" => "PART",
         "ABORT" => "ABORT",
         "HEADBUCKET" => "HEADBUCKET",
         "PROBE" => "PROBE",
@@ -279,6 +280,7 @@ impl S3 for Store {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.log.count("PART", &req.input.bucket, &req.input.key);
         self.fs.upload_part(req).await
     }
 

@@ -125,10 +125,10 @@ impl Exchange<'_> {
         let mut meta = fetched.meta;
         if fetched.answer == Answer::NotModified {
             // S3's 304 names no type; the 200 this copy came from had one.
-            let judged = cache.judgment(permit.object(), meta.etag.as_ref());
-            meta.passive = judged.unwrap_or(meta.passive);
+            let known = cache.passive_by_etag(permit.object(), meta.etag.as_ref());
+            meta.passive = known.unwrap_or(meta.passive);
         } else {
-            cache.remember_judgment(permit.object(), &meta);
+            cache.remember_passive(permit.object(), &meta);
         }
         if fetched.answer == Answer::NotModified
             || wanted
@@ -171,7 +171,7 @@ impl Exchange<'_> {
             .cache(crate::metrics::CacheEvent::Bypass);
         if wanted.read.head {
             let meta = s3.head(permit).await.map_err(upstream)?;
-            self.shared.cache.remember_judgment(permit.object(), &meta);
+            self.shared.cache.remember_passive(permit.object(), &meta);
             let part = if wanted
                 .read
                 .conditionals

@@ -488,9 +488,8 @@ impl Exchange<'_> {
                     .await
             }
         };
-        let etag = result.map_err(|e| upload_error(e, state, options.acl))?;
         unfinished.finish().await;
-        Ok(etag)
+        result.map_err(|e| upload_error(e, state, options.acl))
     }
 
     /// A guard for a write to `object` that this request has not finished yet.
@@ -576,12 +575,10 @@ impl Exchange<'_> {
             s3.complete_multipart(permit, &upload_id, &parts).await
         }
         .await;
-        if result.is_err()
-            && let Err(e) = s3.abort_multipart(permit, &upload_id).await
-        {
-            tracing::warn!(error = %e, "could not abort a failed multipart upload");
+        match result {
+            Ok(_) => unfinished.upload = None,
+            Err(_) => unfinished.abort().await,
         }
-        unfinished.upload = None;
         result
     }
 
@@ -635,7 +632,8 @@ impl Exchange<'_> {
 /// whose client resets the stream (at its next await, S3 calls included): the object's cache
 /// entry is invalidated, since S3 may have taken the write, and a multipart upload begun and
 /// neither completed nor aborted is aborted, so that its parts are not kept (and billed). Both
-/// run in a task of their own.
+/// run in a task of their own. (An upload whose CreateMultipartUpload was still unanswered is
+/// left to the bucket's lifecycle rule for incomplete uploads.)
 struct Unfinished {
     shared: Arc<Shared>,
     live: Arc<Generation>,
@@ -646,29 +644,40 @@ struct Unfinished {
 }
 
 impl Unfinished {
-    /// The write is over: the object's cache entry goes now.
+    /// The write is over, stored or not: the object's cache entry goes now.
     async fn finish(mut self) {
         self.shared.cache.invalidate(&self.object).await;
         self.armed = false;
+    }
+
+    /// Aborts the multipart upload begun, now.
+    async fn abort(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            abort_upload(&self.live, upload).await;
+        }
+    }
+}
+
+/// Aborts a multipart upload, so that its parts are not kept (and billed).
+async fn abort_upload(live: &Generation, (permit, upload_id): (Permit<Write>, String)) {
+    if let Err(e) = live.s3.abort_multipart(&permit, &upload_id).await {
+        tracing::warn!(error = %e, key = %permit.key().as_str(), "could not abort a multipart upload");
     }
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         if !self.armed {
             return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let (shared, live) = (self.shared.clone(), self.live.clone());
         let (object, upload) = (self.object.clone(), self.upload.take());
         runtime.spawn(async move {
-            if let Some((permit, upload_id)) = upload {
-                tracing::info!(key = %object.key, "aborting the multipart upload of a request that was dropped");
-                if let Err(e) = live.s3.abort_multipart(&permit, &upload_id).await {
-                    tracing::warn!(error = %e, "could not abort a dropped multipart upload");
-                }
+            if let Some(upload) = upload {
+                abort_upload(&live, upload).await;
             }
             shared.cache.invalidate(&object).await;
         });
