@@ -16,7 +16,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -74,6 +74,8 @@ pub struct WithStreams<C> {
     cork: Cork,
     /// How long an answer may go without progress ([`Watched`]).
     send_timeout: Duration,
+    /// When the streams are looked at next (armed once there are any).
+    next_look: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<C> WithStreams<C> {
@@ -83,6 +85,7 @@ impl<C> WithStreams<C> {
             streams: FuturesUnordered::new(),
             cork,
             send_timeout,
+            next_look: None,
         }
     }
 }
@@ -96,12 +99,7 @@ impl<C: Future + Unpin> WithStreams<C> {
             .with(|started| std::mem::replace(&mut *started.borrow_mut(), outer))
             .unwrap_or_default();
         let any = !started.is_empty();
-        let timeout = self.send_timeout;
-        self.streams.extend(
-            started
-                .into_iter()
-                .map(|stream| Watched::new(stream, timeout)),
-        );
+        self.streams.extend(started.into_iter().map(Watched::new));
         (result, any)
     }
 }
@@ -110,7 +108,18 @@ impl<C: Future + Unpin> Future for WithStreams<C> {
     type Output = C::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = &mut *self;
+        let polled = self.drive(cx);
+        if polled.is_pending() {
+            self.sweep(cx);
+        }
+        polled
+    }
+}
+
+impl<C: Future + Unpin> WithStreams<C> {
+    /// Reads, runs the streams, writes: one poll's work.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self;
         // Reads requests, starting streams, and writes what is due, as hyper alone would. On
         // HTTP/1 (no streams) that is all.
         let (result, mut started) = this.poll_connection(cx);
@@ -153,25 +162,38 @@ impl<C: Future + Unpin> Future for WithStreams<C> {
 /// no window would otherwise keep its answer, and the object the answer reads from, for as long
 /// as it liked, however busy it kept the connection with other streams. Progress is any wake-up
 /// of the stream once its handler has answered (more window, body data from S3); while the
-/// handler runs (an upload, a wait for S3) nothing is timed.
+/// handler runs (an upload, a wait for S3) nothing is timed. Its connection looks once per
+/// timeout ([`WithStreams::sweep`]): no timer per stream.
 pub struct Watched {
     stream: BoxFuture<'static, ()>,
-    timeout: Duration,
     answered: bool,
-    /// Armed once the answered stream waits.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Woken for another reason than the timer since it was armed.
+    /// Polled since the connection last looked.
     moved: bool,
+    /// Found without progress: ends at its next poll, dropping (and so resetting) the stream.
+    expired: bool,
+    /// Wakes it once answered, to end it.
+    waker: Option<Waker>,
 }
 
 impl Watched {
-    fn new(stream: BoxFuture<'static, ()>, timeout: Duration) -> Watched {
+    fn new(stream: BoxFuture<'static, ()>) -> Watched {
         Watched {
             stream,
-            timeout,
             answered: false,
-            timer: None,
             moved: false,
+            expired: false,
+            waker: None,
+        }
+    }
+
+    /// The connection looks: an answered stream that has not moved since the last look expires.
+    fn look(&mut self) {
+        if !self.answered || std::mem::take(&mut self.moved) {
+            return;
+        }
+        self.expired = true;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
         }
     }
 }
@@ -181,39 +203,40 @@ impl Future for Watched {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        let fired = (this.timer.as_mut()).is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-        this.moved |= !fired;
+        if this.expired {
+            tracing::debug!("resetting an HTTP/2 stream whose answer made no progress");
+            return Poll::Ready(());
+        }
+        this.moved = true;
         ANSWERED.set(false);
         if this.stream.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
         this.answered |= ANSWERED.replace(false);
-        if !this.answered {
-            return Poll::Pending;
-        }
-        let deadline = tokio::time::Instant::now() + this.timeout;
-        match &mut this.timer {
-            None => {
-                let mut timer = Box::pin(tokio::time::sleep_until(deadline));
-                let _ = timer.as_mut().poll(cx);
-                (this.timer, this.moved) = (Some(timer), false);
+        if this.answered {
+            match &mut this.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waker => *waker = Some(cx.waker().clone()),
             }
-            Some(_) if fired && !this.moved => {
-                tracing::debug!("resetting an HTTP/2 stream whose answer made no progress");
-                return Poll::Ready(());
-            }
-            Some(timer) if fired => {
-                timer.as_mut().reset(deadline);
-                let _ = timer.as_mut().poll(cx);
-                this.moved = false;
-            }
-            Some(_) => {}
         }
         Poll::Pending
     }
 }
 
 impl<C> WithStreams<C> {
+    /// Looks at the streams once per send timeout while there are any ([`Watched::look`]).
+    fn sweep(&mut self, cx: &mut Context<'_>) {
+        if self.streams.is_empty() {
+            return;
+        }
+        let timeout = self.send_timeout;
+        let next = (self.next_look).get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        while next.as_mut().poll(cx).is_ready() {
+            self.streams.iter_mut().for_each(Watched::look);
+            next.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
+    }
+
     /// Streams the ended connection no longer waits for finish on their own, as spawned ones
     /// would.
     fn finish<T>(&mut self, output: T) -> T {
