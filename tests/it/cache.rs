@@ -197,9 +197,6 @@ async fn stalled_fill() -> (
     (up, h, first)
 }
 
-/// A fill in progress is discarded only when its own key is invalidated: a user who may delete
-/// some key, deleting it (or a key that does not exist) in a loop, cannot keep the cache from
-/// storing anything else.
 #[tokio::test]
 async fn invalidating_one_key_does_not_discard_the_fill_of_another() {
     let (up, h, first) = stalled_fill().await;
