@@ -876,7 +876,7 @@ fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
         let value = if name == header::CONTENT_ENCODING {
             content_codings(value)?
         } else {
-            value.clone()
+            detached(value)
         };
         Some((name, value))
     })
@@ -885,11 +885,21 @@ fn meta_from(headers: &HeaderMap, key: &str) -> ObjectMeta {
         size,
         etag: entity_tag(headers),
         last_modified,
-        last_modified_header,
-        content_type,
+        last_modified_header: last_modified_header.as_ref().map(detached),
+        content_type: detached(&content_type),
         passive,
         passthrough,
     }
+}
+
+/// A copy of a response header value in an allocation of its own. hyper parses a response's
+/// values as slices of its connection's read buffer, which grows to hundreds of KiB on large
+/// bodies: a value kept after the response (in a cache entry, beside an upload's parts) would
+/// keep that whole buffer alive with it, beyond what the cache's capacity counts.
+fn detached(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
 }
 
 /// The response's `ETag`, quoted as HTTP has it: a few stores send the bare hex, which no
@@ -898,7 +908,7 @@ pub(crate) fn entity_tag(headers: &HeaderMap) -> Option<HeaderValue> {
     let value = headers.get(header::ETAG)?;
     let text = value.to_str().ok()?.trim();
     if text.starts_with('"') || text.starts_with("W/\"") {
-        return Some(value.clone());
+        return Some(detached(value));
     }
     if text.is_empty() || text.contains('"') {
         return None;
@@ -971,6 +981,39 @@ mod tests {
         assert_eq!(tag(" abc ").as_deref(), Some("\"abc\""));
         assert_eq!(tag(""), None);
         assert_eq!(tag("ab\"c"), None);
+    }
+
+    #[test]
+    fn kept_metadata_holds_none_of_the_response_buffer() {
+        // hyper's header values are slices of the connection's read buffer.
+        let text = "\"abc\"|image/png|Wed, 21 Oct 2015 07:28:00 GMT|inline|en";
+        let mut raw = text.as_bytes().to_vec();
+        raw.resize(256 * 1024, b' ');
+        let buffer = bytes::Bytes::from(raw);
+        let mut headers = HeaderMap::new();
+        let names = [
+            header::ETAG,
+            header::CONTENT_TYPE,
+            header::LAST_MODIFIED,
+            header::CONTENT_DISPOSITION,
+            header::CONTENT_LANGUAGE,
+        ];
+        let mut at = 0;
+        for (name, part) in names.into_iter().zip(text.split('|')) {
+            let value = buffer.slice(at..at + part.len());
+            headers.insert(name, HeaderValue::from_maybe_shared(value).unwrap());
+            at += part.len() + 1;
+        }
+        let meta = meta_from(&headers, "a.bin");
+        let etag = entity_tag(&headers);
+        drop(headers);
+        assert!(buffer.is_unique(), "a kept value still shares the buffer");
+        assert_eq!(meta.etag_str(), Some("\"abc\""));
+        assert_eq!(etag, meta.etag);
+        assert_eq!(meta.content_type, "image/png");
+        assert!(meta.last_modified.is_some());
+        let kept: Vec<_> = meta.passthrough.iter().map(|(_, v)| v.clone()).collect();
+        assert_eq!(kept, ["en", "inline"]);
     }
 
     #[test]
