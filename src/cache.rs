@@ -130,9 +130,9 @@ impl From<&Config> for CacheSettings {
 pub struct ObjectCache {
     entries: Cache<S3Object, Arc<Entry>>,
     settings: ArcSwap<CacheSettings>,
-    /// Bumped by every invalidation; a fetch that saw another value does not store its result,
-    /// so a write that happened during a fetch is never hidden by the older bytes.
-    epoch: AtomicU64,
+    /// Counts of invalidations: a fetch that saw another count for its key does not store its
+    /// result, so a write that happened during a fetch is never hidden by the older bytes.
+    generations: Generations,
     metrics: Arc<Metrics>,
     capacity: u64,
     asked: Doorkeeper,
@@ -144,6 +144,46 @@ pub struct ObjectCache {
 
 /// Objects at most whose passive types are remembered for S3's 304s.
 const PASSIVE_REMEMBERED: u64 = 16_384;
+
+/// Invalidations counted for the whole cache (purges) and per slot of keys, so that invalidating
+/// one key (a user deleting a missing key in a loop, say) leaves the fills of other keys alone.
+struct Generations {
+    all: AtomicU64,
+    slots: Box<[AtomicU64]>,
+    hasher: std::hash::RandomState,
+}
+
+/// Slots of invalidation counts (128 KiB); keys that share one discard each other's fills.
+const GENERATION_SLOTS: usize = 16_384;
+
+impl Generations {
+    fn new() -> Generations {
+        Generations {
+            all: AtomicU64::new(0),
+            slots: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn slot(&self, key: &S3Object) -> &AtomicU64 {
+        use std::hash::BuildHasher;
+        &self.slots[self.hasher.hash_one(key) as usize % GENERATION_SLOTS]
+    }
+
+    /// Changes whenever `key` (or everything) is invalidated: both counts only grow.
+    fn of(&self, key: &S3Object) -> u64 {
+        let all = self.all.load(Ordering::SeqCst);
+        all.wrapping_add(self.slot(key).load(Ordering::SeqCst))
+    }
+
+    fn bump(&self, key: &S3Object) {
+        self.slot(key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 /// Which keys were asked for lately, once or more than once. When the cache is full, an object
 /// is stored only on its second request (or when others wait for the same fill): objects asked
@@ -217,7 +257,7 @@ impl ObjectCache {
         ObjectCache {
             entries,
             settings: ArcSwap::from_pointee(CacheSettings::from(config)),
-            epoch: AtomicU64::new(0),
+            generations: Generations::new(),
             metrics,
             capacity,
             asked: Doorkeeper::new(),
@@ -261,13 +301,13 @@ impl ObjectCache {
 
     /// Drops one object.
     pub async fn invalidate(&self, object: &S3Object) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.generations.bump(object);
         self.entries.invalidate(object).await;
     }
 
     /// Drops everything; returns how many entries there were.
     pub async fn purge(&self) -> u64 {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.generations.bump_all();
         // One by one: moka's invalidate_all only hides entries, and keeps their bodies (memory
         // files included) until each is touched again or evicted.
         let mut n = 0;
@@ -324,7 +364,7 @@ impl ObjectCache {
     ) -> Result<Lookup, S3Error> {
         let key = permit.object().clone();
         let settings = self.settings.load_full();
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let generation = self.generations.of(&key);
         let mut found: Option<Lookup> = None;
         let out = &mut found;
         self.entries
@@ -346,7 +386,7 @@ impl ObjectCache {
                 };
                 *out = Some(lookup);
                 // Only what was fetched before any invalidation may be stored.
-                let invalidated = self.epoch.load(Ordering::SeqCst) != epoch;
+                let invalidated = self.generations.of(permit.object()) != generation;
                 Ok::<_, S3Error>(match op {
                     Op::Put(_) if invalidated => Op::Nop,
                     op => op,

@@ -197,6 +197,31 @@ async fn stalled_fill() -> (
     (up, h, first)
 }
 
+/// A fill in progress is discarded only when its own key is invalidated: a user who may delete
+/// some key, deleting it (or a key that does not exist) in a loop, cannot keep the cache from
+/// storing anything else.
+#[tokio::test]
+async fn invalidating_one_key_does_not_discard_the_fill_of_another() {
+    let (up, h, first) = stalled_fill().await;
+    let object = |key: &str| s3warden::s3::S3Object {
+        store: "s3".into(),
+        bucket: BUCKET.into(),
+        key: key.into(),
+    };
+    for _ in 0..100 {
+        h.app
+            .cache()
+            .invalidate(&object("users/alice/missing"))
+            .await;
+    }
+    up.release();
+    let body = first.await.unwrap().unwrap().bytes().await.unwrap();
+    assert_eq!(body.len(), STALLED_TOTAL);
+    let again = h.get("photos/slow.bin", Some(&token("alice"))).await;
+    assert_eq!(x_cache(&again), "HIT");
+    assert_eq!(up.requests(), 1);
+}
+
 #[tokio::test]
 async fn objects_over_max_object_size_stream_and_are_never_cached() {
     let h = Setup::default()
