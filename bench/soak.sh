@@ -7,8 +7,7 @@
 # non-zero on any violation. --keep DIR keeps the daemons' logs and configs.
 #
 # The daemon is the release build, the binary users run; SOAK_PROFILE=dev soaks the debug build
-# (overflow checks and debug assertions on; its code alone is some 30 MiB of resident memory,
-# which the memory bound counts).
+# (overflow checks and debug assertions on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10m}

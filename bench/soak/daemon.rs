@@ -31,10 +31,12 @@ pub struct Daemon {
     pub log: PathBuf,
     child: std::sync::Mutex<Child>,
     readies: watch::Receiver<u64>,
-    /// Peak of resident memory plus the bytes of its memory files.
+    /// Peak of resident anonymous memory plus the bytes of its memory files: what the daemon
+    /// holds. Resident file pages (its code, mostly) are shared and can be dropped at any time,
+    /// and differ between builds, so they are reported, not counted.
     pub peak_memory: AtomicU64,
-    /// What the peak was made of: resident anonymous memory, resident file pages (the code),
-    /// memory files, cached bytes.
+    /// What the peak was made of: resident anonymous memory, resident file pages (the code) at
+    /// that moment, memory files, cached bytes.
     pub peak_parts: std::sync::Mutex<[u64; 4]>,
     pub peak_fds: AtomicU64,
     pub capacity: u64,
@@ -326,7 +328,7 @@ level = "warn"
     pub async fn sample(&self, http: &reqwest::Client) {
         let (anon, file) = self.rss();
         let (files, cached) = self.held(http).await;
-        let memory = anon + file + files;
+        let memory = anon + files;
         if memory > self.peak_memory.fetch_max(memory, Ordering::Relaxed) {
             *self.peak_parts.lock().unwrap() = [anon, file, files, cached];
         }
