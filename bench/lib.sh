@@ -92,6 +92,17 @@ $extra
 TOML
 }
 
+# tls_setup DIR: one ECDSA P-256 certificate for 127.0.0.1 in DIR (cert.pem, key.pem), and the
+# `[server.tls]` section naming it in $TLS_TOML.
+tls_setup() {
+  openssl ecparam -name prime256v1 -genkey -noout -out "$1/key.pem"
+  openssl req -x509 -new -key "$1/key.pem" -out "$1/cert.pem" -days 2 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+  TLS_TOML="[server.tls]
+cert_file = \"$1/cert.pem\"
+key_file = \"$1/key.pem\""
+}
+
 # start_s3warden CONFIG PORT [CPU] [SCHEME]: the daemon, waiting until it answers.
 start_s3warden() {
   local config=$1 port=$2 cpu=${3:-} scheme=${4:-http}

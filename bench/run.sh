@@ -138,13 +138,9 @@ if want tls; then
     head -c "${bytes[$size]}" /dev/urandom > "$data/bench/obj-$size.bin"
   done
   # One ECDSA P-256 certificate for all three servers.
-  openssl ecparam -name prime256v1 -genkey -noout -out "$work/tls/key.pem"
-  openssl req -x509 -new -key "$work/tls/key.pem" -out "$work/tls/cert.pem" -days 2 \
-    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+  tls_setup "$work/tls"
   start_s3 "$work/s3" 19700
-  write_config "$work" 19700 19710 19711 "[server.tls]
-cert_file = \"$work/tls/cert.pem\"
-key_file = \"$work/tls/key.pem\""
+  write_config "$work" 19700 19710 19711 "$TLS_TOML"
   sed -i 's|public_url = "http://|public_url = "https://|' "$work/s3warden.toml"
   start_s3warden "$work/s3warden.toml" 19710 0 https
   s3w=$S3WARDEN_PID
