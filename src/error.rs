@@ -261,6 +261,15 @@ fn upstream_parts(e: &S3Error) -> (StatusCode, &'static str, String) {
         S3Error::Status { status, .. } if *status == StatusCode::NOT_FOUND => {
             (StatusCode::NOT_FOUND, "not_found", "no such object".into())
         }
+        // Nothing is wrong with the store or the request: the object has to be restored first,
+        // which its owner does. S3 itself answers 403.
+        e if e.is_archived() => (
+            StatusCode::FORBIDDEN,
+            "object_archived",
+            "the object is archived (an S3 Glacier storage class or archive tier) and must be \
+             restored before it can be read"
+                .into(),
+        ),
         _ => (
             StatusCode::BAD_GATEWAY,
             "upstream_error",

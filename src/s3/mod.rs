@@ -186,7 +186,16 @@ impl S3Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, S3Error::Status { status, .. } if *status == StatusCode::NOT_FOUND)
     }
+
+    /// True when S3 says the object is archived (an S3 Glacier storage class, or an archive tier
+    /// of Intelligent-Tiering) and must be restored before it can be read.
+    pub fn is_archived(&self) -> bool {
+        matches!(self, S3Error::Status { code: Some(code), .. } if ARCHIVED_ERRORS.contains(&code.as_str()))
+    }
 }
+
+/// Error codes with which S3 refuses to read an archived object that has not been restored.
+const ARCHIVED_ERRORS: [&str; 2] = ["InvalidObjectState", "ObjectNotInActiveTierError"];
 
 /// What s3warden keeps of an object's metadata: the headers it may pass on, already validated.
 #[derive(Debug, Clone)]

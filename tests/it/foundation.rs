@@ -379,6 +379,29 @@ async fn missing_objects_are_404() {
     );
 }
 
+/// An object in an S3 Glacier storage class that was not restored: S3 refuses the GET with
+/// `InvalidObjectState`, and the client is told so, not that the store failed.
+#[tokio::test]
+async fn an_archived_object_is_403_and_says_why() {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidObjectState</Code>\
+                <Message>The operation is not valid for the object's storage class</Message>\
+                <StorageClass>GLACIER</StorageClass></Error>";
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let up = FaultyUpstream::start(Fault::Answer(Box::leak(answer.into_boxed_str()))).await;
+    let h = Setup::default().endpoint(&up.endpoint()).start().await;
+    let t = token("alice");
+    for _ in 0..2 {
+        let r = h.get("photos/old.jpg", Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["error"], "object_archived");
+        assert!(e["message"].as_str().unwrap().contains("restored"), "{e}");
+    }
+}
+
 #[tokio::test]
 async fn s3_down_is_502() {
     // A port with nothing listening.
