@@ -26,6 +26,8 @@ pub struct S3Log {
     acl_refusal: Mutex<Option<S3ErrorCode>>,
     /// Body bytes of the objects (and ranges) GET answered with.
     sent_bytes: std::sync::atomic::AtomicU64,
+    /// How long CreateMultipartUpload takes to answer, in milliseconds.
+    create_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl S3Log {
@@ -89,6 +91,13 @@ impl S3Log {
     /// `NotImplemented`, GCS with uniform bucket-level access `InvalidArgument`.
     pub fn refuse_acls_with(&self, code: S3ErrorCode) {
         *self.acl_refusal.lock().expect("lock") = Some(code);
+    }
+
+    /// Makes CreateMultipartUpload answer only after `delay`, as a slow store does.
+    pub fn delay_multipart_creates(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.create_delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn check_acl(&self, acl: Option<&ObjectCannedACL>) -> S3Result<()> {
@@ -271,6 +280,8 @@ impl S3 for Store {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.log.count("MULTIPART", &bucket, &key);
         self.log.check_acl(req.input.acl.as_ref())?;
+        let delay = (self.log.create_delay_ms).load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         let acl = req.input.acl.as_ref().map(|a| a.as_str().to_owned());
         self.log.record_acl(&bucket, &key, acl);
         self.fs.create_multipart_upload(req).await

@@ -554,7 +554,7 @@ impl Exchange<'_> {
             let (bytes, _room) = first.freeze();
             return s3.put_bytes(permit, bytes, options).await;
         }
-        let upload_id = s3.create_multipart(permit, options).await?;
+        let upload_id = begin_upload(&self.live, permit, options).await?;
         unfinished.upload = Some((permit.clone(), upload_id.clone()));
         let mut parts: Vec<UploadedPart> = Vec::new();
         let mut next = Some(first);
@@ -633,7 +633,7 @@ impl Exchange<'_> {
 /// entry is invalidated, since S3 may have taken the write, and a multipart upload begun and
 /// neither completed nor aborted is aborted, so that its parts are not kept (and billed). Both
 /// run in a task of their own. (An upload whose CreateMultipartUpload was still unanswered is
-/// left to the bucket's lifecycle rule for incomplete uploads.)
+/// aborted by the task that waits for S3's answer: [`begin_upload`].)
 struct Unfinished {
     shared: Arc<Shared>,
     live: Arc<Generation>,
@@ -656,6 +656,26 @@ impl Unfinished {
             abort_upload(&self.live, upload).await;
         }
     }
+}
+
+/// Begins a multipart upload in a task of its own: when the request is dropped while S3 has
+/// not answered yet, the task aborts the upload S3 then begins, which nothing else would.
+async fn begin_upload(
+    live: &Arc<Generation>,
+    permit: &Permit<Write>,
+    options: &PutOptions,
+) -> Result<String, S3Error> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let (live, permit, options) = (live.clone(), permit.clone(), options.clone());
+    tokio::spawn(async move {
+        let begun = live.s3.create_multipart(&permit, &options).await;
+        if let Err(Ok(upload_id)) = answer.send(begun) {
+            abort_upload(&live, (permit, upload_id)).await;
+        }
+    });
+    answered
+        .await
+        .unwrap_or_else(|_| Err(S3Error::Unreachable("the upload's task ended".into())))
 }
 
 /// Aborts a multipart upload, so that its parts are not kept (and billed).

@@ -324,32 +324,52 @@ async fn a_large_form_sent_fast_over_http2_is_stored_whole() {
 #[tokio::test]
 async fn an_upload_whose_http2_stream_is_reset_is_aborted() {
     let h = Setup::default().start().await;
+    let key = "users/alice/cancelled.bin";
+    // A part on its way: the upload's ID is known.
+    let begun = || h.s3_log().requests("PART", BUCKET, key) >= 1;
+    reset_upload_when(&h, key, begun).await;
+    let aborted = || h.s3_log().requests("ABORT", BUCKET, key) == 1;
+    assert!(eventually(Duration::from_secs(10), aborted).await);
+    assert!(stored(&h, "users/").is_empty());
+}
+
+/// A client that gives up while S3 has not answered CreateMultipartUpload yet: the multipart
+/// upload S3 then begins is aborted all the same, not left behind with nothing to abort it.
+#[tokio::test]
+async fn an_upload_dropped_while_its_multipart_upload_begins_is_aborted() {
+    let h = Setup::default().start().await;
+    h.s3_log()
+        .delay_multipart_creates(Duration::from_millis(500));
+    let key = "users/alice/dropped.bin";
+    let asked = || h.s3_log().requests("MULTIPART", BUCKET, key) == 1;
+    reset_upload_when(&h, key, asked).await;
+    let aborted = || h.s3_log().requests("ABORT", BUCKET, key) == 1;
+    assert!(eventually(Duration::from_secs(10), aborted).await);
+    assert_eq!(h.s3_log().requests("PART", BUCKET, key), 0);
+    assert!(stored(&h, "users/").is_empty());
+}
+
+/// Streams 9 MiB of unknown length to `key` over HTTP/2, and resets the stream once `when`
+/// holds.
+async fn reset_upload_when(h: &Harness, key: &str, when: impl Fn() -> bool) {
     let http2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let key = "users/alice/cancelled.bin";
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let body = reqwest::Body::wrap_stream(chunks);
     let request = http2
         .put(h.object_url(key))
         .bearer_auth(token("alice"))
-        .body(body)
+        .body(reqwest::Body::wrap_stream(chunks))
         .send();
     let request = tokio::spawn(request);
     for _ in 0..9 {
         tx.send(Ok(vec![b'c'; 1024 * 1024])).await.unwrap();
     }
-    // A part on its way: the upload's ID is known.
-    let begun = || h.s3_log().requests("PART", BUCKET, key) >= 1;
-    assert!(eventually(Duration::from_secs(10), begun).await);
+    assert!(eventually(Duration::from_secs(10), when).await);
     request.abort();
     let _ = request.await;
-    drop(tx);
-    let aborted = || h.s3_log().requests("ABORT", BUCKET, key) == 1;
-    assert!(eventually(Duration::from_secs(10), aborted).await);
-    assert!(stored(&h, "users/").is_empty());
 }
 
 #[tokio::test]
