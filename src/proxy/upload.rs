@@ -659,7 +659,8 @@ impl Unfinished {
 }
 
 /// Begins a multipart upload in a task of its own: when the request is dropped while S3 has
-/// not answered yet, the task aborts the upload S3 then begins, which nothing else would.
+/// not answered yet, or before it has taken the answer, the upload S3 begins is aborted, which
+/// nothing else would do.
 async fn begin_upload(
     live: &Arc<Generation>,
     permit: &Permit<Write>,
@@ -669,13 +670,34 @@ async fn begin_upload(
     let (live, permit, options) = (live.clone(), permit.clone(), options.clone());
     tokio::spawn(async move {
         let begun = live.s3.create_multipart(&permit, &options).await;
-        if let Err(Ok(upload_id)) = answer.send(begun) {
-            abort_upload(&live, (permit, upload_id)).await;
-        }
+        // An answer nobody takes is dropped, and the upload with it.
+        let _ = answer.send(begun.map(|id| Begun(Some((live, permit, id)))));
     });
-    answered
+    let begun = answered
         .await
-        .unwrap_or_else(|_| Err(S3Error::Unreachable("the upload's task ended".into())))
+        .unwrap_or_else(|_| Err(S3Error::Unreachable("the upload's task ended".into())))?;
+    Ok(begun.take())
+}
+
+/// A multipart upload S3 has begun, aborted when dropped before its ID is taken.
+struct Begun(Option<(Arc<Generation>, Permit<Write>, String)>);
+
+impl Begun {
+    fn take(mut self) -> String {
+        let (_, _, id) = self.0.take().expect("taken once");
+        id
+    }
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        let (Some((live, permit, id)), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move { abort_upload(&live, (permit, id)).await });
+    }
 }
 
 /// Aborts a multipart upload, so that its parts are not kept (and billed).
