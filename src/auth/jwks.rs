@@ -58,7 +58,18 @@ pub(super) fn is_loopback(url: &reqwest::Url) -> bool {
 
 impl Jwks {
     /// Fetches the keys once and starts the periodic refresh (which ends when this is dropped).
-    pub async fn start(url: String, refresh: Duration, cooldown: Duration) -> Arc<Jwks> {
+    /// `previous` is a JWKS of the same URL this one replaces (on reload): its keys stay in use
+    /// when the first fetch fails, as a failed refresh keeps the last good keys.
+    pub async fn start(
+        url: String,
+        refresh: Duration,
+        cooldown: Duration,
+        previous: Option<&Jwks>,
+    ) -> Arc<Jwks> {
+        let kept = previous
+            .filter(|p| p.url == url)
+            .map(Jwks::current)
+            .unwrap_or_default();
         // Redirects are followed (identity providers move their JWKS), but never from
         // https:// down to plain http:// off loopback, where anyone on the path could answer.
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
@@ -78,7 +89,7 @@ impl Jwks {
         let jwks = Arc::new(Jwks {
             url,
             http,
-            keys: RwLock::new(Arc::new(Vec::new())),
+            keys: RwLock::new(kept),
             last_fetch: tokio::sync::Mutex::new(None),
             cooldown,
         });

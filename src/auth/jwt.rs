@@ -139,8 +139,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Builds a verifier from a validated config; starts the JWKS refresh when configured.
-    pub async fn new(config: &Config, metrics: Arc<Metrics>) -> Verifier {
+    /// Builds a verifier from a validated config; starts the JWKS refresh when configured,
+    /// keeping the JWKS keys of the verifier it replaces (if any) should the first fetch fail.
+    pub async fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&Verifier>,
+    ) -> Verifier {
         let auth = &config.auth;
         let algorithms = algorithms(config);
         let leeway = auth.leeway.as_secs();
@@ -186,7 +191,9 @@ impl Verifier {
         }
         let jwks = match &auth.jwks_url {
             Some(url) => {
-                Some(Jwks::start(url.clone(), auth.jwks_refresh, auth.jwks_cooldown).await)
+                let previous = previous.and_then(|v| v.jwks.as_deref());
+                let (refresh, cooldown) = (auth.jwks_refresh, auth.jwks_cooldown);
+                Some(Jwks::start(url.clone(), refresh, cooldown, previous).await)
             }
             None => None,
         };

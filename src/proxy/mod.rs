@@ -90,7 +90,7 @@ impl Generation {
         let stores = Stores::new(&config, previous.map(|p| &p.stores)).await;
         Ok(Generation {
             policy: Policy::new(&config).map_err(AppError::Rules)?,
-            verifier: Verifier::new(&config, metrics.clone()).await,
+            verifier: Verifier::new(&config, metrics.clone(), previous.map(|p| &p.verifier)).await,
             s3: S3Client::new(&config, &stores, metrics.clone())?,
             signer: UrlSigner::new(&config, &stores),
             stores,

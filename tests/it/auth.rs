@@ -116,6 +116,16 @@ fn jwks_doc(name: &str) -> Option<String> {
     Some(String::from_utf8(fixture_bytes(name)).unwrap())
 }
 
+/// An RS256 token for alice, signed with the key `rsa-1` of `jwks.json`.
+fn rsa1_token() -> String {
+    sign(
+        Algorithm::RS256,
+        &rsa_key(),
+        Some("rsa-1"),
+        &claims("alice"),
+    )
+}
+
 fn rsa2_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&fixture_bytes("rsa2_private.pem")).unwrap()
 }
@@ -127,12 +137,7 @@ async fn unknown_kid_refetches_the_jwks_once_per_cooldown() {
     h.put("photos/a.png", b"x");
     assert_eq!(jwks.fetches(), 1, "fetched at start");
 
-    let known = sign(
-        Algorithm::RS256,
-        &rsa_key(),
-        Some("rsa-1"),
-        &claims("alice"),
-    );
+    let known = rsa1_token();
     assert_eq!(status_with(&h, &known).await, StatusCode::OK);
     let ec = sign(Algorithm::ES256, &ec_key(), Some("ec-1"), &claims("alice"));
     assert_eq!(status_with(&h, &ec).await, StatusCode::OK);
@@ -242,12 +247,24 @@ async fn jwks_down_keeps_the_last_good_keys() {
         eventually(Duration::from_secs(5), || jwks.fetches() >= before + 2).await,
         "periodic refresh keeps trying"
     );
-    let t = sign(
-        Algorithm::RS256,
-        &rsa_key(),
-        Some("rsa-1"),
-        &claims("alice"),
-    );
+    let t = rsa1_token();
+    assert_eq!(status_with(&h, &t).await, StatusCode::OK);
+}
+
+/// A reload while the JWKS cannot be fetched keeps the keys the running config had: tokens
+/// that verified before the reload still do (an identity provider's hiccup at the moment of a
+/// `SIGHUP` does not log everyone out).
+#[tokio::test]
+async fn a_reload_while_the_jwks_is_down_keeps_the_last_good_keys() {
+    let jwks = JwksServer::start(jwks_doc("jwks.json")).await;
+    let mut h = jwks_setup(&jwks.url()).start().await;
+    h.put("photos/a.png", b"x");
+    let t = rsa1_token();
+    assert_eq!(status_with(&h, &t).await, StatusCode::OK);
+    jwks.set(None);
+    let before = jwks.fetches();
+    h.reload(jwks_setup(&jwks.url())).await;
+    assert_eq!(jwks.fetches(), before + 1, "the reload fetched, and failed");
     assert_eq!(status_with(&h, &t).await, StatusCode::OK);
 }
 
@@ -256,12 +273,7 @@ async fn jwks_never_loaded_fails_closed() {
     let jwks = JwksServer::start(None).await;
     let h = jwks_setup(&jwks.url()).start().await;
     h.put("photos/a.png", b"x");
-    let t = sign(
-        Algorithm::RS256,
-        &rsa_key(),
-        Some("rsa-1"),
-        &claims("alice"),
-    );
+    let t = rsa1_token();
     assert_refused(&h, &t).await;
     let ready = h
         .http
