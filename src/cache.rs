@@ -166,8 +166,7 @@ impl Generations {
     }
 
     fn slot(&self, key: &S3Object) -> &AtomicU64 {
-        use std::hash::BuildHasher;
-        &self.slots[self.hasher.hash_one(key) as usize % GENERATION_SLOTS]
+        &self.slots[slot_of(&self.hasher, key, GENERATION_SLOTS)]
     }
 
     /// Changes whenever `key` (or everything) is invalidated: both counts only grow.
@@ -183,6 +182,13 @@ impl Generations {
     fn bump_all(&self) {
         self.all.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// Which of `slots` counters `key` goes to, by a hash seeded per process (so that no one can
+/// choose keys that share a slot with another's).
+fn slot_of(hasher: &std::hash::RandomState, key: &S3Object, slots: usize) -> usize {
+    use std::hash::BuildHasher;
+    hasher.hash_one(key) as usize % slots
 }
 
 /// Which keys were asked for lately, once or more than once. When the cache is full, an object
@@ -211,9 +217,7 @@ impl Doorkeeper {
     }
 
     fn slot(&self, key: &S3Object) -> &std::sync::atomic::AtomicU8 {
-        use std::hash::BuildHasher;
-        let hash = self.hasher.hash_one(key) as usize;
-        &self.counts[hash % DOORKEEPER_SLOTS]
+        &self.counts[slot_of(&self.hasher, key, DOORKEEPER_SLOTS)]
     }
 
     /// Counts a request for `key` that missed.
@@ -385,7 +389,7 @@ impl ObjectCache {
                     _ => self.fetch(permit, s3, &settings, now).await?,
                 };
                 *out = Some(lookup);
-                // Only what was fetched before any invalidation may be stored.
+                // Only what was fetched before any invalidation of its key may be stored.
                 let invalidated = self.generations.of(permit.object()) != generation;
                 Ok::<_, S3Error>(match op {
                     Op::Put(_) if invalidated => Op::Nop,

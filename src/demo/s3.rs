@@ -281,7 +281,9 @@ impl S3 for Store {
         self.log.count("MULTIPART", &bucket, &key);
         self.log.check_acl(req.input.acl.as_ref())?;
         let delay = (self.log.create_delay_ms).load(std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let acl = req.input.acl.as_ref().map(|a| a.as_str().to_owned());
         self.log.record_acl(&bucket, &key, acl);
         self.fs.create_multipart_upload(req).await
